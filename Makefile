@@ -1,0 +1,62 @@
+# Trellis: `make help` lists the targets. Every tool is pinned in tools/go.mod
+# and run with `go tool`, so Go is the only thing a machine needs.
+SHELL := bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+TOOL   := go tool -modfile=tools/go.mod
+BUF    := $(TOOL) buf
+GOTEST ?= go test
+# Contracts are compared against this git ref by `make breaking`; see
+# README "Evolving the contracts" for how it is chosen.
+BREAKING_AGAINST ?= $(shell ./.ci/breaking-base)
+
+.PHONY: help
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
+
+.PHONY: run
+run: ## run the whole system in one process (SQLite in ./data)
+	go run ./cmd/trellis run
+
+.PHONY: build
+build: ## build bin/trellis
+	go build -trimpath -o bin/trellis ./cmd/trellis
+
+.PHONY: generate
+generate: ## regenerate gen/ from proto/ (buf generate)
+	$(BUF) generate
+
+.PHONY: lint
+lint: ## buf lint, buf format check, gofmt, go vet
+	$(BUF) lint
+	$(BUF) format --diff --exit-code
+	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '^gen/') 2>&1); \
+	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	go vet ./...
+
+.PHONY: breaking
+breaking: ## fail if proto/ breaks the previous version of the contracts
+	@if [ "$(BREAKING_AGAINST)" = "none" ]; then \
+	  echo "breaking: no previous version of proto/ to compare against"; \
+	else \
+	  echo "breaking: proto/ against git ref $(BREAKING_AGAINST)"; \
+	  $(BUF) breaking --against '.git#ref=$(BREAKING_AGAINST)'; \
+	fi
+
+.PHONY: check-generated
+check-generated: generate ## fail if gen/ differs from what `make generate` writes
+	@if [ -n "$$(git status --porcelain -- gen)" ]; then \
+	  echo "gen/ is stale: run 'make generate' and commit the result"; \
+	  git status --porcelain -- gen; git --no-pager diff --stat -- gen; exit 1; fi
+
+.PHONY: test
+test: ## run the test suite with the race detector (needs PostgreSQL and NATS as in README)
+	$(GOTEST) -race -count=1 -timeout 15m ./...
+
+.PHONY: bench
+bench: ## run the Go benchmarks (mesh chain vs bare grpc-go, breaker fast-fail, ...)
+	$(GOTEST) -run '^$$' -bench . -benchmem -count 5 ./...
+
+.PHONY: ci
+ci: lint breaking check-generated test ## everything CI runs
