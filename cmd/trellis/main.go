@@ -1,0 +1,120 @@
+// Command trellis runs the Trellis components: `trellis run` starts all of
+// them in one process (or the --target subset), `trellis version` prints
+// the build.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"syscall"
+
+	"github.com/trellis-mesh/trellis/internal/app"
+	"github.com/trellis-mesh/trellis/mesh"
+)
+
+// version is stamped by the build (-ldflags "-X main.version=v1.2.3").
+var version = ""
+
+const usage = `usage: trellis <command> [flags]
+
+commands:
+  run       run components (default target all); "trellis run -h" lists flags
+  version   print the version
+`
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	switch args[0] {
+	case "run":
+		return runCmd(args[1:], stderr)
+	case "version", "--version", "-version":
+		fmt.Fprintln(stdout, "trellis", buildVersion())
+		return 0
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "trellis: unknown command %q\n\n%s", args[0], usage)
+		return 2
+	}
+}
+
+func runCmd(args []string, stderr io.Writer) int {
+	fs := flag.NewFlagSet("trellis run", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var cfg app.Config
+	cfg.RegisterFlags(fs)
+	fs.Usage = func() {
+		fmt.Fprintln(stderr, "usage: trellis run [flags]\n\nEvery flag can also be set by the environment variable in brackets.\n\nflags:")
+		fs.VisitAll(func(f *flag.Flag) {
+			fmt.Fprintf(stderr, "  --%s [%s] (default %q)\n      %s\n", f.Name, app.EnvName(f.Name), f.DefValue, f.Usage)
+		})
+	}
+	if err := app.ParseFlags(fs, args, os.Getenv); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		fmt.Fprintln(stderr, "trellis:", err)
+		return 2
+	}
+	log, err := mesh.NewLogger(os.Stderr, cfg.LogLevel, cfg.LogFormat)
+	if err != nil {
+		fmt.Fprintln(stderr, "trellis:", err)
+		return 2
+	}
+	log = log.With("version", buildVersion())
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	a, err := app.New(ctx, cfg, log)
+	if err != nil {
+		log.Error("start failed", "error", err.Error())
+		return 1
+	}
+	if err := a.Run(ctx); err != nil {
+		return 1
+	}
+	return 0
+}
+
+func buildVersion() string {
+	if version != "" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		rev, dirty := "", false
+		for _, s := range bi.Settings {
+			switch s.Key {
+			case "vcs.revision":
+				rev = s.Value
+			case "vcs.modified":
+				dirty = s.Value == "true"
+			}
+		}
+		if rev != "" {
+			if len(rev) > 12 {
+				rev = rev[:12]
+			}
+			if dirty {
+				rev += "-dirty"
+			}
+			return "dev-" + rev
+		}
+		if bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+			return bi.Main.Version
+		}
+	}
+	return "dev"
+}

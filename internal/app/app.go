@@ -1,0 +1,286 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/reflect/protoreflect"
+
+	orderv1 "github.com/trellis-mesh/trellis/gen/trellis/order/v1"
+	userv1 "github.com/trellis-mesh/trellis/gen/trellis/user/v1"
+	"github.com/trellis-mesh/trellis/internal/sqldb"
+	"github.com/trellis-mesh/trellis/mesh"
+	"github.com/trellis-mesh/trellis/services/order"
+	"github.com/trellis-mesh/trellis/services/user"
+)
+
+// App is a built set of components with their listeners open. Run serves
+// them until its context ends, then shuts them down gracefully.
+type App struct {
+	cfg     Config
+	log     *slog.Logger
+	reg     *prometheus.Registry
+	metrics *mesh.Metrics
+
+	components []*component // in start order; stopped in reverse
+	addrs      map[string]string
+	closers    []func() error
+}
+
+// component is one thing App serves.
+type component struct {
+	name     string
+	serve    func() error
+	shutdown func(ctx context.Context)
+	// ready reports whether the component can take traffic now.
+	ready func(ctx context.Context) error
+}
+
+// New builds the components cfg selects and opens their listeners, so the
+// chosen addresses (port 0 picks one) are known before Run.
+func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	targets, _ := cfg.Targets()
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	a := &App{cfg: cfg, log: log, reg: reg, metrics: mesh.NewMetrics(reg), addrs: map[string]string{}}
+	defer func() {
+		if err != nil {
+			a.close()
+		}
+	}()
+	// The admin server starts first and stops last, so probes see every
+	// other component drain.
+	if err := a.addAdmin(); err != nil {
+		return nil, err
+	}
+	srvCfg := mesh.ServerConfig{MaxDeadline: cfg.MaxDeadline, DrainTimeout: cfg.DrainTimeout}
+
+	if targets[TargetUser] {
+		db, err := a.openDB(ctx, "user")
+		if err != nil {
+			return nil, err
+		}
+		store, err := user.NewSQLStore(ctx, db)
+		if err != nil {
+			return nil, err
+		}
+		srv := mesh.NewServer(srvCfg, log.With("component", "user"), a.metrics)
+		srv.Register(&userv1.UserService_ServiceDesc, user.NewGRPC(user.NewService(store, user.Config{BcryptCost: cfg.BcryptCost})), user.Validate)
+		if err := a.addGRPC(TargetUser, cfg.UserAddr, srv, store.Ping); err != nil {
+			return nil, err
+		}
+	}
+	if targets[TargetOrder] {
+		db, err := a.openDB(ctx, "order")
+		if err != nil {
+			return nil, err
+		}
+		store, err := order.NewSQLStore(ctx, db)
+		if err != nil {
+			return nil, err
+		}
+		conn, err := a.dial("user", a.upstream(cfg.UserUpstream, TargetUser), userv1.File_trellis_user_v1_user_proto.Services().Get(0))
+		if err != nil {
+			return nil, err
+		}
+		users := order.NewUserClient(userv1.NewUserServiceClient(conn))
+		srv := mesh.NewServer(srvCfg, log.With("component", "order"), a.metrics)
+		srv.Register(&orderv1.OrderService_ServiceDesc, order.NewGRPC(order.NewService(store, users, nil)), order.Validate)
+		if err := a.addGRPC(TargetOrder, cfg.OrderAddr, srv, store.Ping); err != nil {
+			return nil, err
+		}
+	}
+	if targets[TargetGateway] {
+		if err := a.addGateway(); err != nil {
+			return nil, err
+		}
+	}
+	return a, nil
+}
+
+// upstream is the configured address of a service, or the one listening in
+// this process.
+func (a *App) upstream(configured, target string) string {
+	if configured != "" {
+		return configured
+	}
+	return a.addrs[target]
+}
+
+func (a *App) openDB(ctx context.Context, name string) (*sqldb.DB, error) {
+	db, err := sqldb.Open(ctx, sqldb.Config{URL: a.cfg.DatabaseURL, DataDir: a.cfg.DataDir, Name: name})
+	if err != nil {
+		return nil, err
+	}
+	a.closers = append(a.closers, db.Close)
+	a.log.Info("database open", "component", name, "where", db.Where)
+	return db, nil
+}
+
+func (a *App) dial(name, target string, services ...protoreflect.ServiceDescriptor) (*grpc.ClientConn, error) {
+	conn, err := mesh.Dial(mesh.ClientConfig{
+		Name: name, Target: target, Services: services,
+		DefaultTimeout: a.cfg.UpstreamTimeout, Breaker: a.cfg.Breaker,
+	}, a.log.With("upstream", name), a.metrics)
+	if err != nil {
+		return nil, err
+	}
+	a.closers = append(a.closers, conn.Close)
+	return conn, nil
+}
+
+func (a *App) listen(name, addr string) (net.Listener, error) {
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("%s: listen on %s: %w", name, addr, err)
+	}
+	a.addrs[name] = lis.Addr().String()
+	return lis, nil
+}
+
+func (a *App) addGRPC(name, addr string, srv *mesh.Server, ping func(context.Context) error) error {
+	lis, err := a.listen(name, addr)
+	if err != nil {
+		return err
+	}
+	a.components = append(a.components, &component{
+		name:     name,
+		serve:    func() error { return srv.Serve(lis) },
+		shutdown: srv.Shutdown,
+		ready: func(ctx context.Context) error {
+			if !srv.Serving() {
+				return errors.New("not serving")
+			}
+			if err := ping(ctx); err != nil {
+				return errors.New("database unreachable")
+			}
+			return nil
+		},
+	})
+	return nil
+}
+
+// addHTTP serves h on addr with the timeouts of the original design.
+func (a *App) addHTTP(name, addr string, h http.Handler, ready func(context.Context) error) error {
+	lis, err := a.listen(name, addr)
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 15 * time.Second,
+		ReadTimeout:       15 * time.Second,
+		WriteTimeout:      15 * time.Second,
+		IdleTimeout:       60 * time.Second,
+		ErrorLog:          slog.NewLogLogger(a.log.Handler(), slog.LevelWarn),
+	}
+	a.components = append(a.components, &component{
+		name: name,
+		serve: func() error {
+			if err := srv.Serve(lis); !errors.Is(err, http.ErrServerClosed) {
+				return err
+			}
+			return nil
+		},
+		shutdown: func(ctx context.Context) {
+			ctx, cancel := context.WithTimeout(ctx, a.cfg.DrainTimeout)
+			defer cancel()
+			if err := srv.Shutdown(ctx); err != nil {
+				srv.Close()
+			}
+		},
+		ready: ready,
+	})
+	return nil
+}
+
+// addAdmin serves /metrics, /healthz (alive) and /readyz (every component
+// ready: servers serving, stores reachable).
+func (a *App) addAdmin() error {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{Registry: a.reg}))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+		defer cancel()
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		status, body := http.StatusOK, ""
+		for _, c := range a.components {
+			if c.ready == nil {
+				continue
+			}
+			if err := c.ready(ctx); err != nil {
+				status = http.StatusServiceUnavailable
+				body += c.name + ": " + err.Error() + "\n"
+			} else {
+				body += c.name + ": ok\n"
+			}
+		}
+		w.WriteHeader(status)
+		fmt.Fprint(w, body)
+	})
+	return a.addHTTP("admin", a.cfg.AdminAddr, mux, nil)
+}
+
+// Addr returns the address a component listens on ("user", "order",
+// "gateway", "admin"), or "".
+func (a *App) Addr(name string) string { return a.addrs[name] }
+
+// Registry is the process's metrics registry.
+func (a *App) Registry() *prometheus.Registry { return a.reg }
+
+// Run serves every component until ctx ends or one fails, then shuts all
+// down in reverse start order (health NOT_SERVING, drain) and closes
+// databases and connections.
+func (a *App) Run(ctx context.Context) error {
+	for _, c := range a.components {
+		a.log.Info("listening", "component", c.name, "addr", a.addrs[c.name])
+	}
+	errc := make(chan error, len(a.components))
+	var wg sync.WaitGroup
+	for _, c := range a.components {
+		wg.Go(func() {
+			if err := c.serve(); err != nil {
+				errc <- fmt.Errorf("%s: %w", c.name, err)
+			}
+		})
+	}
+	var err error
+	select {
+	case <-ctx.Done():
+		a.log.Info("shutting down")
+	case err = <-errc:
+		a.log.Error("component failed, shutting down", "error", err.Error())
+	}
+	stopCtx := context.WithoutCancel(ctx)
+	for i := len(a.components) - 1; i >= 0; i-- {
+		a.components[i].shutdown(stopCtx)
+	}
+	wg.Wait()
+	a.close()
+	a.log.Info("stopped")
+	return err
+}
+
+func (a *App) close() {
+	for i := len(a.closers) - 1; i >= 0; i-- {
+		_ = a.closers[i]()
+	}
+	a.closers = nil
+}

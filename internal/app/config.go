@@ -1,0 +1,161 @@
+// Package app wires Trellis's components — the user service, the order
+// service, the gateway and the admin server — into one process. Which of
+// them run is chosen by the target list (user, order, gateway, all), in the
+// manner of Loki's modules: one binary, any subset per process.
+package app
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/trellis-mesh/trellis/mesh"
+)
+
+// Target names.
+const (
+	TargetUser    = "user"
+	TargetOrder   = "order"
+	TargetGateway = "gateway"
+	TargetAll     = "all"
+)
+
+// Config is everything `trellis run` can be told. Each field has a flag and
+// an environment variable (see EnvName); flags win over the environment.
+type Config struct {
+	Target          string
+	DataDir         string
+	UserAddr        string
+	OrderAddr       string
+	AdminAddr       string
+	HTTPAddr        string
+	UserUpstream    string
+	OrderUpstream   string
+	DatabaseURL     string
+	NATSURL         string
+	LogLevel        string
+	LogFormat       string
+	UpstreamTimeout time.Duration
+	MaxDeadline     time.Duration
+	DrainTimeout    time.Duration
+	Breaker         mesh.BreakerConfig
+	BcryptCost      int
+}
+
+// RegisterFlags defines the flags of `trellis run` on fs.
+func (c *Config) RegisterFlags(fs *flag.FlagSet) {
+	fs.StringVar(&c.Target, "target", TargetAll, "components to run: user, order, gateway or all; a comma list is allowed")
+	fs.StringVar(&c.DataDir, "data-dir", "./data", "directory for SQLite databases (used when --database-url is empty)")
+	fs.StringVar(&c.UserAddr, "user-addr", ":9001", "gRPC listen address of the user service (port 0 picks a free port)")
+	fs.StringVar(&c.OrderAddr, "order-addr", ":9002", "gRPC listen address of the order service")
+	fs.StringVar(&c.AdminAddr, "admin-addr", ":9090", "admin HTTP listen address: /metrics, /healthz, /readyz")
+	fs.StringVar(&c.HTTPAddr, "http-addr", ":8080", "HTTP listen address of the REST gateway")
+	fs.StringVar(&c.UserUpstream, "user-upstream", "", "where the order service and gateway find the user service (host:port or dns:///name:port); default: the user service in this process")
+	fs.StringVar(&c.OrderUpstream, "order-upstream", "", "where the gateway finds the order service; default: the order service in this process")
+	fs.StringVar(&c.DatabaseURL, "database-url", "", "PostgreSQL URL (postgres://user@host:5432/db); empty means SQLite in --data-dir")
+	fs.StringVar(&c.NATSURL, "nats-url", "", "NATS server URL for domain events (nats://127.0.0.1:4222)")
+	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fs.StringVar(&c.LogFormat, "log-format", "json", "log format: json or text")
+	fs.DurationVar(&c.UpstreamTimeout, "upstream-timeout", 5*time.Second, "deadline of upstream calls whose caller set none")
+	fs.DurationVar(&c.MaxDeadline, "max-deadline", 30*time.Second, "cap on the deadline of any incoming gRPC call")
+	fs.DurationVar(&c.DrainTimeout, "drain-timeout", 10*time.Second, "how long graceful shutdown waits for in-flight calls")
+	fs.Func("breaker-failures", "consecutive upstream failures that open a circuit breaker (default 3)", uintFlag(&c.Breaker.ConsecutiveFailures))
+	fs.Func("breaker-max-requests", "trial calls a half-open breaker lets through (default 3)", uintFlag(&c.Breaker.MaxRequests))
+	fs.DurationVar(&c.Breaker.Interval, "breaker-interval", 10*time.Second, "closed-breaker window after which failure counts reset")
+	fs.DurationVar(&c.Breaker.Timeout, "breaker-timeout", 30*time.Second, "how long an open breaker waits before half-opening")
+	fs.IntVar(&c.BcryptCost, "bcrypt-cost", 10, "bcrypt cost of password hashes (4-31)")
+}
+
+func uintFlag(p *uint32) func(string) error {
+	return func(s string) error {
+		var v uint32
+		if _, err := fmt.Sscanf(s, "%d", &v); err != nil || v == 0 {
+			return errors.New("want a positive integer")
+		}
+		*p = v
+		return nil
+	}
+}
+
+// EnvName is the environment variable that sets a flag: TRELLIS_<FLAG>,
+// except the conventional DATABASE_URL and NATS_URL.
+func EnvName(flagName string) string {
+	switch flagName {
+	case "database-url":
+		return "DATABASE_URL"
+	case "nats-url":
+		return "NATS_URL"
+	}
+	return "TRELLIS_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// ParseFlags parses args into fs, then fills every flag not given on the
+// command line from its environment variable.
+func ParseFlags(fs *flag.FlagSet, args []string, getenv func(string) string) error {
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	var errs []error
+	fs.VisitAll(func(f *flag.Flag) {
+		if set[f.Name] {
+			return
+		}
+		if v := getenv(EnvName(f.Name)); v != "" {
+			if err := fs.Set(f.Name, v); err != nil {
+				errs = append(errs, fmt.Errorf("%s=%q: %w", EnvName(f.Name), v, err))
+			}
+		}
+	})
+	return errors.Join(errs...)
+}
+
+// Targets returns the set of components to run.
+func (c *Config) Targets() (map[string]bool, error) {
+	out := map[string]bool{}
+	for _, t := range strings.Split(c.Target, ",") {
+		switch t = strings.TrimSpace(t); t {
+		case TargetAll:
+			out[TargetUser], out[TargetOrder], out[TargetGateway] = true, true, true
+		case TargetUser, TargetOrder, TargetGateway:
+			out[t] = true
+		default:
+			return nil, fmt.Errorf("unknown target %q: want user, order, gateway or all", t)
+		}
+	}
+	return out, nil
+}
+
+// Validate reports configuration that cannot work.
+func (c *Config) Validate() error {
+	t, err := c.Targets()
+	if err != nil {
+		return err
+	}
+	var errs []error
+	if t[TargetOrder] && !t[TargetUser] && c.UserUpstream == "" {
+		errs = append(errs, errors.New("target order without user needs --user-upstream"))
+	}
+	if t[TargetGateway] && !t[TargetUser] && c.UserUpstream == "" {
+		errs = append(errs, errors.New("target gateway without user needs --user-upstream"))
+	}
+	if t[TargetGateway] && !t[TargetOrder] && c.OrderUpstream == "" {
+		errs = append(errs, errors.New("target gateway without order needs --order-upstream"))
+	}
+	if c.BcryptCost < 4 || c.BcryptCost > 31 {
+		errs = append(errs, errors.New("--bcrypt-cost must be between 4 and 31"))
+	}
+	if !slices.Contains([]string{"json", "text"}, c.LogFormat) {
+		errs = append(errs, fmt.Errorf("--log-format %q: want json or text", c.LogFormat))
+	}
+	for name, d := range map[string]time.Duration{"upstream-timeout": c.UpstreamTimeout, "max-deadline": c.MaxDeadline, "drain-timeout": c.DrainTimeout, "breaker-timeout": c.Breaker.Timeout, "breaker-interval": c.Breaker.Interval} {
+		if d <= 0 {
+			errs = append(errs, fmt.Errorf("--%s must be positive", name))
+		}
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,77 @@
+// Package apperr holds the domain error kinds the services share. A domain
+// error carries the gRPC status it becomes at the edge (mesh's error
+// interceptor reads it through GRPCStatus), so use-case code says what went
+// wrong once and transport code never re-maps it.
+package apperr
+
+import (
+	"fmt"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/trellis-mesh/trellis/mesh"
+)
+
+// Error is a domain error with a client-safe message.
+type Error struct {
+	code       codes.Code
+	msg        string
+	violations []*errdetails.BadRequest_FieldViolation
+}
+
+func (e *Error) Error() string { return e.msg }
+
+// Code returns the gRPC code the error maps to.
+func (e *Error) Code() codes.Code { return e.code }
+
+// GRPCStatus is how the error leaves the process.
+func (e *Error) GRPCStatus() *status.Status {
+	if e.code == codes.InvalidArgument && len(e.violations) > 0 {
+		return mesh.InvalidArgument(e.violations)
+	}
+	return status.New(e.code, e.msg)
+}
+
+// Is lets errors.Is match on kind: errors.Is(err, apperr.NotFound("")).
+func (e *Error) Is(target error) bool {
+	t, ok := target.(*Error)
+	return ok && t.code == e.code && (t.msg == "" || t.msg == e.msg)
+}
+
+func newf(c codes.Code, format string, args ...any) *Error {
+	return &Error{code: c, msg: fmt.Sprintf(format, args...)}
+}
+
+// NotFound: the addressed resource does not exist.
+func NotFound(format string, args ...any) *Error { return newf(codes.NotFound, format, args...) }
+
+// AlreadyExists: a unique key is taken.
+func AlreadyExists(format string, args ...any) *Error {
+	return newf(codes.AlreadyExists, format, args...)
+}
+
+// FailedPrecondition: the resource is not in a state that allows the call.
+func FailedPrecondition(format string, args ...any) *Error {
+	return newf(codes.FailedPrecondition, format, args...)
+}
+
+// Unavailable: a dependency is down; the client may retry.
+func Unavailable(format string, args ...any) *Error {
+	return newf(codes.Unavailable, format, args...)
+}
+
+// Invalid: the request has bad fields.
+func Invalid(violations ...*errdetails.BadRequest_FieldViolation) *Error {
+	msg := "invalid request"
+	if len(violations) > 0 {
+		msg = "invalid request: " + violations[0].GetField() + ": " + violations[0].GetDescription()
+	}
+	return &Error{code: codes.InvalidArgument, msg: msg, violations: violations}
+}
+
+// Violation is shorthand for one field violation.
+func Violation(field, description string) *errdetails.BadRequest_FieldViolation {
+	return &errdetails.BadRequest_FieldViolation{Field: field, Description: description}
+}

@@ -1,0 +1,140 @@
+package mesh
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"time"
+
+	"github.com/sony/gobreaker/v2"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// BreakerConfig tunes the circuit breaker of one upstream. Zero fields take
+// the defaults of the original design.
+type BreakerConfig struct {
+	// ConsecutiveFailures trips the breaker open. Default 3.
+	ConsecutiveFailures uint32
+	// MaxRequests is how many trial calls pass while half-open. Default 3.
+	MaxRequests uint32
+	// Interval is the closed-state window after which counts reset.
+	// Default 10s.
+	Interval time.Duration
+	// Timeout is how long the breaker stays open before half-opening.
+	// Default 30s.
+	Timeout time.Duration
+}
+
+func (c BreakerConfig) withDefaults() BreakerConfig {
+	if c.ConsecutiveFailures == 0 {
+		c.ConsecutiveFailures = 3
+	}
+	if c.MaxRequests == 0 {
+		c.MaxRequests = 3
+	}
+	if c.Interval <= 0 {
+		c.Interval = 10 * time.Second
+	}
+	if c.Timeout <= 0 {
+		c.Timeout = 30 * time.Second
+	}
+	return c
+}
+
+// IsServerFault reports whether err says the upstream failed (so it counts
+// against the breaker), as opposed to the request being wrong or the caller
+// giving up. DEADLINE_EXCEEDED counts only when the deadline was one the
+// mesh applied (the caller had none): a caller's own tight deadline says
+// nothing about the upstream's health.
+func IsServerFault(ctx context.Context, err error) bool {
+	if err == nil {
+		return false
+	}
+	if errors.Is(ctx.Err(), context.Canceled) {
+		return false // the caller went away
+	}
+	switch status.Code(err) {
+	case codes.Unavailable, codes.Internal, codes.Unknown, codes.ResourceExhausted:
+		return true
+	case codes.DeadlineExceeded:
+		ours, _ := ctx.Value(defaultDeadlineKey{}).(bool)
+		return ours
+	default:
+		return false
+	}
+}
+
+// breakerStateValue is the gauge encoding of a state.
+func breakerStateValue(s gobreaker.State) float64 {
+	switch s {
+	case gobreaker.StateHalfOpen:
+		return 1
+	case gobreaker.StateOpen:
+		return 2
+	default:
+		return 0
+	}
+}
+
+// newBreaker builds the breaker for one upstream, reporting state changes
+// as a log line and in the metrics.
+func newBreaker(upstream string, cfg BreakerConfig, log *slog.Logger, m *Metrics) *gobreaker.CircuitBreaker[struct{}] {
+	cfg = cfg.withDefaults()
+	m.breakerState.WithLabelValues(upstream).Set(0)
+	return gobreaker.NewCircuitBreaker[struct{}](gobreaker.Settings{
+		Name:        upstream,
+		MaxRequests: cfg.MaxRequests,
+		Interval:    cfg.Interval,
+		Timeout:     cfg.Timeout,
+		ReadyToTrip: func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= cfg.ConsecutiveFailures },
+		OnStateChange: func(name string, from, to gobreaker.State) {
+			m.breakerState.WithLabelValues(name).Set(breakerStateValue(to))
+			m.breakerTransitions.WithLabelValues(name, from.String(), to.String()).Inc()
+			log.Warn("circuit breaker state change", "upstream", name, "from", from.String(), "to", to.String())
+		},
+		// Success or failure is decided in the interceptor, where the
+		// call's context is known; see errNotCounted.
+		IsSuccessful: func(err error) bool { return err == nil || errors.Is(err, errNotCounted) },
+	})
+}
+
+// errNotCounted wraps outcomes the breaker must treat as success.
+var errNotCounted = errors.New("not a server fault")
+
+type notCounted struct{ err error }
+
+func (n notCounted) Error() string        { return n.err.Error() }
+func (n notCounted) Is(target error) bool { return target == errNotCounted }
+func (n notCounted) Unwrap() error        { return n.err }
+
+// breakerInterceptor runs each call through the upstream's breaker. When
+// it is open the call fails at once with UNAVAILABLE naming the upstream.
+func breakerInterceptor(upstream string, cb *gobreaker.CircuitBreaker[struct{}], m *Metrics) grpc.UnaryClientInterceptor {
+	rejected := m.breakerRejected.WithLabelValues(upstream)
+	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		_, err := cb.Execute(func() (struct{}, error) {
+			err := invoker(ctx, method, req, reply, cc, opts...)
+			if err != nil && !IsServerFault(ctx, err) {
+				return struct{}{}, notCounted{err}
+			}
+			return struct{}{}, err
+		})
+		switch {
+		case err == nil:
+			return nil
+		case errors.Is(err, gobreaker.ErrOpenState):
+			rejected.Inc()
+			return status.Errorf(codes.Unavailable, "upstream %s unavailable: circuit breaker open", upstream)
+		case errors.Is(err, gobreaker.ErrTooManyRequests):
+			rejected.Inc()
+			return status.Errorf(codes.Unavailable, "upstream %s unavailable: circuit breaker half-open, trial calls in flight", upstream)
+		}
+		var nc notCounted
+		if errors.As(err, &nc) {
+			return nc.err
+		}
+		return err
+	}
+}

@@ -1,0 +1,140 @@
+package mesh
+
+import (
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/descriptorpb"
+)
+
+// ClientConfig describes one upstream.
+type ClientConfig struct {
+	// Name labels the upstream in metrics, logs and errors ("user").
+	Name string
+	// Target is a gRPC target. A bare host:port is resolved through DNS
+	// (dns:///host:port) and balanced round-robin over every address, so
+	// one name can front several replicas.
+	Target string
+	// Services whose idempotent reads (idempotency_level NO_SIDE_EFFECTS in
+	// the proto) are retried on UNAVAILABLE.
+	Services []protoreflect.ServiceDescriptor
+	// DefaultTimeout is the deadline of calls whose context has none.
+	// Default 5s.
+	DefaultTimeout time.Duration
+	// Breaker tunes the upstream's circuit breaker.
+	Breaker BreakerConfig
+	// Credentials secure the connection; nil means plaintext (loopback).
+	Credentials credentials.TransportCredentials
+}
+
+// Dial returns a lazily connecting client for the upstream. Interceptors,
+// outermost first: request id, metrics (every attempt the caller made, with
+// the code it got, breaker rejections included), default deadline, breaker.
+// gRPC's own retry (service config) runs inside the breaker, so a call that
+// succeeded on retry counts as one success.
+func Dial(cfg ClientConfig, log *slog.Logger, m *Metrics, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
+	if cfg.Name == "" || cfg.Target == "" {
+		return nil, fmt.Errorf("mesh: upstream needs a name and a target")
+	}
+	if cfg.DefaultTimeout <= 0 {
+		cfg.DefaultTimeout = 5 * time.Second
+	}
+	creds := cfg.Credentials
+	if creds == nil {
+		creds = insecure.NewCredentials()
+	}
+	sc, err := ServiceConfig(cfg.Services...)
+	if err != nil {
+		return nil, err
+	}
+	cb := newBreaker(cfg.Name, cfg.Breaker, log, m)
+	all := append([]grpc.DialOption{
+		grpc.WithTransportCredentials(creds),
+		grpc.WithDefaultServiceConfig(sc),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
+		grpc.WithChainUnaryInterceptor(
+			clientRequestID,
+			m.client.UnaryClientInterceptor(),
+			defaultDeadline(cfg.DefaultTimeout),
+			breakerInterceptor(cfg.Name, cb, m),
+		),
+	}, opts...)
+	return grpc.NewClient(dnsTarget(cfg.Target), all...)
+}
+
+// dnsTarget turns host:port into dns:///host:port; targets with a scheme
+// (dns:, unix:, passthrough:) are kept.
+func dnsTarget(t string) string {
+	if strings.Contains(t, ":///") || strings.HasPrefix(t, "unix:") || strings.HasPrefix(t, "passthrough:") {
+		return t
+	}
+	if strings.HasPrefix(t, ":") { // ":9001" means this host
+		t = "localhost" + t
+	}
+	return "dns:///" + t
+}
+
+type methodName struct {
+	Service string `json:"service"`
+	Method  string `json:"method,omitempty"`
+}
+
+type retryPolicy struct {
+	MaxAttempts          int      `json:"maxAttempts"`
+	InitialBackoff       string   `json:"initialBackoff"`
+	MaxBackoff           string   `json:"maxBackoff"`
+	BackoffMultiplier    float64  `json:"backoffMultiplier"`
+	RetryableStatusCodes []string `json:"retryableStatusCodes"`
+}
+
+type methodConfig struct {
+	Name        []methodName `json:"name"`
+	RetryPolicy *retryPolicy `json:"retryPolicy,omitempty"`
+}
+
+type serviceConfig struct {
+	LoadBalancingConfig []map[string]struct{} `json:"loadBalancingConfig"`
+	MethodConfig        []methodConfig        `json:"methodConfig,omitempty"`
+	RetryThrottling     map[string]float64    `json:"retryThrottling,omitempty"`
+}
+
+// ServiceConfig builds the gRPC service config of an upstream: round_robin
+// balancing, and a retry policy on UNAVAILABLE for every method the proto
+// marks idempotency_level = NO_SIDE_EFFECTS (gRPC adds jitter to the
+// backoff). Writes are never retried by the mesh: clients retry them with
+// their own idempotency keys. retryThrottling stops retries when more than
+// half the recent calls failed, so retries cannot amplify an outage.
+func ServiceConfig(services ...protoreflect.ServiceDescriptor) (string, error) {
+	sc := serviceConfig{LoadBalancingConfig: []map[string]struct{}{{"round_robin": {}}}}
+	var reads []methodName
+	for _, sd := range services {
+		methods := sd.Methods()
+		for i := range methods.Len() {
+			md := methods.Get(i)
+			opts, _ := md.Options().(*descriptorpb.MethodOptions)
+			if opts.GetIdempotencyLevel() == descriptorpb.MethodOptions_NO_SIDE_EFFECTS {
+				reads = append(reads, methodName{Service: string(sd.FullName()), Method: string(md.Name())})
+			}
+		}
+	}
+	if len(reads) > 0 {
+		sc.MethodConfig = []methodConfig{{Name: reads, RetryPolicy: &retryPolicy{
+			MaxAttempts:          3,
+			InitialBackoff:       "0.05s",
+			MaxBackoff:           "0.5s",
+			BackoffMultiplier:    2,
+			RetryableStatusCodes: []string{"UNAVAILABLE"},
+		}}}
+		sc.RetryThrottling = map[string]float64{"maxTokens": 10, "tokenRatio": 0.1}
+	}
+	b, err := json.Marshal(sc)
+	return string(b), err
+}

@@ -1,0 +1,174 @@
+package mesh
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"runtime/debug"
+	"sync"
+	"time"
+
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/reflection"
+)
+
+// ServerConfig tunes a Server. The zero value is usable: zero fields take the
+// defaults documented on each field.
+type ServerConfig struct {
+	// MaxDeadline caps the time any call may run; calls without a deadline
+	// get this one. Default 30s.
+	MaxDeadline time.Duration
+	// DrainTimeout bounds graceful stop: after it, open calls are cut.
+	// Default 10s.
+	DrainTimeout time.Duration
+	// KeepaliveMinTime is the shortest client keepalive ping interval
+	// tolerated; faster pingers are disconnected. Default 10s.
+	KeepaliveMinTime time.Duration
+	// MaxConnectionIdle closes connections idle this long. Default 5m.
+	MaxConnectionIdle time.Duration
+}
+
+func (c ServerConfig) withDefaults() ServerConfig {
+	if c.MaxDeadline <= 0 {
+		c.MaxDeadline = 30 * time.Second
+	}
+	if c.DrainTimeout <= 0 {
+		c.DrainTimeout = 10 * time.Second
+	}
+	if c.KeepaliveMinTime <= 0 {
+		c.KeepaliveMinTime = 10 * time.Second
+	}
+	if c.MaxConnectionIdle <= 0 {
+		c.MaxConnectionIdle = 5 * time.Minute
+	}
+	return c
+}
+
+// Server is a gRPC server with the mesh chain, health and reflection.
+type Server struct {
+	cfg        ServerConfig
+	log        *slog.Logger
+	grpc       *grpc.Server
+	health     *health.Server
+	validators map[string]Validator
+	services   []string
+	metrics    *Metrics
+
+	mu      sync.Mutex
+	serving bool
+}
+
+// NewServer builds a server. Register services before Serve.
+//
+// The unary chain, outermost first, and why in that order:
+//  1. request id — everything after it can log and forward the id;
+//  2. logging — one line per call with the final code, even for panics;
+//  3. metrics — count and time the call with the code the client sees;
+//  4. error edge — non-status errors become INTERNAL "internal error" so
+//     neither logs above nor clients see a raw Go error as the status;
+//  5. recovery — a panic becomes INTERNAL, its stack goes only to the log;
+//  6. deadline cap — bound the work before the handler starts;
+//  7. validation — reject bad requests before any handler code runs.
+func NewServer(cfg ServerConfig, log *slog.Logger, m *Metrics, opts ...grpc.ServerOption) *Server {
+	cfg = cfg.withDefaults()
+	s := &Server{cfg: cfg, log: log, health: health.NewServer(), validators: map[string]Validator{}, metrics: m}
+	chain := grpc.ChainUnaryInterceptor(
+		serverRequestID,
+		logging.UnaryServerInterceptor(interceptorLogger(log),
+			logging.WithLogOnEvents(logging.FinishCall),
+			logging.WithFieldsFromContext(requestIDFields)),
+		m.server.UnaryServerInterceptor(),
+		errorEdge(log),
+		recovery.UnaryServerInterceptor(recovery.WithRecoveryHandlerContext(func(ctx context.Context, p any) error {
+			log.ErrorContext(ctx, "panic in handler", "request_id", RequestID(ctx), "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+			return InternalError(ctx)
+		})),
+		capDeadline(cfg.MaxDeadline),
+		validation(s.validators),
+	)
+	all := append([]grpc.ServerOption{
+		chain,
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: cfg.KeepaliveMinTime, PermitWithoutStream: true}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: cfg.MaxConnectionIdle, Time: 2 * time.Minute, Timeout: 20 * time.Second}),
+	}, opts...)
+	s.grpc = grpc.NewServer(all...)
+	healthpb.RegisterHealthServer(s.grpc, s.health)
+	reflection.Register(s.grpc)
+	s.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
+	return s
+}
+
+// Register adds a service and the validator for its requests (may be nil).
+func (s *Server) Register(desc *grpc.ServiceDesc, impl any, v Validator) {
+	s.grpc.RegisterService(desc, impl)
+	if v != nil {
+		s.validators[desc.ServiceName] = v
+	}
+	s.services = append(s.services, desc.ServiceName)
+	s.health.SetServingStatus(desc.ServiceName, healthpb.HealthCheckResponse_NOT_SERVING)
+}
+
+// Serve marks every service SERVING and serves lis until Shutdown.
+func (s *Server) Serve(lis net.Listener) error {
+	s.metrics.server.InitializeMetrics(s.grpc)
+	s.setServing(true)
+	err := s.grpc.Serve(lis)
+	if errors.Is(err, grpc.ErrServerStopped) {
+		return nil
+	}
+	return err
+}
+
+// Serving reports whether the server is up and not draining.
+func (s *Server) Serving() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.serving
+}
+
+func (s *Server) setServing(on bool) {
+	s.mu.Lock()
+	s.serving = on
+	s.mu.Unlock()
+	st := healthpb.HealthCheckResponse_NOT_SERVING
+	if on {
+		st = healthpb.HealthCheckResponse_SERVING
+	}
+	for _, name := range append([]string{""}, s.services...) {
+		s.health.SetServingStatus(name, st)
+	}
+}
+
+// Shutdown turns health NOT_SERVING (so balancers stop sending), lets
+// in-flight calls finish, and cuts whatever is left after DrainTimeout or
+// when ctx ends.
+func (s *Server) Shutdown(ctx context.Context) {
+	s.setServing(false)
+	s.health.Shutdown()
+	done := make(chan struct{})
+	go func() {
+		s.grpc.GracefulStop()
+		close(done)
+	}()
+	timer := time.NewTimer(s.cfg.DrainTimeout)
+	defer timer.Stop()
+	select {
+	case <-done:
+		return
+	case <-timer.C:
+	case <-ctx.Done():
+	}
+	s.log.Warn("drain timeout: cutting open calls", "drain_timeout", s.cfg.DrainTimeout.String())
+	s.grpc.Stop()
+	<-done
+}
+
+// GRPC exposes the underlying server, e.g. to register extra services.
+func (s *Server) GRPC() *grpc.Server { return s.grpc }

@@ -1,0 +1,78 @@
+// Package order is the order service: orders placed by users, priced in
+// integer minor units of one currency, idempotent on the client's request
+// id, checked against the user service through the mesh client. service.go
+// holds the use cases, grpc.go the adapter, users.go the user-service
+// client adapter, store.go the store and its SQL implementation.
+package order
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Status is where an order is in its lifecycle; the values match
+// orderv1.OrderStatus.
+type Status int
+
+// Lifecycle: Pending -> Confirmed -> Cancelled, or Pending -> Cancelled.
+const (
+	StatusPending   Status = 1
+	StatusConfirmed Status = 2
+	StatusCancelled Status = 3
+)
+
+func (s Status) String() string {
+	switch s {
+	case StatusPending:
+		return "PENDING"
+	case StatusConfirmed:
+		return "CONFIRMED"
+	case StatusCancelled:
+		return "CANCELLED"
+	}
+	return fmt.Sprintf("Status(%d)", int(s))
+}
+
+// Item is one order line.
+type Item struct {
+	ProductID string
+	Quantity  int32
+	UnitPrice int64 // minor units of the order's currency
+}
+
+// Order is a placed order.
+type Order struct {
+	ID          string
+	UserID      string
+	Items       []Item
+	Currency    string
+	Total       int64
+	Status      Status
+	RequestID   string
+	RequestHash string
+	CreateTime  time.Time
+	UpdateTime  time.Time
+}
+
+// Store errors.
+var (
+	ErrNotFound        = errors.New("order not found")
+	ErrRequestIDTaken  = errors.New("request id already used")
+	ErrStatusChanged   = errors.New("order status changed concurrently")
+	errUserNotFound    = errors.New("user not found")
+	errUserUnavailable = errors.New("user service unavailable")
+)
+
+// requestHash fingerprints what a request asks for, so a retried request
+// id can be told apart from a reused one.
+func requestHash(userID, currency string, items []Item) string {
+	h := sha256.New()
+	fmt.Fprintf(h, "%q|%q", userID, currency)
+	for _, it := range items {
+		fmt.Fprintf(h, "|%q,%d,%d", it.ProductID, it.Quantity, it.UnitPrice)
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}

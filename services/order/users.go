@@ -1,0 +1,53 @@
+package order
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	userv1 "github.com/trellis-mesh/trellis/gen/trellis/user/v1"
+)
+
+// Users is what the order service needs from the user service.
+type Users interface {
+	// Exists returns nil if the user exists, errUserNotFound if not, and an
+	// error wrapping errUserUnavailable when the user service cannot say.
+	Exists(ctx context.Context, id string) error
+}
+
+// userGetter is the one RPC of userv1.UserServiceClient used here.
+type userGetter interface {
+	GetUser(ctx context.Context, in *userv1.GetUserRequest, opts ...grpc.CallOption) (*userv1.GetUserResponse, error)
+}
+
+// UserClient implements Users over the user service's gRPC API (through a
+// mesh connection: breaker, deadline, retry).
+type UserClient struct{ c userGetter }
+
+// NewUserClient wraps a UserService client.
+func NewUserClient(c userGetter) *UserClient { return &UserClient{c: c} }
+
+// Exists asks the user service for the user.
+func (u *UserClient) Exists(ctx context.Context, id string) error {
+	_, err := u.c.GetUser(ctx, &userv1.GetUserRequest{Id: id})
+	if err == nil {
+		return nil
+	}
+	st := status.Convert(err)
+	switch {
+	case st.Code() == codes.NotFound:
+		return errUserNotFound
+	case ctx.Err() != nil:
+		return ctx.Err() // the caller's deadline or cancellation
+	case errors.Is(err, context.DeadlineExceeded) || st.Code() == codes.DeadlineExceeded:
+		return fmt.Errorf("%w: timed out", errUserUnavailable)
+	default:
+		// The user service's message is already client-safe (its mesh edge
+		// made it); it says e.g. that the breaker is open.
+		return fmt.Errorf("%w: %s", errUserUnavailable, st.Message())
+	}
+}

@@ -1,0 +1,154 @@
+package user
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/google/uuid"
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/trellis-mesh/trellis/internal/apperr"
+	"github.com/trellis-mesh/trellis/internal/pagetoken"
+)
+
+// Config tunes the user service.
+type Config struct {
+	// BcryptCost is the password hashing cost; 0 means bcrypt.DefaultCost.
+	// Tests lower it; production should not.
+	BcryptCost int
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// Service holds the user use cases. Requests reach it already validated by
+// Validate (the mesh server runs it first).
+type Service struct {
+	store Store
+	cost  int
+	now   func() time.Time
+}
+
+// NewService returns the user service over store.
+func NewService(store Store, cfg Config) *Service {
+	if cfg.BcryptCost == 0 {
+		cfg.BcryptCost = bcrypt.DefaultCost
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	return &Service{store: store, cost: cfg.BcryptCost, now: cfg.Now}
+}
+
+func (s *Service) timestamp() time.Time { return s.now().UTC().Truncate(time.Microsecond) }
+
+// Create registers a user with a bcrypt hash of password.
+func (s *Service) Create(ctx context.Context, email, name, password string) (User, error) {
+	hash, err := bcrypt.GenerateFromPassword([]byte(password), s.cost)
+	if err != nil {
+		return User{}, fmt.Errorf("hash password: %w", err)
+	}
+	id, err := uuid.NewV7()
+	if err != nil {
+		return User{}, err
+	}
+	now := s.timestamp()
+	u := User{ID: id.String(), Email: email, Name: name, PasswordHash: string(hash), CreateTime: now, UpdateTime: now}
+	if err := s.store.Create(ctx, u); err != nil {
+		if errors.Is(err, ErrEmailTaken) {
+			return User{}, apperr.AlreadyExists("a user with email %q already exists", email)
+		}
+		return User{}, fmt.Errorf("create user: %w", err)
+	}
+	return u, nil
+}
+
+// Get returns one user.
+func (s *Service) Get(ctx context.Context, id string) (User, error) {
+	u, err := s.store.Get(ctx, id)
+	if errors.Is(err, ErrNotFound) {
+		return User{}, apperr.NotFound("user %q not found", id)
+	}
+	return u, err
+}
+
+// BatchGet returns the users in the order of ids; any missing id fails the
+// whole call, naming the first one missing.
+func (s *Service) BatchGet(ctx context.Context, ids []string) ([]User, error) {
+	found, err := s.store.GetMany(ctx, ids)
+	if err != nil {
+		return nil, fmt.Errorf("batch get users: %w", err)
+	}
+	byID := make(map[string]User, len(found))
+	for _, u := range found {
+		byID[u.ID] = u
+	}
+	out := make([]User, len(ids))
+	for i, id := range ids {
+		u, ok := byID[id]
+		if !ok {
+			return nil, apperr.NotFound("user %q not found", id)
+		}
+		out[i] = u
+	}
+	return out, nil
+}
+
+// List returns one page of users and the token of the next page ("" at
+// the end).
+func (s *Service) List(ctx context.Context, pageSize int32, token string) ([]User, string, error) {
+	after, err := pagetoken.Decode(token, "users")
+	if err != nil {
+		return nil, "", apperr.Invalid(apperr.Violation("page_token", "not a token returned by ListUsers"))
+	}
+	size := pagetoken.Size(pageSize, DefaultPage, MaxPage)
+	users, err := s.store.List(ctx, after, size+1) // one extra says whether a next page exists
+	if err != nil {
+		return nil, "", fmt.Errorf("list users: %w", err)
+	}
+	if len(users) <= size {
+		return users, "", nil
+	}
+	users = users[:size]
+	return users, pagetoken.Encode(users[size-1].ID, "users"), nil
+}
+
+// Patch names the fields an update changes; nil fields are kept.
+type Patch struct {
+	Email *string
+	Name  *string
+}
+
+// Update applies patch to the user and returns the result.
+func (s *Service) Update(ctx context.Context, id string, patch Patch) (User, error) {
+	u, err := s.Get(ctx, id)
+	if err != nil {
+		return User{}, err
+	}
+	if patch.Email != nil {
+		u.Email = *patch.Email
+	}
+	if patch.Name != nil {
+		u.Name = *patch.Name
+	}
+	u.UpdateTime = s.timestamp()
+	switch err := s.store.Update(ctx, u); {
+	case errors.Is(err, ErrNotFound): // deleted since we read it
+		return User{}, apperr.NotFound("user %q not found", id)
+	case errors.Is(err, ErrEmailTaken):
+		return User{}, apperr.AlreadyExists("a user with email %q already exists", u.Email)
+	case err != nil:
+		return User{}, fmt.Errorf("update user: %w", err)
+	}
+	return u, nil
+}
+
+// Delete removes a user.
+func (s *Service) Delete(ctx context.Context, id string) error {
+	err := s.store.Delete(ctx, id)
+	if errors.Is(err, ErrNotFound) {
+		return apperr.NotFound("user %q not found", id)
+	}
+	return err
+}

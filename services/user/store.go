@@ -1,0 +1,138 @@
+package user
+
+import (
+	"context"
+	"database/sql"
+	"embed"
+	"errors"
+	"fmt"
+	"io/fs"
+	"strings"
+	"time"
+
+	"github.com/trellis-mesh/trellis/internal/sqldb"
+)
+
+// Store keeps users. Implementations must make emails unique
+// case-insensitively (ErrEmailTaken) and return ErrNotFound for unknown ids.
+type Store interface {
+	Create(ctx context.Context, u User) error
+	Get(ctx context.Context, id string) (User, error)
+	// GetMany returns the users that exist among ids, in any order.
+	GetMany(ctx context.Context, ids []string) ([]User, error)
+	// List returns up to limit users with id > after, ordered by id.
+	List(ctx context.Context, after string, limit int) ([]User, error)
+	Update(ctx context.Context, u User) error
+	Delete(ctx context.Context, id string) error
+	Ping(ctx context.Context) error
+}
+
+//go:embed migrations
+var migrations embed.FS
+
+// SQLStore is the Store on SQLite or PostgreSQL.
+type SQLStore struct{ db *sqldb.DB }
+
+// NewSQLStore applies the user migrations to db and returns the store.
+func NewSQLStore(ctx context.Context, db *sqldb.DB) (*SQLStore, error) {
+	sub, err := fs.Sub(migrations, "migrations")
+	if err != nil {
+		return nil, err
+	}
+	if err := db.Migrate(ctx, sub); err != nil {
+		return nil, fmt.Errorf("user store: migrate: %w", err)
+	}
+	return &SQLStore{db: db}, nil
+}
+
+const userColumns = "id, email, name, password_hash, create_time, update_time"
+
+func emailKey(email string) string { return strings.ToLower(email) }
+
+// Create inserts u.
+func (s *SQLStore) Create(ctx context.Context, u User) error {
+	_, err := s.db.ExecContext(ctx, `INSERT INTO users (id, email, email_key, name, password_hash, create_time, update_time)
+		VALUES ($1, $2, $3, $4, $5, $6, $7)`,
+		u.ID, u.Email, emailKey(u.Email), u.Name, u.PasswordHash, u.CreateTime.UnixMicro(), u.UpdateTime.UnixMicro())
+	if sqldb.IsUniqueViolation(err) {
+		return ErrEmailTaken
+	}
+	return err
+}
+
+type scanner interface{ Scan(dest ...any) error }
+
+func scanUser(row scanner) (User, error) {
+	var u User
+	var created, updated int64
+	if err := row.Scan(&u.ID, &u.Email, &u.Name, &u.PasswordHash, &created, &updated); err != nil {
+		return User{}, err
+	}
+	u.CreateTime, u.UpdateTime = time.UnixMicro(created).UTC(), time.UnixMicro(updated).UTC()
+	return u, nil
+}
+
+// Get returns the user with id.
+func (s *SQLStore) Get(ctx context.Context, id string) (User, error) {
+	u, err := scanUser(s.db.QueryRowContext(ctx, "SELECT "+userColumns+" FROM users WHERE id = $1", id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return User{}, ErrNotFound
+	}
+	return u, err
+}
+
+// GetMany returns the existing users among ids.
+func (s *SQLStore) GetMany(ctx context.Context, ids []string) ([]User, error) {
+	if len(ids) == 0 {
+		return nil, nil
+	}
+	ph := make([]string, len(ids))
+	args := make([]any, len(ids))
+	for i, id := range ids {
+		ph[i] = fmt.Sprintf("$%d", i+1)
+		args[i] = id
+	}
+	return s.query(ctx, "SELECT "+userColumns+" FROM users WHERE id IN ("+strings.Join(ph, ", ")+")", args...)
+}
+
+// List returns a page of users after the given id.
+func (s *SQLStore) List(ctx context.Context, after string, limit int) ([]User, error) {
+	return s.query(ctx, "SELECT "+userColumns+" FROM users WHERE id > $1 ORDER BY id LIMIT $2", after, limit)
+}
+
+func (s *SQLStore) query(ctx context.Context, q string, args ...any) ([]User, error) {
+	rows, err := s.db.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []User
+	for rows.Next() {
+		u, err := scanUser(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, u)
+	}
+	return out, rows.Err()
+}
+
+// Update overwrites email, name and update time of u.ID.
+func (s *SQLStore) Update(ctx context.Context, u User) error {
+	res, err := s.db.ExecContext(ctx, "UPDATE users SET email = $1, email_key = $2, name = $3, update_time = $4 WHERE id = $5",
+		u.Email, emailKey(u.Email), u.Name, u.UpdateTime.UnixMicro(), u.ID)
+	if sqldb.IsUniqueViolation(err) {
+		return ErrEmailTaken
+	}
+	return sqldb.AffectedOne(res, err, ErrNotFound)
+}
+
+// Delete removes the user with id.
+func (s *SQLStore) Delete(ctx context.Context, id string) error {
+	res, err := s.db.ExecContext(ctx, "DELETE FROM users WHERE id = $1", id)
+	return sqldb.AffectedOne(res, err, ErrNotFound)
+}
+
+// Ping checks the database answers.
+func (s *SQLStore) Ping(ctx context.Context) error { return s.db.PingContext(ctx) }
+

@@ -1,0 +1,27 @@
+// Package user is the user service: accounts with a unique email, a name
+// and a password kept only as a bcrypt hash. service.go holds the use cases,
+// grpc.go the thin gRPC adapter, store.go the store interface and its SQL
+// implementation for SQLite and PostgreSQL.
+package user
+
+import (
+	"errors"
+	"time"
+)
+
+// User is an account. PasswordHash never leaves the package boundary
+// towards clients: the adapter does not copy it.
+type User struct {
+	ID           string
+	Email        string
+	Name         string
+	PasswordHash string
+	CreateTime   time.Time
+	UpdateTime   time.Time
+}
+
+// Store errors; the use cases turn them into client-facing errors.
+var (
+	ErrNotFound   = errors.New("user not found")
+	ErrEmailTaken = errors.New("email already registered")
+)

@@ -1,0 +1,110 @@
+package user
+
+import (
+	"net/mail"
+	"strconv"
+	"strings"
+	"unicode/utf8"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+
+	userv1 "github.com/trellis-mesh/trellis/gen/trellis/user/v1"
+	"github.com/trellis-mesh/trellis/internal/validate"
+)
+
+// Limits of the user contract.
+const (
+	MaxEmailLen    = 254
+	MaxNameLen     = 200 // characters
+	MinPasswordLen = 8   // bytes
+	MaxPasswordLen = 72  // bytes: bcrypt ignores anything longer
+	MaxBatch       = 100
+	DefaultPage    = 50
+	MaxPage        = 1000
+)
+
+// updatablePaths are the field-mask paths UpdateUser accepts.
+var updatablePaths = map[string]bool{"email": true, "name": true}
+
+// Validate checks a UserService request before any handler runs (the mesh
+// server calls it) and returns every bad field.
+func Validate(req any) []*errdetails.BadRequest_FieldViolation {
+	var v validate.Violations
+	switch r := req.(type) {
+	case *userv1.CreateUserRequest:
+		checkEmail(&v, "email", r.GetEmail())
+		checkName(&v, "name", r.GetName())
+		checkPassword(&v, "password", r.GetPassword())
+	case *userv1.GetUserRequest:
+		v.ID("id", r.GetId())
+	case *userv1.DeleteUserRequest:
+		v.ID("id", r.GetId())
+	case *userv1.BatchGetUsersRequest:
+		switch n := len(r.GetIds()); {
+		case n == 0:
+			v.Add("ids", "at least one id is required")
+		case n > MaxBatch:
+			v.Add("ids", "at most 100 ids per call")
+		default:
+			for i, id := range r.GetIds() {
+				v.ID("ids["+strconv.Itoa(i)+"]", id)
+			}
+		}
+	case *userv1.ListUsersRequest:
+		v.PageSize("page_size", r.GetPageSize())
+	case *userv1.UpdateUserRequest:
+		v.ID("user.id", r.GetUser().GetId())
+		paths := r.GetUpdateMask().GetPaths()
+		if len(paths) == 0 {
+			v.Add("update_mask", `required: name the fields to change ("email", "name")`)
+		}
+		for _, p := range paths {
+			switch {
+			case !updatablePaths[p]:
+				v.Add("update_mask", "unknown or read-only path "+strconv.Quote(p)+`: allowed are "email" and "name"`)
+			case p == "email":
+				checkEmail(&v, "user.email", r.GetUser().GetEmail())
+			case p == "name":
+				checkName(&v, "user.name", r.GetUser().GetName())
+			}
+		}
+	}
+	return v
+}
+
+func checkEmail(v *validate.Violations, field, email string) {
+	switch {
+	case email == "":
+		v.Add(field, "required")
+	case len(email) > MaxEmailLen:
+		v.Add(field, "at most 254 characters")
+	default:
+		a, err := mail.ParseAddress(email)
+		if err != nil || a.Address != email || !strings.Contains(email[strings.LastIndexByte(email, '@')+1:], ".") {
+			v.Add(field, "must be an email address like name@example.com")
+		}
+	}
+}
+
+func checkName(v *validate.Violations, field, name string) {
+	n := utf8.RuneCountInString(name)
+	switch {
+	case !utf8.ValidString(name):
+		v.Add(field, "must be valid UTF-8")
+	case strings.TrimSpace(name) == "":
+		v.Add(field, "required")
+	case n > MaxNameLen:
+		v.Add(field, "at most 200 characters")
+	}
+}
+
+func checkPassword(v *validate.Violations, field, pw string) {
+	switch n := len(pw); {
+	case n == 0:
+		v.Add(field, "required")
+	case n < MinPasswordLen:
+		v.Add(field, "at least 8 bytes")
+	case n > MaxPasswordLen:
+		v.Add(field, "at most 72 bytes")
+	}
+}
