@@ -29,7 +29,7 @@ func RequestID(ctx context.Context) string {
 const maxRequestIDLen = 128
 
 // serverRequestID takes the caller's request id (or makes one), puts it in
-// the context and echoes it in the response header.
+// the context and echoes it back.
 func serverRequestID(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	var id string
 	if md, ok := metadata.FromIncomingContext(ctx); ok {
@@ -40,8 +40,16 @@ func serverRequestID(ctx context.Context, req any, _ *grpc.UnaryServerInfo, hand
 	if id == "" {
 		id = uuid.NewString()
 	}
-	_ = grpc.SetHeader(ctx, metadata.Pairs(RequestIDHeader, id))
-	return handler(WithRequestID(ctx, id), req)
+	resp, err := handler(WithRequestID(ctx, id), req)
+	// On success the id rides in the response header. On failure it goes
+	// in the trailer: a header frame before an error status would make the
+	// client treat the call as committed and never retry it.
+	if err == nil {
+		_ = grpc.SetHeader(ctx, metadata.Pairs(RequestIDHeader, id))
+	} else {
+		_ = grpc.SetTrailer(ctx, metadata.Pairs(RequestIDHeader, id))
+	}
+	return resp, err
 }
 
 // clientRequestID forwards the context's request id to the upstream.

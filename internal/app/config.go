@@ -159,3 +159,15 @@ func (c *Config) Validate() error {
 	}
 	return errors.Join(errs...)
 }
+
+// WithBreakerDefaults fills the breaker settings a zero Config lacks with
+// the flag defaults.
+func (c Config) WithBreakerDefaults() Config {
+	if c.Breaker.Interval == 0 {
+		c.Breaker.Interval = 10 * time.Second
+	}
+	if c.Breaker.Timeout == 0 {
+		c.Breaker.Timeout = 30 * time.Second
+	}
+	return c
+}

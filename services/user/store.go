@@ -135,4 +135,3 @@ func (s *SQLStore) Delete(ctx context.Context, id string) error {
 
 // Ping checks the database answers.
 func (s *SQLStore) Ping(ctx context.Context) error { return s.db.PingContext(ctx) }
-

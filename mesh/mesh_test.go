@@ -1,0 +1,369 @@
+package mesh_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	userv1 "github.com/trellis-mesh/trellis/gen/trellis/user/v1"
+	"github.com/trellis-mesh/trellis/internal/testenv"
+	"github.com/trellis-mesh/trellis/mesh"
+	"github.com/trellis-mesh/trellis/services/user"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// fakeUsers is a UserService whose GetUser and CreateUser do what the test
+// says.
+type fakeUsers struct {
+	userv1.UnimplementedUserServiceServer
+	getUser    func(ctx context.Context, req *userv1.GetUserRequest) (*userv1.GetUserResponse, error)
+	createUser func(ctx context.Context, req *userv1.CreateUserRequest) (*userv1.CreateUserResponse, error)
+}
+
+func (f *fakeUsers) GetUser(ctx context.Context, req *userv1.GetUserRequest) (*userv1.GetUserResponse, error) {
+	return f.getUser(ctx, req)
+}
+
+func (f *fakeUsers) CreateUser(ctx context.Context, req *userv1.CreateUserRequest) (*userv1.CreateUserResponse, error) {
+	return f.createUser(ctx, req)
+}
+
+var okUser = &userv1.GetUserResponse{User: &userv1.User{Id: "0192f7a4-7c4e-7d1a-9b7e-2f5c3a1d8e90", Email: "a@example.com", Name: "A", CreateTime: timestamppb.Now()}}
+
+const validID = "0192f7a4-7c4e-7d1a-9b7e-2f5c3a1d8e90"
+
+// serve runs fake behind a mesh server and returns its address, the server
+// and everything it logged.
+func serve(t *testing.T, fake *fakeUsers, cfg mesh.ServerConfig) (string, *mesh.Server, *syncBuffer) {
+	t.Helper()
+	logs := &syncBuffer{}
+	m, _ := testenv.Metrics()
+	srv := mesh.NewServer(cfg, slog.New(slog.NewJSONHandler(logs, nil)), m)
+	srv.Register(&userv1.UserService_ServiceDesc, fake, user.Validate)
+	return testenv.Serve(t, srv), srv, logs
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func TestPanicBecomesInternalWithStackOnlyInLog(t *testing.T) {
+	t.Parallel()
+	addr, _, logs := serve(t, &fakeUsers{getUser: func(context.Context, *userv1.GetUserRequest) (*userv1.GetUserResponse, error) {
+		panic("secret-panic-detail")
+	}}, mesh.ServerConfig{})
+	c := userv1.NewUserServiceClient(testenv.Dial(t, addr))
+	var trailer metadata.MD
+	_, err := c.GetUser(context.Background(), &userv1.GetUserRequest{Id: validID}, grpc.Trailer(&trailer))
+	st := status.Convert(err)
+	if st.Code() != codes.Internal {
+		t.Fatalf("code = %v, want Internal", st.Code())
+	}
+	if strings.Contains(st.Message(), "secret") || strings.Contains(st.Message(), "goroutine") {
+		t.Errorf("client sees panic details: %q", st.Message())
+	}
+	if id := trailer.Get(mesh.RequestIDHeader); len(id) != 1 || !strings.Contains(st.Message(), id[0]) {
+		t.Errorf("message %q should quote the request id %v", st.Message(), id)
+	}
+	if l := logs.String(); !strings.Contains(l, "secret-panic-detail") || !strings.Contains(l, "goroutine") {
+		t.Errorf("log lacks the panic and its stack:\n%s", l)
+	}
+}
+
+func TestPlainErrorsNeverReachTheClient(t *testing.T) {
+	t.Parallel()
+	addr, _, logs := serve(t, &fakeUsers{getUser: func(context.Context, *userv1.GetUserRequest) (*userv1.GetUserResponse, error) {
+		return nil, errors.New(`pq: relation "users" does not exist`)
+	}}, mesh.ServerConfig{})
+	c := userv1.NewUserServiceClient(testenv.Dial(t, addr))
+	_, err := c.GetUser(context.Background(), &userv1.GetUserRequest{Id: validID})
+	st := status.Convert(err)
+	if st.Code() != codes.Internal || strings.Contains(st.Message(), "relation") {
+		t.Errorf("got %v %q; want Internal without the SQL error", st.Code(), st.Message())
+	}
+	if !strings.Contains(logs.String(), `relation \"users\" does not exist`) {
+		t.Errorf("the real error must be logged:\n%s", logs.String())
+	}
+}
+
+func TestValidationRunsBeforeHandler(t *testing.T) {
+	t.Parallel()
+	var called atomic.Bool
+	addr, _, _ := serve(t, &fakeUsers{getUser: func(context.Context, *userv1.GetUserRequest) (*userv1.GetUserResponse, error) {
+		called.Store(true)
+		return okUser, nil
+	}}, mesh.ServerConfig{})
+	c := userv1.NewUserServiceClient(testenv.Dial(t, addr))
+	_, err := c.GetUser(context.Background(), &userv1.GetUserRequest{Id: "nope"})
+	if status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("code = %v, want InvalidArgument", status.Code(err))
+	}
+	if got := testenv.Violations(err); len(got) != 1 || got[0] != "id" {
+		t.Errorf("violations = %v, want [id]", got)
+	}
+	if called.Load() {
+		t.Error("handler ran for an invalid request")
+	}
+}
+
+func TestRequestIDIsEchoedAndLogged(t *testing.T) {
+	t.Parallel()
+	var seen atomic.Value
+	addr, _, logs := serve(t, &fakeUsers{getUser: func(ctx context.Context, _ *userv1.GetUserRequest) (*userv1.GetUserResponse, error) {
+		seen.Store(mesh.RequestID(ctx))
+		return okUser, nil
+	}}, mesh.ServerConfig{})
+	c := userv1.NewUserServiceClient(testenv.Dial(t, addr))
+	var header metadata.MD
+	ctx := metadata.AppendToOutgoingContext(context.Background(), mesh.RequestIDHeader, "req-abc")
+	if _, err := c.GetUser(ctx, &userv1.GetUserRequest{Id: validID}, grpc.Header(&header)); err != nil {
+		t.Fatal(err)
+	}
+	if got := header.Get(mesh.RequestIDHeader); len(got) != 1 || got[0] != "req-abc" {
+		t.Errorf("echoed request id = %v, want [req-abc]", got)
+	}
+	if seen.Load() != "req-abc" {
+		t.Errorf("handler saw request id %v", seen.Load())
+	}
+	if !strings.Contains(logs.String(), `"request_id":"req-abc"`) || !strings.Contains(logs.String(), `"grpc.code":"OK"`) {
+		t.Errorf("log line lacks request id or code:\n%s", logs.String())
+	}
+}
+
+func TestDeadlineIsCapped(t *testing.T) {
+	t.Parallel()
+	var budget atomic.Int64
+	addr, _, _ := serve(t, &fakeUsers{getUser: func(ctx context.Context, _ *userv1.GetUserRequest) (*userv1.GetUserResponse, error) {
+		dl, _ := ctx.Deadline()
+		budget.Store(int64(time.Until(dl)))
+		return okUser, nil
+	}}, mesh.ServerConfig{MaxDeadline: 2 * time.Second})
+	c := userv1.NewUserServiceClient(testenv.Dial(t, addr))
+	for _, callerTimeout := range []time.Duration{0, time.Hour} {
+		ctx := context.Background()
+		if callerTimeout > 0 {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, callerTimeout)
+			defer cancel()
+		}
+		if _, err := c.GetUser(ctx, &userv1.GetUserRequest{Id: validID}); err != nil {
+			t.Fatal(err)
+		}
+		if b := time.Duration(budget.Load()); b <= 0 || b > 2*time.Second {
+			t.Errorf("caller timeout %v: handler budget %v, want (0, 2s]", callerTimeout, b)
+		}
+	}
+}
+
+func TestHealthGoesNotServingOnShutdown(t *testing.T) {
+	t.Parallel()
+	release := make(chan struct{})
+	started := make(chan struct{})
+	addr, srv, _ := serve(t, &fakeUsers{getUser: func(context.Context, *userv1.GetUserRequest) (*userv1.GetUserResponse, error) {
+		close(started)
+		<-release
+		return okUser, nil
+	}}, mesh.ServerConfig{DrainTimeout: 5 * time.Second})
+	conn := testenv.Dial(t, addr)
+	h := healthpb.NewHealthClient(conn)
+	resp, err := h.Check(context.Background(), &healthpb.HealthCheckRequest{Service: "trellis.user.v1.UserService"})
+	if err != nil || resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("health before shutdown: %v %v", resp, err)
+	}
+	// An in-flight call must finish during the drain.
+	callErr := make(chan error, 1)
+	go func() {
+		_, err := userv1.NewUserServiceClient(conn).GetUser(context.Background(), &userv1.GetUserRequest{Id: validID})
+		callErr <- err
+	}()
+	<-started
+	stopped := make(chan struct{})
+	go func() { srv.Shutdown(context.Background()); close(stopped) }()
+	waitFor(t, func() bool { return !srv.Serving() })
+	close(release)
+	if err := <-callErr; err != nil {
+		t.Errorf("in-flight call during drain: %v", err)
+	}
+	<-stopped
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not reached in 5s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestIsServerFault(t *testing.T) {
+	t.Parallel()
+	cancelled, cancel := context.WithCancel(context.Background())
+	cancel()
+	tests := []struct {
+		name string
+		ctx  context.Context
+		err  error
+		want bool
+	}{
+		{"ok", context.Background(), nil, false},
+		{"unavailable", context.Background(), status.Error(codes.Unavailable, ""), true},
+		{"internal", context.Background(), status.Error(codes.Internal, ""), true},
+		{"unknown", context.Background(), status.Error(codes.Unknown, ""), true},
+		{"resource exhausted", context.Background(), status.Error(codes.ResourceExhausted, ""), true},
+		{"invalid argument", context.Background(), status.Error(codes.InvalidArgument, ""), false},
+		{"not found", context.Background(), status.Error(codes.NotFound, ""), false},
+		{"already exists", context.Background(), status.Error(codes.AlreadyExists, ""), false},
+		{"caller cancelled", cancelled, status.Error(codes.Canceled, ""), false},
+		{"caller cancelled while upstream unavailable", cancelled, status.Error(codes.Unavailable, ""), false},
+		{"caller's own deadline", context.Background(), status.Error(codes.DeadlineExceeded, ""), false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := mesh.IsServerFault(tt.ctx, tt.err); got != tt.want {
+				t.Errorf("IsServerFault = %v, want %v", got, tt.want)
+			}
+		})
+	}
+}
+
+// dialMesh returns a mesh client of addr with a fast breaker.
+func dialMesh(t *testing.T, addr string, cfg mesh.ClientConfig) userv1.UserServiceClient {
+	t.Helper()
+	m, _ := testenv.Metrics()
+	cfg.Name, cfg.Target = "user", addr
+	cfg.Services = append(cfg.Services, userv1.File_trellis_user_v1_user_proto.Services().Get(0))
+	conn, err := mesh.Dial(cfg, testenv.Logger(), m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return userv1.NewUserServiceClient(conn)
+}
+
+func TestReadsAreRetriedWritesAreNot(t *testing.T) {
+	t.Parallel()
+	var gets, creates atomic.Int32
+	addr, _, _ := serve(t, &fakeUsers{
+		getUser: func(context.Context, *userv1.GetUserRequest) (*userv1.GetUserResponse, error) {
+			if gets.Add(1) == 1 {
+				return nil, status.Error(codes.Unavailable, "try again")
+			}
+			return okUser, nil
+		},
+		createUser: func(context.Context, *userv1.CreateUserRequest) (*userv1.CreateUserResponse, error) {
+			creates.Add(1)
+			return nil, status.Error(codes.Unavailable, "try again")
+		},
+	}, mesh.ServerConfig{})
+	c := dialMesh(t, addr, mesh.ClientConfig{})
+	if _, err := c.GetUser(context.Background(), &userv1.GetUserRequest{Id: validID}); err != nil {
+		t.Fatalf("GetUser should succeed on retry: %v", err)
+	}
+	if n := gets.Load(); n != 2 {
+		t.Errorf("GetUser attempts = %d, want 2", n)
+	}
+	_, err := c.CreateUser(context.Background(), &userv1.CreateUserRequest{Email: "a@example.com", Name: "A", Password: "12345678"})
+	if status.Code(err) != codes.Unavailable {
+		t.Fatalf("CreateUser: %v", err)
+	}
+	if n := creates.Load(); n != 1 {
+		t.Errorf("CreateUser attempts = %d, want 1 (writes are never retried)", n)
+	}
+}
+
+func TestDefaultDeadlineAppliesAndTripsBreaker(t *testing.T) {
+	t.Parallel()
+	var calls atomic.Int32
+	addr, _, _ := serve(t, &fakeUsers{getUser: func(ctx context.Context, _ *userv1.GetUserRequest) (*userv1.GetUserResponse, error) {
+		calls.Add(1)
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}}, mesh.ServerConfig{})
+	c := dialMesh(t, addr, mesh.ClientConfig{DefaultTimeout: 50 * time.Millisecond, Breaker: mesh.BreakerConfig{Timeout: time.Minute}})
+	for range 3 {
+		_, err := c.GetUser(context.Background(), &userv1.GetUserRequest{Id: validID})
+		if status.Code(err) != codes.DeadlineExceeded {
+			t.Fatalf("slow upstream: got %v, want DeadlineExceeded", err)
+		}
+	}
+	_, err := c.GetUser(context.Background(), &userv1.GetUserRequest{Id: validID})
+	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "circuit breaker open") {
+		t.Fatalf("after 3 timeouts of the mesh's own deadline: got %v, want the open breaker", err)
+	}
+	if n := calls.Load(); n != 3 {
+		t.Errorf("upstream saw %d calls, want 3 (the 4th is shed)", n)
+	}
+}
+
+func TestCallerDeadlineAndCancelDoNotTripBreaker(t *testing.T) {
+	t.Parallel()
+	addr, _, _ := serve(t, &fakeUsers{getUser: func(ctx context.Context, _ *userv1.GetUserRequest) (*userv1.GetUserResponse, error) {
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+			return okUser, nil
+		}
+	}}, mesh.ServerConfig{})
+	c := dialMesh(t, addr, mesh.ClientConfig{Breaker: mesh.BreakerConfig{Timeout: time.Minute}})
+	for range 5 {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+		_, err := c.GetUser(ctx, &userv1.GetUserRequest{Id: validID})
+		cancel()
+		if status.Code(err) != codes.DeadlineExceeded {
+			t.Fatalf("got %v, want DeadlineExceeded", err)
+		}
+	}
+	if _, err := c.GetUser(context.Background(), &userv1.GetUserRequest{Id: validID}); err != nil {
+		t.Errorf("breaker tripped on the caller's own deadlines: %v", err)
+	}
+}
+
+func TestServiceConfigRetriesOnlyReads(t *testing.T) {
+	t.Parallel()
+	sc, err := mesh.ServiceConfig(userv1.File_trellis_user_v1_user_proto.Services().Get(0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{`"round_robin"`, `"method":"GetUser"`, `"method":"ListUsers"`, `"method":"BatchGetUsers"`, `"retryThrottling"`, `"UNAVAILABLE"`} {
+		if !strings.Contains(sc, want) {
+			t.Errorf("service config lacks %s: %s", want, sc)
+		}
+	}
+	for _, write := range []string{"CreateUser", "UpdateUser", "DeleteUser"} {
+		if strings.Contains(sc, write) {
+			t.Errorf("service config retries the write %s: %s", write, sc)
+		}
+	}
+}

@@ -1,0 +1,177 @@
+package user_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/uuid"
+
+	"github.com/trellis-mesh/trellis/internal/testenv"
+	"github.com/trellis-mesh/trellis/services/user"
+)
+
+// TestStoreConformance runs one suite against every backend: whatever the
+// service relies on must hold on SQLite and PostgreSQL alike.
+func TestStoreConformance(t *testing.T) {
+	t.Parallel()
+	for _, d := range testenv.Backends {
+		t.Run(string(d), func(t *testing.T) {
+			t.Parallel()
+			newStore := func(t *testing.T) user.Store {
+				s, err := user.NewSQLStore(context.Background(), testenv.OpenDB(t, d, "user"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				return s
+			}
+			for name, test := range storeTests {
+				t.Run(name, func(t *testing.T) {
+					t.Parallel()
+					test(t, newStore(t))
+				})
+			}
+		})
+	}
+}
+
+var base = time.Date(2026, 11, 1, 12, 0, 0, 123456000, time.UTC)
+
+func newUser(i int) user.User {
+	id, _ := uuid.NewV7()
+	return user.User{
+		ID: id.String(), Email: fmt.Sprintf("u%d@example.com", i), Name: fmt.Sprintf("User %d", i),
+		PasswordHash: "$2a$04$hash", CreateTime: base, UpdateTime: base,
+	}
+}
+
+var storeTests = map[string]func(t *testing.T, s user.Store){
+	"create then get returns the same user": func(t *testing.T, s user.Store) {
+		ctx := context.Background()
+		want := newUser(1)
+		if err := s.Create(ctx, want); err != nil {
+			t.Fatal(err)
+		}
+		got, err := s.Get(ctx, want.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if diff := cmp.Diff(want, got); diff != "" {
+			t.Errorf("Get mismatch (-want +got):\n%s", diff)
+		}
+	},
+	"email is unique case-insensitively": func(t *testing.T, s user.Store) {
+		ctx := context.Background()
+		a, b := newUser(1), newUser(2)
+		b.Email = "U1@EXAMPLE.com"
+		if err := s.Create(ctx, a); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Create(ctx, b); !errors.Is(err, user.ErrEmailTaken) {
+			t.Fatalf("Create duplicate email: got %v, want ErrEmailTaken", err)
+		}
+	},
+	"missing ids are ErrNotFound": func(t *testing.T, s user.Store) {
+		ctx := context.Background()
+		id := uuid.NewString()
+		if _, err := s.Get(ctx, id); !errors.Is(err, user.ErrNotFound) {
+			t.Errorf("Get: got %v, want ErrNotFound", err)
+		}
+		if err := s.Delete(ctx, id); !errors.Is(err, user.ErrNotFound) {
+			t.Errorf("Delete: got %v, want ErrNotFound", err)
+		}
+		u := newUser(1)
+		if err := s.Update(ctx, u); !errors.Is(err, user.ErrNotFound) {
+			t.Errorf("Update: got %v, want ErrNotFound", err)
+		}
+	},
+	"list pages by id": func(t *testing.T, s user.Store) {
+		ctx := context.Background()
+		var ids []string
+		for i := range 5 {
+			u := newUser(i)
+			ids = append(ids, u.ID)
+			if err := s.Create(ctx, u); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var got []string
+		after := ""
+		for {
+			page, err := s.List(ctx, after, 2)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(page) == 0 {
+				break
+			}
+			for _, u := range page {
+				got = append(got, u.ID)
+			}
+			after = page[len(page)-1].ID
+		}
+		if diff := cmp.Diff(ids, got); diff != "" {
+			t.Errorf("paged ids (-want +got):\n%s", diff)
+		}
+	},
+	"get many returns only existing users": func(t *testing.T, s user.Store) {
+		ctx := context.Background()
+		a, b := newUser(1), newUser(2)
+		for _, u := range []user.User{a, b} {
+			if err := s.Create(ctx, u); err != nil {
+				t.Fatal(err)
+			}
+		}
+		got, err := s.GetMany(ctx, []string{b.ID, uuid.NewString(), a.ID})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != 2 {
+			t.Fatalf("GetMany: got %d users, want 2", len(got))
+		}
+	},
+	"update changes email and name; a taken email is refused": func(t *testing.T, s user.Store) {
+		ctx := context.Background()
+		a, b := newUser(1), newUser(2)
+		for _, u := range []user.User{a, b} {
+			if err := s.Create(ctx, u); err != nil {
+				t.Fatal(err)
+			}
+		}
+		a.Email, a.Name, a.UpdateTime = "new@example.com", "New", base.Add(time.Hour)
+		if err := s.Update(ctx, a); err != nil {
+			t.Fatal(err)
+		}
+		got, err := s.Get(ctx, a.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if diff := cmp.Diff(a, got); diff != "" {
+			t.Errorf("after update (-want +got):\n%s", diff)
+		}
+		b.Email = "NEW@example.com"
+		if err := s.Update(ctx, b); !errors.Is(err, user.ErrEmailTaken) {
+			t.Errorf("Update to taken email: got %v, want ErrEmailTaken", err)
+		}
+	},
+	"delete removes the user": func(t *testing.T, s user.Store) {
+		ctx := context.Background()
+		u := newUser(1)
+		if err := s.Create(ctx, u); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Delete(ctx, u.ID); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Get(ctx, u.ID); !errors.Is(err, user.ErrNotFound) {
+			t.Errorf("Get after delete: got %v, want ErrNotFound", err)
+		}
+		// The email is free again.
+		if err := s.Create(ctx, newUser(1)); err != nil {
+			t.Errorf("re-create with freed email: %v", err)
+		}
+	},
+}
