@@ -59,8 +59,7 @@ func IsServerFault(ctx context.Context, err error) bool {
 	case codes.Unavailable, codes.Internal, codes.Unknown, codes.ResourceExhausted:
 		return true
 	case codes.DeadlineExceeded:
-		ours, _ := ctx.Value(defaultDeadlineKey{}).(bool)
-		return ours
+		return errors.Is(context.Cause(ctx), errDefaultDeadline)
 	default:
 		return false
 	}

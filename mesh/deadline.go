@@ -2,6 +2,7 @@ package mesh
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"google.golang.org/grpc"
@@ -21,17 +22,19 @@ func capDeadline(max time.Duration) grpc.UnaryServerInterceptor {
 	}
 }
 
-type defaultDeadlineKey struct{}
+// errDefaultDeadline is the cause of the mesh's own default deadline, so the
+// breaker can tell it from a caller's deadline (context.Cause).
+var errDefaultDeadline = errors.New("mesh default deadline exceeded")
 
 // defaultDeadline gives calls without a deadline the upstream's default one,
-// and marks the context so the breaker knows the deadline was ours. Calls
+// with a cause that marks it as ours. Calls
 // that carry a deadline (the caller's, or one propagated from an incoming
 // call) keep it: gRPC sends it on as grpc-timeout.
 func defaultDeadline(d time.Duration) grpc.UnaryClientInterceptor {
 	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
 		if _, ok := ctx.Deadline(); !ok && d > 0 {
 			var cancel context.CancelFunc
-			ctx, cancel = context.WithTimeout(context.WithValue(ctx, defaultDeadlineKey{}, true), d)
+			ctx, cancel = context.WithTimeoutCause(ctx, d, errDefaultDeadline)
 			defer cancel()
 		}
 		return invoker(ctx, method, req, reply, cc, opts...)

@@ -134,27 +134,35 @@ func TestValidationRunsBeforeHandler(t *testing.T) {
 	}
 }
 
-func TestRequestIDIsEchoedAndLogged(t *testing.T) {
+func TestRequestIDIsPropagatedLoggedAndReturnedOnFailure(t *testing.T) {
 	t.Parallel()
 	var seen atomic.Value
-	addr, _, logs := serve(t, &fakeUsers{getUser: func(ctx context.Context, _ *userv1.GetUserRequest) (*userv1.GetUserResponse, error) {
+	addr, _, logs := serve(t, &fakeUsers{getUser: func(ctx context.Context, req *userv1.GetUserRequest) (*userv1.GetUserResponse, error) {
 		seen.Store(mesh.RequestID(ctx))
+		if req.GetId() != validID {
+			return nil, status.Error(codes.NotFound, "no such user")
+		}
 		return okUser, nil
 	}}, mesh.ServerConfig{})
 	c := userv1.NewUserServiceClient(testenv.Dial(t, addr))
-	var header metadata.MD
 	ctx := metadata.AppendToOutgoingContext(context.Background(), mesh.RequestIDHeader, "req-abc")
-	if _, err := c.GetUser(ctx, &userv1.GetUserRequest{Id: validID}, grpc.Header(&header)); err != nil {
+	if _, err := c.GetUser(ctx, &userv1.GetUserRequest{Id: validID}); err != nil {
 		t.Fatal(err)
 	}
-	if got := header.Get(mesh.RequestIDHeader); len(got) != 1 || got[0] != "req-abc" {
-		t.Errorf("echoed request id = %v, want [req-abc]", got)
-	}
 	if seen.Load() != "req-abc" {
-		t.Errorf("handler saw request id %v", seen.Load())
+		t.Errorf("handler saw request id %v, want req-abc", seen.Load())
 	}
 	if !strings.Contains(logs.String(), `"request_id":"req-abc"`) || !strings.Contains(logs.String(), `"grpc.code":"OK"`) {
 		t.Errorf("log line lacks request id or code:\n%s", logs.String())
+	}
+	// Without an id the server makes one and returns it with the failure.
+	var trailer metadata.MD
+	_, err := c.GetUser(context.Background(), &userv1.GetUserRequest{Id: "0192f7a4-7c4e-7d1a-9b7e-000000000000"}, grpc.Trailer(&trailer))
+	if status.Code(err) != codes.NotFound {
+		t.Fatalf("got %v, want NotFound", err)
+	}
+	if got := trailer.Get(mesh.RequestIDHeader); len(got) != 1 || got[0] != seen.Load() {
+		t.Errorf("trailer request id = %v, want the generated %v", got, seen.Load())
 	}
 }
 

@@ -10,7 +10,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
@@ -81,9 +80,7 @@ func NewServer(cfg ServerConfig, log *slog.Logger, m *Metrics, opts ...grpc.Serv
 	s := &Server{cfg: cfg, log: log, health: health.NewServer(), validators: map[string]Validator{}, metrics: m}
 	chain := grpc.ChainUnaryInterceptor(
 		serverRequestID,
-		logging.UnaryServerInterceptor(interceptorLogger(log),
-			logging.WithLogOnEvents(logging.FinishCall),
-			logging.WithFieldsFromContext(requestIDFields)),
+		accessLog(log),
 		m.server.UnaryServerInterceptor(),
 		errorEdge(log),
 		recovery.UnaryServerInterceptor(recovery.WithRecoveryHandlerContext(func(ctx context.Context, p any) error {
