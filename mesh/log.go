@@ -11,7 +11,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
-
 )
 
 // NewLogger returns a slog logger writing to w. format is "json" (the
