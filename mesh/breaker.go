@@ -59,7 +59,8 @@ func IsServerFault(ctx context.Context, err error) bool {
 	case codes.Unavailable, codes.Internal, codes.Unknown, codes.ResourceExhausted:
 		return true
 	case codes.DeadlineExceeded:
-		return errors.Is(context.Cause(ctx), errDefaultDeadline)
+		ours, _ := ctx.Value(defaultDeadlineKey{}).(bool)
+		return ours
 	default:
 		return false
 	}
@@ -79,9 +80,9 @@ func breakerStateValue(s gobreaker.State) float64 {
 
 // newBreaker builds the breaker for one upstream, reporting state changes
 // as a log line and in the metrics.
-func newBreaker(upstream string, cfg BreakerConfig, log *slog.Logger, m *Metrics) *gobreaker.CircuitBreaker[struct{}] {
+func newBreaker(caller, upstream string, cfg BreakerConfig, log *slog.Logger, m *Metrics) *gobreaker.CircuitBreaker[struct{}] {
 	cfg = cfg.withDefaults()
-	m.breakerState.WithLabelValues(upstream).Set(0)
+	m.breakerState.WithLabelValues(caller, upstream).Set(0)
 	return gobreaker.NewCircuitBreaker[struct{}](gobreaker.Settings{
 		Name:        upstream,
 		MaxRequests: cfg.MaxRequests,
@@ -89,9 +90,9 @@ func newBreaker(upstream string, cfg BreakerConfig, log *slog.Logger, m *Metrics
 		Timeout:     cfg.Timeout,
 		ReadyToTrip: func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= cfg.ConsecutiveFailures },
 		OnStateChange: func(name string, from, to gobreaker.State) {
-			m.breakerState.WithLabelValues(name).Set(breakerStateValue(to))
-			m.breakerTransitions.WithLabelValues(name, from.String(), to.String()).Inc()
-			log.Warn("circuit breaker state change", "upstream", name, "from", from.String(), "to", to.String())
+			m.breakerState.WithLabelValues(caller, name).Set(breakerStateValue(to))
+			m.breakerTransitions.WithLabelValues(caller, name, from.String(), to.String()).Inc()
+			log.Warn("circuit breaker state change", "caller", caller, "upstream", name, "from", from.String(), "to", to.String())
 		},
 		// Success or failure is decided in the interceptor, where the
 		// call's context is known; see errNotCounted.
@@ -110,8 +111,8 @@ func (n notCounted) Unwrap() error        { return n.err }
 
 // breakerInterceptor runs each call through the upstream's breaker. When
 // it is open the call fails at once with UNAVAILABLE naming the upstream.
-func breakerInterceptor(upstream string, cb *gobreaker.CircuitBreaker[struct{}], m *Metrics) grpc.UnaryClientInterceptor {
-	rejected := m.breakerRejected.WithLabelValues(upstream)
+func breakerInterceptor(caller, upstream string, cb *gobreaker.CircuitBreaker[struct{}], m *Metrics) grpc.UnaryClientInterceptor {
+	rejected := m.breakerRejected.WithLabelValues(caller, upstream)
 	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
 		_, err := cb.Execute(func() (struct{}, error) {
 			err := invoker(ctx, method, req, reply, cc, opts...)

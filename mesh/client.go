@@ -20,6 +20,10 @@ import (
 type ClientConfig struct {
 	// Name labels the upstream in metrics, logs and errors ("user").
 	Name string
+	// Caller names the component making the calls ("order", "gateway"), so
+	// two callers of one upstream in a process keep separate breaker
+	// metrics. Empty means "default".
+	Caller string
 	// Target is a gRPC target. A bare host:port is resolved through DNS
 	// (dns:///host:port) and balanced round-robin over every address, so
 	// one name can front several replicas.
@@ -56,7 +60,10 @@ func Dial(cfg ClientConfig, log *slog.Logger, m *Metrics, opts ...grpc.DialOptio
 	if err != nil {
 		return nil, err
 	}
-	cb := newBreaker(cfg.Name, cfg.Breaker, log, m)
+	if cfg.Caller == "" {
+		cfg.Caller = "default"
+	}
+	cb := newBreaker(cfg.Caller, cfg.Name, cfg.Breaker, log, m)
 	all := append([]grpc.DialOption{
 		grpc.WithTransportCredentials(creds),
 		grpc.WithDefaultServiceConfig(sc),
@@ -71,7 +78,7 @@ func Dial(cfg ClientConfig, log *slog.Logger, m *Metrics, opts ...grpc.DialOptio
 			clientRequestID,
 			m.client.UnaryClientInterceptor(),
 			defaultDeadline(cfg.DefaultTimeout),
-			breakerInterceptor(cfg.Name, cb, m),
+			breakerInterceptor(cfg.Caller, cfg.Name, cb, m),
 		),
 	}, opts...)
 	return grpc.NewClient(dnsTarget(cfg.Target), all...)

@@ -2,7 +2,6 @@ package mesh
 
 import (
 	"context"
-	"errors"
 	"time"
 
 	"google.golang.org/grpc"
@@ -22,19 +21,19 @@ func capDeadline(max time.Duration) grpc.UnaryServerInterceptor {
 	}
 }
 
-// errDefaultDeadline is the cause of the mesh's own default deadline, so the
-// breaker can tell it from a caller's deadline (context.Cause).
-var errDefaultDeadline = errors.New("mesh default deadline exceeded")
+type defaultDeadlineKey struct{}
 
 // defaultDeadline gives calls without a deadline the upstream's default one,
-// with a cause that marks it as ours. Calls
+// and marks the context so the breaker knows the deadline was ours. (A
+// context.Cause would not do: the upstream's copy of the deadline can fire
+// and answer DEADLINE_EXCEEDED before ours does.) Calls
 // that carry a deadline (the caller's, or one propagated from an incoming
 // call) keep it: gRPC sends it on as grpc-timeout.
 func defaultDeadline(d time.Duration) grpc.UnaryClientInterceptor {
 	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
 		if _, ok := ctx.Deadline(); !ok && d > 0 {
 			var cancel context.CancelFunc
-			ctx, cancel = context.WithTimeoutCause(ctx, d, errDefaultDeadline)
+			ctx, cancel = context.WithTimeout(context.WithValue(ctx, defaultDeadlineKey{}, true), d)
 			defer cancel()
 		}
 		return invoker(ctx, method, req, reply, cc, opts...)

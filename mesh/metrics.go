@@ -7,7 +7,7 @@ import (
 
 // Metrics holds every collector the mesh records into. Build one per
 // process (per registry) and share it between the servers and clients of
-// that process; collectors are labelled by service, method and upstream.
+// that process; collectors are labelled by service, method, caller and upstream.
 type Metrics struct {
 	server             *grpcprom.ServerMetrics
 	client             *grpcprom.ClientMetrics
@@ -27,15 +27,15 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		breakerState: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "trellis_breaker_state",
 			Help: "Circuit breaker state per upstream: 0 closed, 1 half-open, 2 open.",
-		}, []string{"upstream"}),
+		}, []string{"caller", "upstream"}),
 		breakerTransitions: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "trellis_breaker_transitions_total",
 			Help: "Circuit breaker state changes per upstream.",
-		}, []string{"upstream", "from", "to"}),
+		}, []string{"caller", "upstream", "from", "to"}),
 		breakerRejected: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "trellis_breaker_rejected_total",
 			Help: "Calls answered UNAVAILABLE by an open (or saturated half-open) breaker without reaching the upstream.",
-		}, []string{"upstream"}),
+		}, []string{"caller", "upstream"}),
 	}
 	reg.MustRegister(m.server, m.client, m.breakerState, m.breakerTransitions, m.breakerRejected)
 	return m

@@ -92,7 +92,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error) 
 		if err != nil {
 			return nil, err
 		}
-		conn, err := a.dial("user", a.upstream(cfg.UserUpstream, TargetUser), userv1.File_trellis_user_v1_user_proto.Services().Get(0))
+		conn, err := a.dial(TargetOrder, "user", a.upstream(cfg.UserUpstream, TargetUser), userv1.File_trellis_user_v1_user_proto.Services().Get(0))
 		if err != nil {
 			return nil, err
 		}
@@ -130,9 +130,9 @@ func (a *App) openDB(ctx context.Context, name string) (*sqldb.DB, error) {
 	return db, nil
 }
 
-func (a *App) dial(name, target string, services ...protoreflect.ServiceDescriptor) (*grpc.ClientConn, error) {
+func (a *App) dial(caller, name, target string, services ...protoreflect.ServiceDescriptor) (*grpc.ClientConn, error) {
 	conn, err := mesh.Dial(mesh.ClientConfig{
-		Name: name, Target: target, Services: services,
+		Name: name, Caller: caller, Target: target, Services: services,
 		DefaultTimeout: a.cfg.UpstreamTimeout, Breaker: a.cfg.Breaker,
 	}, a.log.With("upstream", name), a.metrics)
 	if err != nil {
