@@ -45,10 +45,10 @@ breaking: ## fail if proto/ breaks the previous version of the contracts
 	fi
 
 .PHONY: check-generated
-check-generated: generate ## fail if gen/ differs from what `make generate` writes
-	@if [ -n "$$(git status --porcelain -- gen)" ]; then \
-	  echo "gen/ is stale: run 'make generate' and commit the result"; \
-	  git status --porcelain -- gen; git --no-pager diff --stat -- gen; exit 1; fi
+check-generated: generate ## fail if gen/ or the OpenAPI document differ from what `make generate` writes
+	@if [ -n "$$(git status --porcelain -- gen gateway/openapi)" ]; then \
+	  echo "generated code is stale: run 'make generate' and commit the result"; \
+	  git status --porcelain -- gen gateway/openapi; git --no-pager diff --stat -- gen gateway/openapi; exit 1; fi
 
 .PHONY: test
 test: ## run the test suite with the race detector (needs PostgreSQL and NATS as in README)

@@ -117,7 +117,20 @@ func (a *App) upstream(configured, target string) string {
 	if configured != "" {
 		return configured
 	}
-	return a.addrs[target]
+	return dialable(a.addrs[target])
+}
+
+// dialable turns a listen address into one to dial: a wildcard host
+// ([::]:9001, 0.0.0.0:9001) becomes loopback.
+func dialable(addr string) string {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
+		return net.JoinHostPort("127.0.0.1", port)
+	}
+	return addr
 }
 
 func (a *App) openDB(ctx context.Context, name string) (*sqldb.DB, error) {

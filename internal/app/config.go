@@ -43,6 +43,7 @@ type Config struct {
 	DrainTimeout    time.Duration
 	Breaker         mesh.BreakerConfig
 	BcryptCost      int
+	CORS            string
 }
 
 // RegisterFlags defines the flags of `trellis run` on fs.
@@ -67,6 +68,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.Breaker.Interval, "breaker-interval", 10*time.Second, "closed-breaker window after which failure counts reset")
 	fs.DurationVar(&c.Breaker.Timeout, "breaker-timeout", 30*time.Second, "how long an open breaker waits before half-opening")
 	fs.IntVar(&c.BcryptCost, "bcrypt-cost", 10, "bcrypt cost of password hashes (4-31)")
+	fs.StringVar(&c.CORS, "cors-origins", "", "comma list of browser origins (https://app.example.com) allowed to call the gateway; empty: same-origin only")
 }
 
 func uintFlag(p *uint32) func(string) error {
@@ -112,6 +114,17 @@ func ParseFlags(fs *flag.FlagSet, args []string, getenv func(string) string) err
 		}
 	})
 	return errors.Join(errs...)
+}
+
+// CORSOrigins returns the allowed origins of --cors-origins.
+func (c *Config) CORSOrigins() []string {
+	var out []string
+	for _, o := range strings.Split(c.CORS, ",") {
+		if o = strings.TrimSpace(o); o != "" {
+			out = append(out, strings.TrimSuffix(o, "/"))
+		}
+	}
+	return out
 }
 
 // Targets returns the set of components to run.

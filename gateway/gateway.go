@@ -1,0 +1,180 @@
+// Package gateway is Trellis's REST facade for browsers and curl: the
+// grpc-gateway v2 handlers generated from proto/ and gateway/http.yaml,
+// dialling the services through mesh clients, behind an HTTP edge that
+// behaves like a public API — one JSON error shape, request ids, body
+// limits, deny-by-default header forwarding, CORS, route-pattern metrics —
+// plus health endpoints, the OpenAPI document, a user overview that
+// degrades when the order service is down, and a small browser page.
+package gateway
+
+import (
+	"context"
+	"embed"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/protobuf/encoding/protojson"
+
+	orderv1 "github.com/trellis-mesh/trellis/gen/trellis/order/v1"
+	userv1 "github.com/trellis-mesh/trellis/gen/trellis/user/v1"
+)
+
+// Config tunes the gateway. Zero fields take the documented defaults.
+type Config struct {
+	// CORSOrigins lists the origins (scheme://host[:port]) allowed to call
+	// the API from a browser. Empty: same-origin only.
+	CORSOrigins []string
+	// MaxBodyBytes caps request bodies; larger ones get 413. Default 1 MiB.
+	MaxBodyBytes int64
+	// OverviewTimeout is the shared deadline of the overview's two upstream
+	// calls. Default 3s.
+	OverviewTimeout time.Duration
+	// OverviewOrders is how many recent orders the overview shows.
+	// Default 10.
+	OverviewOrders int32
+}
+
+func (c Config) withDefaults() Config {
+	if c.MaxBodyBytes <= 0 {
+		c.MaxBodyBytes = 1 << 20
+	}
+	if c.OverviewTimeout <= 0 {
+		c.OverviewTimeout = 3 * time.Second
+	}
+	if c.OverviewOrders <= 0 {
+		c.OverviewOrders = 10
+	}
+	return c
+}
+
+// Gateway is the HTTP handler of the REST facade.
+type Gateway struct {
+	cfg     Config
+	log     *slog.Logger
+	users   userv1.UserServiceClient
+	orders  orderv1.OrderServiceClient
+	health  map[string]healthpb.HealthClient // upstream service name -> its health client
+	mux     *runtime.ServeMux
+	handler http.Handler
+	metrics *httpMetrics
+	openapi []byte
+}
+
+//go:embed web openapi/trellis.swagger.json overview.openapi.json
+var assets embed.FS
+
+// marshaler renders and parses JSON like protojson with lowerCamelCase
+// names; unknown fields in a request body are an error, not ignored.
+var marshaler = &runtime.JSONPb{
+	MarshalOptions:   protojson.MarshalOptions{},
+	UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: false},
+}
+
+// New builds the gateway over connections to the user and order services
+// (mesh clients: breaker, default deadline, metrics). HTTP metrics are
+// registered on reg, and /metrics serves gather.
+func New(cfg Config, userConn, orderConn grpc.ClientConnInterface, log *slog.Logger, reg prometheus.Registerer, gather prometheus.Gatherer) (*Gateway, error) {
+	cfg = cfg.withDefaults()
+	spec, err := openAPIDocument()
+	if err != nil {
+		return nil, err
+	}
+	g := &Gateway{
+		cfg:    cfg,
+		log:    log,
+		users:  userv1.NewUserServiceClient(userConn),
+		orders: orderv1.NewOrderServiceClient(orderConn),
+		health: map[string]healthpb.HealthClient{
+			userv1.UserService_ServiceDesc.ServiceName:   healthpb.NewHealthClient(userConn),
+			orderv1.OrderService_ServiceDesc.ServiceName: healthpb.NewHealthClient(orderConn),
+		},
+		metrics: newHTTPMetrics(reg),
+		openapi: spec,
+	}
+	g.mux = runtime.NewServeMux(
+		runtime.WithIncomingHeaderMatcher(forwardedHeader),
+		runtime.WithOutgoingHeaderMatcher(func(string) (string, bool) { return "", false }),
+		runtime.WithOutgoingTrailerMatcher(func(string) (string, bool) { return "", false }),
+		runtime.WithMarshalerOption(runtime.MIMEWildcard, marshaler),
+		runtime.WithErrorHandler(g.writeError),
+		runtime.WithRoutingErrorHandler(g.routingError),
+		runtime.WithForwardResponseOption(httpSemantics),
+		runtime.WithMetadata(recordRoute),
+		runtime.WithDisablePathLengthFallback(),
+	)
+	ctx := context.Background()
+	if err := userv1.RegisterUserServiceHandlerClient(ctx, g.mux, g.users); err != nil {
+		return nil, err
+	}
+	if err := orderv1.RegisterOrderServiceHandlerClient(ctx, g.mux, g.orders); err != nil {
+		return nil, err
+	}
+	// Registered after the generated handlers so it is matched first: the
+	// mux tries the newest pattern first, and GetUser's {id} would
+	// otherwise never see the :overview verb.
+	if err := g.mux.HandlePath(http.MethodGet, overviewRoute, g.overview); err != nil {
+		return nil, err
+	}
+
+	web, _ := fs.Sub(assets, "web")
+	root := http.NewServeMux()
+	root.Handle("/api/", g.limitBody(g.mux))
+	root.HandleFunc("GET /api/openapi.json", g.serveOpenAPI)
+	root.HandleFunc("GET /health", func(w http.ResponseWriter, _ *http.Request) { plain(w, http.StatusOK, "OK") })
+	root.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { plain(w, http.StatusOK, "ok") })
+	root.HandleFunc("GET /readyz", g.serveReady)
+	root.Handle("GET /metrics", promhttp.HandlerFor(gather, promhttp.HandlerOpts{}))
+	root.Handle("GET /{$}", http.FileServerFS(web))
+	root.Handle("GET /static/", http.FileServerFS(web))
+	root.HandleFunc("/", g.notFound)
+	g.handler = g.recoverPanics(g.withRequestID(g.measure(g.cors(root))))
+	return g, nil
+}
+
+// ServeHTTP implements http.Handler.
+func (g *Gateway) ServeHTTP(w http.ResponseWriter, r *http.Request) { g.handler.ServeHTTP(w, r) }
+
+func plain(w http.ResponseWriter, code int, body string) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.WriteHeader(code)
+	fmt.Fprintln(w, body)
+}
+
+// Ready reports whether both upstreams answer SERVING on grpc.health.v1.
+func (g *Gateway) Ready(ctx context.Context) error {
+	var errs []error
+	for name, h := range g.health {
+		resp, err := h.Check(ctx, &healthpb.HealthCheckRequest{Service: name})
+		switch {
+		case err != nil:
+			errs = append(errs, fmt.Errorf("%s: unreachable", name))
+		case resp.GetStatus() != healthpb.HealthCheckResponse_SERVING:
+			errs = append(errs, fmt.Errorf("%s: %s", name, resp.GetStatus()))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (g *Gateway) serveReady(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	if err := g.Ready(ctx); err != nil {
+		plain(w, http.StatusServiceUnavailable, "not ready: "+err.Error())
+		return
+	}
+	plain(w, http.StatusOK, "ready")
+}
+
+func (g *Gateway) serveOpenAPI(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = w.Write(g.openapi)
+}

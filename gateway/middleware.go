@@ -1,0 +1,274 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"runtime/debug"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	orderv1 "github.com/trellis-mesh/trellis/gen/trellis/order/v1"
+	userv1 "github.com/trellis-mesh/trellis/gen/trellis/user/v1"
+	"github.com/trellis-mesh/trellis/mesh"
+)
+
+// RequestIDHeader is the HTTP header carrying the request id.
+const RequestIDHeader = "X-Request-Id"
+
+// forwardedHeader is the deny-by-default header policy: besides
+// Authorization (which grpc-gateway always forwards) and the request id
+// (sent by the mesh client from the context), only W3C trace context
+// reaches the services. Grpc-Metadata-*, X-User-Id and everything else a
+// client sends stays at the edge.
+func forwardedHeader(key string) (string, bool) {
+	switch k := strings.ToLower(key); k {
+	case "traceparent", "tracestate":
+		return k, true
+	}
+	return "", false
+}
+
+// validRequestID accepts client ids of up to 128 URL-safe characters;
+// anything else is replaced, so ids are safe to log and to echo.
+func validRequestID(id string) bool {
+	if id == "" || len(id) > 128 {
+		return false
+	}
+	for _, c := range []byte(id) {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.' || c == ':') {
+			return false
+		}
+	}
+	return true
+}
+
+// withRequestID takes the client's X-Request-Id or makes one, echoes it in
+// the response and puts it in the context, from where the mesh client
+// sends it to every upstream.
+func (g *Gateway) withRequestID(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id := r.Header.Get(RequestIDHeader)
+		if !validRequestID(id) {
+			id = uuid.NewString()
+		}
+		w.Header().Set(RequestIDHeader, id)
+		next.ServeHTTP(w, r.WithContext(mesh.WithRequestID(r.Context(), id)))
+	})
+}
+
+// recoverPanics turns a panic into a 500 "internal error" and a log line
+// with the stack.
+func (g *Gateway) recoverPanics(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer func() {
+			if p := recover(); p != nil {
+				if p == http.ErrAbortHandler {
+					panic(p)
+				}
+				g.log.Error("panic in gateway", "request_id", mesh.RequestID(r.Context()), "panic", p, "stack", string(debug.Stack()))
+				g.writeStatus(w, http.StatusInternalServerError, status.Convert(mesh.InternalError(r.Context())))
+			}
+		}()
+		next.ServeHTTP(w, r)
+	})
+}
+
+// cors answers browsers from the allowed origins. Requests without an
+// Origin (curl, same-origin GETs) pass untouched; a preflight from an
+// origin not on the list gets 403 and no CORS headers.
+func (g *Gateway) cors(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		origin := r.Header.Get("Origin")
+		if origin == "" {
+			next.ServeHTTP(w, r)
+			return
+		}
+		w.Header().Add("Vary", "Origin")
+		preflight := r.Method == http.MethodOptions && r.Header.Get("Access-Control-Request-Method") != ""
+		allowed := slices.Contains(g.cfg.CORSOrigins, origin)
+		switch {
+		case allowed && preflight:
+			h := w.Header()
+			h.Set("Access-Control-Allow-Origin", origin)
+			h.Set("Access-Control-Allow-Methods", "GET, POST, PATCH, DELETE")
+			h.Set("Access-Control-Allow-Headers", "Content-Type, Authorization, X-Request-Id, traceparent, tracestate")
+			h.Set("Access-Control-Max-Age", "600")
+			w.WriteHeader(http.StatusNoContent)
+		case allowed:
+			w.Header().Set("Access-Control-Allow-Origin", origin)
+			w.Header().Set("Access-Control-Expose-Headers", "X-Request-Id, Location")
+			next.ServeHTTP(w, r)
+		case preflight:
+			g.writeStatus(w, http.StatusForbidden, status.Newf(codes.PermissionDenied, "origin %s is not allowed", origin))
+		default:
+			next.ServeHTTP(w, r) // same-origin, or the browser will block the answer
+		}
+	})
+}
+
+// limitedBody notes when a body went over the limit, so the error handler
+// can answer 413 instead of a decoding error.
+type limitedBody struct {
+	io.ReadCloser
+	exceeded bool
+}
+
+func (l *limitedBody) Read(p []byte) (int, error) {
+	n, err := l.ReadCloser.Read(p)
+	var tooLarge *http.MaxBytesError
+	if errors.As(err, &tooLarge) {
+		l.exceeded = true
+	}
+	return n, err
+}
+
+type limitKey struct{}
+
+// limitBody refuses bodies over MaxBodyBytes: at once when Content-Length
+// says so, else when reading crosses the limit.
+func (g *Gateway) limitBody(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ContentLength > g.cfg.MaxBodyBytes {
+			g.writeStatus(w, http.StatusRequestEntityTooLarge, status.Newf(codes.InvalidArgument, "request body is larger than %d bytes", g.cfg.MaxBodyBytes))
+			return
+		}
+		if r.Body != nil && r.Body != http.NoBody {
+			lb := &limitedBody{ReadCloser: http.MaxBytesReader(w, r.Body, g.cfg.MaxBodyBytes)}
+			r = r.WithContext(context.WithValue(r.Context(), limitKey{}, lb))
+			r.Body = lb
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func bodyTooLarge(r *http.Request) bool {
+	lb, _ := r.Context().Value(limitKey{}).(*limitedBody)
+	return lb != nil && lb.exceeded
+}
+
+// httpSemantics gives REST answers their status: 201 with Location for
+// creates, 204 with no body for deletes.
+func httpSemantics(_ context.Context, w http.ResponseWriter, m proto.Message) error {
+	switch m := m.(type) {
+	case *userv1.CreateUserResponse:
+		w.Header().Set("Location", "/api/v1/users/"+m.GetUser().GetId())
+		w.WriteHeader(http.StatusCreated)
+	case *orderv1.CreateOrderResponse:
+		w.Header().Set("Location", "/api/v1/orders/"+m.GetOrder().GetId())
+		w.WriteHeader(http.StatusCreated)
+	case *userv1.DeleteUserResponse:
+		w.WriteHeader(http.StatusNoContent)
+	}
+	return nil
+}
+
+// httpMetrics are the RED metrics of the gateway, labelled by route
+// pattern (/api/v1/users/{id}), never by raw path.
+type httpMetrics struct {
+	requests *prometheus.CounterVec
+	duration *prometheus.HistogramVec
+}
+
+func newHTTPMetrics(reg prometheus.Registerer) *httpMetrics {
+	m := &httpMetrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "http_requests_total",
+			Help: "HTTP requests served by the gateway, by method, route pattern and status code.",
+		}, []string{"method", "route", "code"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "http_request_duration_seconds",
+			Help:    "Time to serve HTTP requests, by method and route pattern.",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}, []string{"method", "route"}),
+	}
+	reg.MustRegister(m.requests, m.duration)
+	return m
+}
+
+// routeHolder is filled in by whichever router matches the request.
+type routeHolder struct{ route string }
+
+type routeKey struct{}
+
+func setRoute(ctx context.Context, route string) {
+	if h, _ := ctx.Value(routeKey{}).(*routeHolder); h != nil {
+		h.route = route
+	}
+}
+
+// recordRoute runs inside grpc-gateway (as a metadata annotator), where
+// the matched pattern is known.
+func recordRoute(ctx context.Context, r *http.Request) metadata.MD {
+	if p, ok := runtime.HTTPPathPattern(ctx); ok {
+		setRoute(r.Context(), p)
+	}
+	return nil
+}
+
+// knownMethods bounds the method label: anything else is "OTHER".
+var knownMethods = []string{http.MethodGet, http.MethodPost, http.MethodPatch, http.MethodPut, http.MethodDelete, http.MethodOptions, http.MethodHead}
+
+// measure counts and times every request under its route pattern.
+func (g *Gateway) measure(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		holder := &routeHolder{}
+		r = r.WithContext(context.WithValue(r.Context(), routeKey{}, holder))
+		rec := &statusRecorder{ResponseWriter: w, code: http.StatusOK}
+		next.ServeHTTP(rec, r)
+		route := holder.route
+		if route == "" {
+			route = r.Pattern // set by the root mux on this request
+			if route == "" || route == "/" || route == "/api/" {
+				route = "unmatched"
+			}
+		}
+		method := r.Method
+		if !slices.Contains(knownMethods, method) {
+			method = "OTHER"
+		}
+		g.metrics.requests.WithLabelValues(method, route, strconv.Itoa(rec.code)).Inc()
+		g.metrics.duration.WithLabelValues(method, route).Observe(time.Since(start).Seconds())
+	})
+}
+
+// statusRecorder remembers the status code and drops bodies a 204 must
+// not have (grpc-gateway writes "{}" for empty messages).
+type statusRecorder struct {
+	http.ResponseWriter
+	code        int
+	wroteHeader bool
+}
+
+func (s *statusRecorder) WriteHeader(code int) {
+	if s.wroteHeader {
+		return
+	}
+	s.code, s.wroteHeader = code, true
+	s.ResponseWriter.WriteHeader(code)
+}
+
+func (s *statusRecorder) Write(b []byte) (int, error) {
+	if !s.wroteHeader {
+		s.WriteHeader(http.StatusOK)
+	}
+	if s.code == http.StatusNoContent {
+		return len(b), nil
+	}
+	return s.ResponseWriter.Write(b)
+}
+
+// Unwrap lets http.ResponseController reach the real writer.
+func (s *statusRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter }
