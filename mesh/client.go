@@ -42,7 +42,8 @@ type ClientConfig struct {
 
 // Dial returns a lazily connecting client for the upstream. Interceptors,
 // outermost first: request id, metrics (every attempt the caller made, with
-// the code it got, breaker rejections included), default deadline, breaker.
+// the code it got, breaker rejections included), default deadline, breaker,
+// transport-error hygiene.
 // gRPC's own retry (service config) runs inside the breaker, so a call that
 // succeeded on retry counts as one success.
 func Dial(cfg ClientConfig, log *slog.Logger, m *Metrics, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
@@ -79,6 +80,7 @@ func Dial(cfg ClientConfig, log *slog.Logger, m *Metrics, opts ...grpc.DialOptio
 			m.client.UnaryClientInterceptor(),
 			defaultDeadline(cfg.DefaultTimeout),
 			breakerInterceptor(cfg.Caller, cfg.Name, cb, m),
+			hideTransportErrors(cfg.Name),
 		),
 	}, opts...)
 	return grpc.NewClient(dnsTarget(cfg.Target), all...)

@@ -1,0 +1,132 @@
+package gateway_test
+
+import (
+	"encoding/json"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+
+	"go.uber.org/goleak"
+
+	"github.com/trellis-mesh/trellis/internal/app"
+	"github.com/trellis-mesh/trellis/internal/app/apptest"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// response is one HTTP answer, read whole.
+type response struct {
+	code   int
+	header http.Header
+	body   []byte
+}
+
+func (r response) json(t testing.TB) map[string]any {
+	t.Helper()
+	var m map[string]any
+	if err := json.Unmarshal(r.body, &m); err != nil {
+		t.Fatalf("body is not a JSON object: %v\n%s", err, r.body)
+	}
+	return m
+}
+
+// violations lists the fields of the google.rpc.BadRequest detail.
+func (r response) violations(t testing.TB) []string {
+	t.Helper()
+	var fields []string
+	details, _ := r.json(t)["details"].([]any)
+	for _, d := range details {
+		fvs, _ := d.(map[string]any)["fieldViolations"].([]any)
+		for _, fv := range fvs {
+			fields = append(fields, fv.(map[string]any)["field"].(string))
+		}
+	}
+	return fields
+}
+
+type client struct {
+	t    testing.TB
+	base string
+}
+
+func (c client) do(method, path, body string, header ...string) response {
+	c.t.Helper()
+	var rd io.Reader
+	if body != "" {
+		rd = strings.NewReader(body)
+	}
+	req, err := http.NewRequest(method, c.base+path, rd)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
+	}
+	return c.send(req)
+}
+
+func (c client) send(req *http.Request) response {
+	c.t.Helper()
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return response{code: resp.StatusCode, header: resp.Header, body: b}
+}
+
+func mustJSON(v any) string {
+	b, _ := json.Marshal(v)
+	return string(b)
+}
+
+func wantStatus(t testing.TB, r response, want int) {
+	t.Helper()
+	if r.code != want {
+		t.Fatalf("status %d, want %d; body %s", r.code, want, r.body)
+	}
+}
+
+// system runs user, order and gateway as separate components (separate
+// App instances, as separate processes would), talking over loopback.
+type system struct {
+	user, order, gw *apptest.Running
+	orderCfg        app.Config
+	http            client
+}
+
+func startSystem(t testing.TB, tune func(gw *app.Config)) *system {
+	t.Helper()
+	s := &system{}
+	s.user = apptest.Start(t, apptest.Config(t, app.TargetUser))
+	s.orderCfg = apptest.Config(t, app.TargetOrder)
+	s.orderCfg.UserUpstream = s.user.Addr(app.TargetUser)
+	s.order = apptest.Start(t, s.orderCfg)
+	gw := apptest.Config(t, app.TargetGateway)
+	gw.UserUpstream, gw.OrderUpstream = s.user.Addr(app.TargetUser), s.order.Addr(app.TargetOrder)
+	gw.UpstreamTimeout = 2e9
+	if tune != nil {
+		tune(&gw)
+	}
+	s.gw = apptest.Start(t, gw)
+	s.http = client{t: t, base: "http://" + s.gw.Addr(app.TargetGateway)}
+	return s
+}
+
+func (s *system) createUser(t testing.TB, email string) string {
+	t.Helper()
+	r := s.http.do("POST", "/api/v1/users", mustJSON(map[string]string{"email": email, "name": "Ada", "password": "correct-horse"}))
+	wantStatus(t, r, http.StatusCreated)
+	return r.json(t)["user"].(map[string]any)["id"].(string)
+}
+
+func orderBody(userID, requestID string) string {
+	return mustJSON(map[string]any{"userId": userID, "requestId": requestID, "items": []any{
+		map[string]any{"productId": "book", "quantity": 2, "unitPrice": map[string]any{"currencyCode": "EUR", "amountMinor": "1250"}},
+	}})
+}
