@@ -41,7 +41,7 @@ breaking: ## fail if proto/ breaks the previous version of the contracts
 	  echo "breaking: no previous version of proto/ to compare against"; \
 	else \
 	  echo "breaking: proto/ against git ref $(BREAKING_AGAINST)"; \
-	  $(BUF) breaking --against '.git#ref=$(BREAKING_AGAINST)'; \
+	  $(BUF) breaking --error-format=msvs --against '.git#ref=$(BREAKING_AGAINST)'; \
 	fi
 
 .PHONY: check-generated

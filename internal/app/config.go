@@ -9,6 +9,7 @@ import (
 	"flag"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -63,23 +64,27 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.UpstreamTimeout, "upstream-timeout", 5*time.Second, "deadline of upstream calls whose caller set none")
 	fs.DurationVar(&c.MaxDeadline, "max-deadline", 30*time.Second, "cap on the deadline of any incoming gRPC call")
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", 10*time.Second, "how long graceful shutdown waits for in-flight calls")
-	fs.Func("breaker-failures", "consecutive upstream failures that open a circuit breaker (default 3)", uintFlag(&c.Breaker.ConsecutiveFailures))
-	fs.Func("breaker-max-requests", "trial calls a half-open breaker lets through (default 3)", uintFlag(&c.Breaker.MaxRequests))
+	c.Breaker.ConsecutiveFailures, c.Breaker.MaxRequests = 3, 3
+	fs.Var((*positive)(&c.Breaker.ConsecutiveFailures), "breaker-failures", "consecutive upstream failures that open a circuit breaker")
+	fs.Var((*positive)(&c.Breaker.MaxRequests), "breaker-max-requests", "trial calls a half-open breaker lets through")
 	fs.DurationVar(&c.Breaker.Interval, "breaker-interval", 10*time.Second, "closed-breaker window after which failure counts reset")
 	fs.DurationVar(&c.Breaker.Timeout, "breaker-timeout", 30*time.Second, "how long an open breaker waits before half-opening")
 	fs.IntVar(&c.BcryptCost, "bcrypt-cost", 10, "bcrypt cost of password hashes (4-31)")
 	fs.StringVar(&c.CORS, "cors-origins", "", "comma list of browser origins (https://app.example.com) allowed to call the gateway; empty: same-origin only")
 }
 
-func uintFlag(p *uint32) func(string) error {
-	return func(s string) error {
-		var v uint32
-		if _, err := fmt.Sscanf(s, "%d", &v); err != nil || v == 0 {
-			return errors.New("want a positive integer")
-		}
-		*p = v
-		return nil
+// positive is a flag.Value for counts that must be at least 1.
+type positive uint32
+
+func (p *positive) String() string { return strconv.FormatUint(uint64(*p), 10) }
+
+func (p *positive) Set(s string) error {
+	v, err := strconv.ParseUint(s, 10, 32)
+	if err != nil || v == 0 {
+		return errors.New("want a positive integer")
 	}
+	*p = positive(v)
+	return nil
 }
 
 // EnvName is the environment variable that sets a flag: TRELLIS_<FLAG>,

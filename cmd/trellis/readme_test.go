@@ -1,0 +1,164 @@
+package main
+
+import (
+	"bytes"
+	"flag"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/trellis-mesh/trellis/internal/app"
+)
+
+// readmeBlock is a shell block of README.md marked for testing.
+type readmeBlock struct {
+	expect string
+	script string
+}
+
+var blockRe = regexp.MustCompile("(?s)<!-- readme-test expect=\"([^\"]+)\" -->\\s*```sh\\n(.*?)```")
+
+func readme(t *testing.T) string {
+	t.Helper()
+	b, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// TestReadmeCommands builds trellis, runs it with its defaults (the ports
+// the README uses) in a temp dir, runs every marked README block as
+// written, then stops it with SIGTERM and expects a clean exit.
+func TestReadmeCommands(t *testing.T) {
+	blocks := blockRe.FindAllStringSubmatch(readme(t), -1)
+	if len(blocks) < 2 {
+		t.Fatalf("README has %d marked blocks, want the grpcurl and curl ones", len(blocks))
+	}
+	root, _ := filepath.Abs("../..")
+	bin := filepath.Join(t.TempDir(), "trellis")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	var logs bytes.Buffer
+	cmd := exec.Command(bin, "run", "--bcrypt-cost", "4")
+	cmd.Dir = t.TempDir() // ./data lands here
+	cmd.Stdout, cmd.Stderr = &logs, &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	defer func() {
+		if cmd.ProcessState == nil {
+			_ = cmd.Process.Kill()
+			<-exited
+		}
+	}()
+	waitReady(t, "http://localhost:9090/readyz", exited, &logs)
+
+	for i, b := range blocks {
+		sh := exec.Command("bash", "-euo", "pipefail", "-c", b[2])
+		sh.Dir = root
+		out, err := sh.CombinedOutput()
+		if err != nil {
+			t.Fatalf("README block %d failed: %v\n%s\n--- block ---\n%s", i+1, err, out, b[2])
+		}
+		if !strings.Contains(string(out), b[1]) {
+			t.Errorf("README block %d output lacks %q:\n%s", i+1, b[1], out)
+		}
+	}
+
+	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Errorf("trellis exited with %v after SIGTERM\n%s", err, logs.String())
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatalf("trellis did not exit within 15s of SIGTERM\n%s", logs.String())
+	}
+	if !strings.Contains(logs.String(), `"msg":"stopped"`) {
+		t.Errorf("no shutdown log line:\n%s", logs.String())
+	}
+	_ = os.Remove(filepath.Join(root, "data")) // never created: data went to the temp dir
+}
+
+func waitReady(t *testing.T, url string, exited chan error, logs *bytes.Buffer) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		select {
+		case err := <-exited:
+			t.Fatalf("trellis exited early: %v\n%s", err, logs.String())
+		default:
+		}
+		if resp, err := http.Get(url); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not ready after 30s\n%s", logs.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestReadmeDocumentsEveryFlag keeps the configuration table true: every
+// flag of `trellis run` is a row with its environment variable and
+// default, and there are no rows for flags that do not exist.
+func TestReadmeDocumentsEveryFlag(t *testing.T) {
+	rows := map[string][]string{}
+	for _, m := range regexp.MustCompile("(?m)^\\| `--([a-z-]+)` \\| `([A-Z_]+)` \\|\\s*`?([^|`]*?)`?\\s*\\|").FindAllStringSubmatch(readme(t), -1) {
+		rows[m[1]] = []string{m[2], strings.TrimSpace(m[3])}
+	}
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	var cfg app.Config
+	cfg.RegisterFlags(fs)
+	var names []string
+	fs.VisitAll(func(f *flag.Flag) {
+		names = append(names, f.Name)
+		row, ok := rows[f.Name]
+		if !ok {
+			t.Errorf("README configuration table lacks --%s", f.Name)
+			return
+		}
+		if row[0] != app.EnvName(f.Name) {
+			t.Errorf("--%s: README says env %s, the binary reads %s", f.Name, row[0], app.EnvName(f.Name))
+		}
+		if want := f.DefValue; row[1] != want && !(want == "" && row[1] == "local") {
+			t.Errorf("--%s: README says default %q, the binary has %q", f.Name, row[1], want)
+		}
+	})
+	for name := range rows {
+		if !slices.Contains(names, name) {
+			t.Errorf("README documents --%s, which trellis run does not have", name)
+		}
+	}
+}
+
+func TestVersionAndUsage(t *testing.T) {
+	var out, errOut bytes.Buffer
+	if code := run([]string{"version"}, &out, &errOut); code != 0 || !strings.HasPrefix(out.String(), "trellis ") {
+		t.Errorf("version: exit %d, output %q", code, out.String())
+	}
+	out.Reset()
+	if code := run([]string{"bogus"}, &out, &errOut); code != 2 || !strings.Contains(errOut.String(), "unknown command") {
+		t.Errorf("unknown command: exit %d, stderr %q", code, errOut.String())
+	}
+	errOut.Reset()
+	if code := run([]string{"run", "--target", "nope"}, &out, &errOut); code == 0 {
+		t.Errorf("bad target accepted")
+	}
+}
