@@ -290,7 +290,7 @@ func TestOpenAPIDocumentsEveryRoute(t *testing.T) {
 	r := s.http.do("GET", "/api/openapi.json", "")
 	wantStatus(t, r, http.StatusOK)
 	var doc struct {
-		Paths       map[string]map[string]struct {
+		Paths map[string]map[string]struct {
 			Responses map[string]any `json:"responses"`
 		} `json:"paths"`
 		Definitions map[string]struct {

@@ -173,10 +173,13 @@ func TestCreateOrderInvalidInput(t *testing.T) {
 	}
 	ctx := context.Background()
 	for name, call := range map[string]func() error{
-		"get: bad id":       func() error { _, err := s.orders.GetOrder(ctx, &orderv1.GetOrderRequest{Id: "1"}); return err },
-		"cancel: empty id":  func() error { _, err := s.orders.CancelOrder(ctx, &orderv1.CancelOrderRequest{}); return err },
-		"list: no user":     func() error { _, err := s.orders.ListOrders(ctx, &orderv1.ListOrdersRequest{}); return err },
-		"list: negative pg": func() error { _, err := s.orders.ListOrders(ctx, &orderv1.ListOrdersRequest{UserId: uid, PageSize: -5}); return err },
+		"get: bad id":      func() error { _, err := s.orders.GetOrder(ctx, &orderv1.GetOrderRequest{Id: "1"}); return err },
+		"cancel: empty id": func() error { _, err := s.orders.CancelOrder(ctx, &orderv1.CancelOrderRequest{}); return err },
+		"list: no user":    func() error { _, err := s.orders.ListOrders(ctx, &orderv1.ListOrdersRequest{}); return err },
+		"list: negative pg": func() error {
+			_, err := s.orders.ListOrders(ctx, &orderv1.ListOrdersRequest{UserId: uid, PageSize: -5})
+			return err
+		},
 	} {
 		t.Run(name, func(t *testing.T) { wantCode(t, call(), codes.InvalidArgument) })
 	}
