@@ -142,8 +142,8 @@ func TestChainThroughputFloor(t *testing.T) {
 	median := ratios[len(ratios)/2]
 	t.Logf("median throughput ratio mesh/bare = %.3f (floor %.2f); allocs/op bare %d, mesh %d", median, floor, bareAllocs, meshAllocs)
 	// Allocations per call are steady where time is not: the chain may add
-	// at most this many (measured: 38) before the gate fails.
-	const maxExtraAllocs = 45
+	// at most this many (measured: 43) before the gate fails.
+	const maxExtraAllocs = 48
 	if extra := meshAllocs - bareAllocs; extra > maxExtraAllocs {
 		t.Errorf("mesh chain adds %d allocations per call, budget %d", extra, maxExtraAllocs)
 	}
