@@ -67,5 +67,9 @@ CHAIN_FLOOR ?= 0.55
 bench-check: ## fail if the mesh chain's throughput ratio drops under CHAIN_FLOOR
 	TRELLIS_BENCH_FLOOR=$(CHAIN_FLOOR) $(GOTEST) -count=1 -run 'TestChainThroughputFloor' -v ./mesh/ | grep -E 'round|median|FAIL|ok'
 
+.PHONY: e2e
+e2e: ## drive the browser page in headless Chromium (installs Debian's chromium and playwright-core)
+	./.ci/e2e
+
 .PHONY: ci
-ci: lint breaking check-generated test bench-check ## everything CI runs
+ci: lint breaking check-generated test bench-check e2e ## everything CI runs
