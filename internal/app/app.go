@@ -20,6 +20,7 @@ import (
 	userv1 "github.com/trellis-mesh/trellis/gen/trellis/user/v1"
 	"github.com/trellis-mesh/trellis/internal/sqldb"
 	"github.com/trellis-mesh/trellis/mesh"
+	"github.com/trellis-mesh/trellis/mesh/eventbus"
 	"github.com/trellis-mesh/trellis/services/order"
 	"github.com/trellis-mesh/trellis/services/user"
 )
@@ -35,6 +36,13 @@ type App struct {
 	components []*component // in start order; stopped in reverse
 	addrs      map[string]string
 	closers    []func() error
+	// workers run in the background (outbox relays, the event consumer,
+	// the reconciler) from Run until shutdown.
+	workers []func(ctx context.Context)
+
+	bus              *eventbus.Bus
+	evMetrics        *eventbus.Metrics
+	eventMetricsOnce sync.Once
 }
 
 // component is one thing App serves.
@@ -77,8 +85,13 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error) 
 		if err != nil {
 			return nil, err
 		}
+		relay, err := a.addRelay(TargetUser, store.Outbox(), user.Stream, "trellis.user.v1.>")
+		if err != nil {
+			return nil, err
+		}
+		svc := user.NewService(store, user.Config{BcryptCost: cfg.BcryptCost, Committed: relay.Notify})
 		srv := mesh.NewServer(srvCfg, log.With("component", "user"), a.metrics)
-		srv.Register(&userv1.UserService_ServiceDesc, user.NewGRPC(user.NewService(store, user.Config{BcryptCost: cfg.BcryptCost})), user.Validate)
+		srv.Register(&userv1.UserService_ServiceDesc, user.NewGRPC(svc), user.Validate)
 		if err := a.addGRPC(TargetUser, cfg.UserAddr, srv, store.Ping); err != nil {
 			return nil, err
 		}
@@ -97,8 +110,19 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error) 
 			return nil, err
 		}
 		users := order.NewUserClient(userv1.NewUserServiceClient(conn))
+		relay, err := a.addRelay(TargetOrder, store.Outbox(), order.Stream, "trellis.order.v1.>")
+		if err != nil {
+			return nil, err
+		}
+		svc := order.NewService(store, users, order.Config{Committed: relay.Notify})
+		if err := a.addUserConsumer(svc); err != nil {
+			return nil, err
+		}
+		a.workers = append(a.workers, func(ctx context.Context) {
+			svc.RunReconciler(ctx, cfg.ReconcileInterval, log.With("component", "order"))
+		})
 		srv := mesh.NewServer(srvCfg, log.With("component", "order"), a.metrics)
-		srv.Register(&orderv1.OrderService_ServiceDesc, order.NewGRPC(order.NewService(store, users, nil)), order.Validate)
+		srv.Register(&orderv1.OrderService_ServiceDesc, order.NewGRPC(svc), order.Validate)
 		if err := a.addGRPC(TargetOrder, cfg.OrderAddr, srv, store.Ping); err != nil {
 			return nil, err
 		}
@@ -265,6 +289,7 @@ func (a *App) Run(ctx context.Context) error {
 	for _, c := range a.components {
 		a.log.Info("listening", "component", c.name, "addr", a.addrs[c.name])
 	}
+	stopWorkers := a.runWorkers(ctx)
 	errc := make(chan error, len(a.components))
 	var wg sync.WaitGroup
 	for _, c := range a.components {
@@ -286,6 +311,9 @@ func (a *App) Run(ctx context.Context) error {
 		a.components[i].shutdown(stopCtx)
 	}
 	wg.Wait()
+	// Servers are drained: no more changes. Stop the relays and the
+	// consumer; what is left in the outboxes goes out at the next start.
+	stopWorkers()
 	a.close()
 	a.log.Info("stopped")
 	return err

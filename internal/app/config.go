@@ -45,6 +45,12 @@ type Config struct {
 	Breaker         mesh.BreakerConfig
 	BcryptCost      int
 	CORS            string
+
+	NATSListen        string
+	NATSReplicas      int
+	NATSPrefix        string
+	OutboxRetention   time.Duration
+	ReconcileInterval time.Duration
 }
 
 // RegisterFlags defines the flags of `trellis run` on fs.
@@ -58,7 +64,12 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.UserUpstream, "user-upstream", "", "where the order service and gateway find the user service (host:port or dns:///name:port); default: the user service in this process")
 	fs.StringVar(&c.OrderUpstream, "order-upstream", "", "where the gateway finds the order service; default: the order service in this process")
 	fs.StringVar(&c.DatabaseURL, "database-url", "", "PostgreSQL URL (postgres://user@host:5432/db); empty means SQLite in --data-dir")
-	fs.StringVar(&c.NATSURL, "nats-url", "", "NATS server URL for domain events (nats://127.0.0.1:4222)")
+	fs.StringVar(&c.NATSURL, "nats-url", "", "NATS server with JetStream for domain events (nats://127.0.0.1:4222); empty: an embedded server, stored in --data-dir/nats")
+	fs.StringVar(&c.NATSListen, "nats-listen", "", "TCP address for the embedded NATS server (e.g. 127.0.0.1:4222); empty: in-process only")
+	fs.IntVar(&c.NATSReplicas, "nats-replicas", 1, "replicas of each JetStream stream (3 on a clustered JetStream)")
+	fs.StringVar(&c.NATSPrefix, "nats-prefix", "", "prefix for every NATS subject and stream name, to share one NATS between installations")
+	fs.DurationVar(&c.OutboxRetention, "outbox-retention", 24*time.Hour, "how long sent outbox rows are kept before pruning")
+	fs.DurationVar(&c.ReconcileInterval, "reconcile-interval", 5*time.Second, "how often PENDING orders are checked with the user service")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&c.LogFormat, "log-format", "json", "log format: json or text")
 	fs.DurationVar(&c.UpstreamTimeout, "upstream-timeout", 5*time.Second, "deadline of upstream calls whose caller set none")
@@ -155,6 +166,12 @@ func (c *Config) Validate() error {
 		return err
 	}
 	var errs []error
+	if (t[TargetUser] != t[TargetOrder]) && c.NATSURL == "" {
+		errs = append(errs, errors.New("user and order in separate processes need a shared NATS: set --nats-url"))
+	}
+	if c.NATSURL != "" && c.NATSListen != "" {
+		errs = append(errs, errors.New("--nats-listen is for the embedded server; it cannot be used with --nats-url"))
+	}
 	if t[TargetOrder] && !t[TargetUser] && c.UserUpstream == "" {
 		errs = append(errs, errors.New("target order without user needs --user-upstream"))
 	}
@@ -170,7 +187,10 @@ func (c *Config) Validate() error {
 	if !slices.Contains([]string{"json", "text"}, c.LogFormat) {
 		errs = append(errs, fmt.Errorf("--log-format %q: want json or text", c.LogFormat))
 	}
-	for name, d := range map[string]time.Duration{"upstream-timeout": c.UpstreamTimeout, "max-deadline": c.MaxDeadline, "drain-timeout": c.DrainTimeout, "breaker-timeout": c.Breaker.Timeout, "breaker-interval": c.Breaker.Interval} {
+	if c.NATSReplicas < 1 || c.NATSReplicas > 5 {
+		errs = append(errs, errors.New("--nats-replicas must be between 1 and 5"))
+	}
+	for name, d := range map[string]time.Duration{"outbox-retention": c.OutboxRetention, "reconcile-interval": c.ReconcileInterval, "upstream-timeout": c.UpstreamTimeout, "max-deadline": c.MaxDeadline, "drain-timeout": c.DrainTimeout, "breaker-timeout": c.Breaker.Timeout, "breaker-interval": c.Breaker.Interval} {
 		if d <= 0 {
 			errs = append(errs, fmt.Errorf("--%s must be positive", name))
 		}
@@ -178,14 +198,23 @@ func (c *Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-// WithBreakerDefaults fills the breaker settings a zero Config lacks with
-// the flag defaults.
-func (c Config) WithBreakerDefaults() Config {
+// WithDefaults fills the breaker and event settings a zero Config
+// lacks with the flag defaults.
+func (c Config) WithDefaults() Config {
 	if c.Breaker.Interval == 0 {
 		c.Breaker.Interval = 10 * time.Second
 	}
 	if c.Breaker.Timeout == 0 {
 		c.Breaker.Timeout = 30 * time.Second
+	}
+	if c.NATSReplicas == 0 {
+		c.NATSReplicas = 1
+	}
+	if c.OutboxRetention == 0 {
+		c.OutboxRetention = 24 * time.Hour
+	}
+	if c.ReconcileInterval == 0 {
+		c.ReconcileInterval = 5 * time.Second
 	}
 	return c
 }

@@ -195,8 +195,9 @@ func openPostgres(cfg Config) (*DB, error) {
 // the database has not seen yet. Files are named NNNN_name.sql: those at the
 // root are portable SQL for both backends; a file of the same version under
 // sqlite/ or postgres/ replaces the root one for that backend. Concurrent
-// replicas starting together are serialised by a lock.
-func (db *DB) Migrate(ctx context.Context, fsys fs.FS) error {
+// replicas starting together are serialised by a lock. set names the
+// migration sequence ("user", "outbox"): several live in one database.
+func (db *DB) Migrate(ctx context.Context, set string, fsys fs.FS) error {
 	files, err := migrationFiles(fsys, db.Dialect)
 	if err != nil {
 		return err
@@ -208,14 +209,15 @@ func (db *DB) Migrate(ctx context.Context, fsys fs.FS) error {
 			}
 		}
 		if _, err := tx.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (
-			version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)`); err != nil {
+			set_name TEXT NOT NULL, version INTEGER NOT NULL, name TEXT NOT NULL, applied_at BIGINT NOT NULL,
+			PRIMARY KEY (set_name, version))`); err != nil {
 			return err
 		}
 		for _, f := range files {
 			base := filepath.Base(f)
 			version, _ := migrationVersion(base)
 			var seen int
-			if err := tx.QueryRowContext(ctx, "SELECT count(*) FROM schema_migrations WHERE version = $1", version).Scan(&seen); err != nil {
+			if err := tx.QueryRowContext(ctx, "SELECT count(*) FROM schema_migrations WHERE set_name = $1 AND version = $2", set, version).Scan(&seen); err != nil {
 				return err
 			}
 			if seen > 0 {
@@ -228,8 +230,8 @@ func (db *DB) Migrate(ctx context.Context, fsys fs.FS) error {
 			if _, err := tx.ExecContext(ctx, string(body)); err != nil {
 				return fmt.Errorf("sqldb: migration %s: %w", f, err)
 			}
-			if _, err := tx.ExecContext(ctx, "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
-				version, base, time.Now().Unix()); err != nil {
+			if _, err := tx.ExecContext(ctx, "INSERT INTO schema_migrations (set_name, version, name, applied_at) VALUES ($1, $2, $3, $4)",
+				set, version, base, time.Now().Unix()); err != nil {
 				return err
 			}
 		}

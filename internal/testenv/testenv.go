@@ -12,7 +12,9 @@ import (
 	"net"
 	"os"
 	"testing"
+	"time"
 
+	natsserver "github.com/nats-io/nats-server/v2/server"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
@@ -123,4 +125,31 @@ func Dial(t testing.TB, addr string) *grpc.ClientConn {
 	}
 	t.Cleanup(func() { conn.Close() })
 	return conn
+}
+
+// NATS starts a NATS server with JetStream for the test, as nats-server's
+// own tests do: in this process, on a random port, stored in t.TempDir().
+// It returns the client URL and the server (to stop and restart it).
+func NATS(t testing.TB) (string, *natsserver.Server) {
+	t.Helper()
+	ns := StartNATS(t, t.TempDir(), natsserver.RANDOM_PORT)
+	return ns.ClientURL(), ns
+}
+
+// StartNATS starts a JetStream server storing in dir on port (RANDOM_PORT
+// for any); it is shut down at cleanup.
+func StartNATS(t testing.TB, dir string, port int) *natsserver.Server {
+	t.Helper()
+	ns, err := natsserver.NewServer(&natsserver.Options{
+		Host: "127.0.0.1", Port: port, JetStream: true, StoreDir: dir, NoLog: true, NoSigs: true,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats: not ready")
+	}
+	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	return ns
 }

@@ -273,6 +273,13 @@ func TestBreakerOpensAndRecovers(t *testing.T) {
 	req := func(n int) *orderv1.CreateOrderRequest {
 		return &orderv1.CreateOrderRequest{UserId: uid, RequestId: fmt.Sprint("r", n), Items: []*orderv1.OrderItem{item("x", 1, 1, "EUR")}}
 	}
+	// Users the order service's replica has never heard of: while the
+	// user service is down nothing can vouch for them.
+	unknown := func(n int) *orderv1.CreateOrderRequest {
+		r := req(n)
+		r.UserId = uuid.NewString()
+		return r
+	}
 	if _, err := s.orders.CreateOrder(ctx, req(0)); err != nil {
 		t.Fatal(err)
 	}
@@ -283,7 +290,7 @@ func TestBreakerOpensAndRecovers(t *testing.T) {
 	state := func() float64 { return gaugeValue(t, reg, "trellis_breaker_state") }
 	for i := 1; i <= 3; i++ {
 		start := time.Now()
-		_, err := s.orders.CreateOrder(ctx, req(i))
+		_, err := s.orders.CreateOrder(ctx, unknown(i))
 		wantCode(t, err, codes.Unavailable)
 		if d := time.Since(start); d > 2*time.Second {
 			t.Errorf("call %d with the user service down took %v; want a fast UNAVAILABLE", i, d)
@@ -292,7 +299,7 @@ func TestBreakerOpensAndRecovers(t *testing.T) {
 	if got := state(); got != 2 {
 		t.Fatalf("breaker state after 3 failures = %v, want 2 (open)", got)
 	}
-	_, err := s.orders.CreateOrder(ctx, req(4))
+	_, err := s.orders.CreateOrder(ctx, unknown(4))
 	wantCode(t, err, codes.Unavailable)
 	if msg := status.Convert(err).Message(); !strings.Contains(msg, "upstream user") || !strings.Contains(msg, "circuit breaker open") {
 		t.Errorf("open-breaker message %q should name the upstream and the breaker", msg)
@@ -307,7 +314,10 @@ func TestBreakerOpensAndRecovers(t *testing.T) {
 	apptest.Start(t, back)
 	deadline := time.Now().Add(breakerTimeout + 5*time.Second)
 	for n := 5; ; n++ {
-		if _, err := s.orders.CreateOrder(ctx, req(n)); err == nil {
+		// Orders for this (replica-known) user are accepted PENDING while
+		// the breaker is open; CONFIRMED means the user service answered.
+		resp, err := s.orders.CreateOrder(ctx, req(n))
+		if err == nil && resp.GetOrder().GetStatus() == orderv1.OrderStatus_ORDER_STATUS_CONFIRMED {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -317,8 +327,9 @@ func TestBreakerOpensAndRecovers(t *testing.T) {
 	}
 	// Half-open closes after MaxRequests (3) consecutive successes.
 	for n := 100; n < 102; n++ {
-		if _, err := s.orders.CreateOrder(ctx, req(n)); err != nil {
-			t.Fatalf("call after recovery: %v", err)
+		resp, err := s.orders.CreateOrder(ctx, req(n))
+		if err != nil || resp.GetOrder().GetStatus() != orderv1.OrderStatus_ORDER_STATUS_CONFIRMED {
+			t.Fatalf("call after recovery: %v %v", resp.GetOrder().GetStatus(), err)
 		}
 	}
 	if got := state(); got != 0 {

@@ -36,6 +36,34 @@ func (s Status) String() string {
 	return fmt.Sprintf("Status(%d)", int(s))
 }
 
+// Events the order service publishes (payloads from trellis.events.v1).
+const (
+	SubjectCreated   = "trellis.order.v1.created"
+	SubjectCancelled = "trellis.order.v1.cancelled"
+	// EventSource is the CloudEvents source of order events.
+	EventSource = "/trellis/order"
+	// Stream is the JetStream stream of order events.
+	Stream = "TRELLIS_ORDER"
+	// UsersConsumer is the durable consumer keeping the user replica.
+	UsersConsumer = "order-users"
+)
+
+// Reasons an order is cancelled (OrderCancelled.reason).
+const (
+	ReasonRequested    = "requested"
+	ReasonUserDeleted  = "user_deleted"
+	ReasonUserNotFound = "user_not_found"
+)
+
+// KnownUser is the order service's replica of a user.
+type KnownUser struct {
+	ID      string
+	Email   string
+	Name    string
+	Deleted bool
+	Version time.Time // time of the event that last changed it
+}
+
 // Item is one order line.
 type Item struct {
 	ProductID string
@@ -62,6 +90,8 @@ var (
 	ErrNotFound        = errors.New("order not found")
 	ErrRequestIDTaken  = errors.New("request id already used")
 	ErrStatusChanged   = errors.New("order status changed concurrently")
+	ErrUnknownUser     = errors.New("user not in the replica")
+	ErrAlreadyApplied  = errors.New("event already applied")
 	errUserNotFound    = errors.New("user not found")
 	errUserUnavailable = errors.New("user service unavailable")
 )

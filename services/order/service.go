@@ -8,25 +8,41 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
+	eventsv1 "github.com/trellis-mesh/trellis/gen/trellis/events/v1"
 	"github.com/trellis-mesh/trellis/internal/apperr"
 	"github.com/trellis-mesh/trellis/internal/pagetoken"
+	"github.com/trellis-mesh/trellis/mesh/eventbus"
 )
 
 // Service holds the order use cases. Requests reach it already validated
 // by Validate (the mesh server runs it first).
 type Service struct {
-	store Store
-	users Users
-	now   func() time.Time
+	store     Store
+	users     Users
+	now       func() time.Time
+	committed func()
 }
 
-// NewService returns the order service. now may be nil (time.Now).
-func NewService(store Store, users Users, now func() time.Time) *Service {
-	if now == nil {
-		now = time.Now
+// Config tunes the order service.
+type Config struct {
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+	// Committed is called after changes with events committed (the outbox
+	// relay's Notify); nil means nobody is told.
+	Committed func()
+}
+
+// NewService returns the order service.
+func NewService(store Store, users Users, cfg Config) *Service {
+	if cfg.Now == nil {
+		cfg.Now = time.Now
 	}
-	return &Service{store: store, users: users, now: now}
+	if cfg.Committed == nil {
+		cfg.Committed = func() {}
+	}
+	return &Service{store: store, users: users, now: cfg.Now, committed: cfg.Committed}
 }
 
 func (s *Service) timestamp() time.Time { return s.now().UTC().Truncate(time.Microsecond) }
@@ -42,14 +58,31 @@ type CreateInput struct {
 // Create places an order, idempotently on in.RequestID: a retry with the
 // same payload returns the order the first attempt created; a reuse with a
 // different payload is refused.
+//
+// The user is checked with the user service: an existing user gets a
+// CONFIRMED order. When the user service cannot answer (breaker open,
+// unreachable), a user known to the local replica (kept from user events)
+// still gets an order, PENDING, which the reconciler confirms or cancels
+// once the user service answers; an unknown user gets UNAVAILABLE. A user
+// the replica knows as deleted gets no new orders at all.
 func (s *Service) Create(ctx context.Context, in CreateInput) (Order, error) {
 	hash := requestHash(in.UserID, in.Currency, in.Items)
 	if o, ok, err := s.replay(ctx, in.RequestID, hash); ok || err != nil {
 		return o, err
 	}
+	known, err := s.store.KnownUser(ctx, in.UserID)
+	if err != nil && !errors.Is(err, ErrUnknownUser) {
+		return Order{}, fmt.Errorf("read user replica: %w", err)
+	}
+	if err == nil && known.Deleted {
+		return Order{}, apperr.NotFound("user %q not found: the user was deleted", in.UserID)
+	}
+	status := StatusConfirmed
 	switch err := s.users.Exists(ctx, in.UserID); {
 	case errors.Is(err, errUserNotFound):
 		return Order{}, apperr.NotFound("user %q not found", in.UserID)
+	case errors.Is(err, errUserUnavailable) && known.ID != "":
+		status = StatusPending // degrade: confirmed later by the reconciler
 	case errors.Is(err, errUserUnavailable):
 		return Order{}, apperr.Unavailable("cannot place the order now: %s; retry with the same request_id",
 			strings.TrimPrefix(err.Error(), errUserUnavailable.Error()+": "))
@@ -63,17 +96,29 @@ func (s *Service) Create(ctx context.Context, in CreateInput) (Order, error) {
 	now := s.timestamp()
 	o := Order{
 		ID: id.String(), UserID: in.UserID, Items: in.Items, Currency: in.Currency,
-		Total: total(in.Items), Status: StatusConfirmed,
+		Total: total(in.Items), Status: status,
 		RequestID: in.RequestID, RequestHash: hash, CreateTime: now, UpdateTime: now,
 	}
-	switch err := s.store.Create(ctx, o); {
+	ev, err := eventbus.NewEvent(ctx, SubjectCreated, EventSource, o.ID, &eventsv1.OrderCreated{
+		OrderId: o.ID, UserId: o.UserID, TotalAmountMinor: o.Total, CurrencyCode: o.Currency, CreateTime: timestamppb.New(now)}, now)
+	if err != nil {
+		return Order{}, err
+	}
+	switch err := s.store.Create(ctx, o, ev); {
 	case errors.Is(err, ErrRequestIDTaken): // a concurrent retry won the race
 		o, _, err := s.replay(ctx, in.RequestID, hash)
 		return o, err
 	case err != nil:
 		return Order{}, fmt.Errorf("create order: %w", err)
 	}
+	s.committed()
 	return o, nil
+}
+
+// cancelledEvent is the event of cancelling o for reason at a time.
+func cancelledEvent(ctx context.Context, o Order, reason string, at time.Time) (eventbus.Event, error) {
+	return eventbus.NewEvent(ctx, SubjectCancelled, EventSource, o.ID, &eventsv1.OrderCancelled{
+		OrderId: o.ID, UserId: o.UserID, Reason: reason, CancelTime: timestamppb.New(at)}, at)
 }
 
 // replay returns the order an earlier request with requestID created, if
@@ -141,7 +186,11 @@ func (s *Service) Cancel(ctx context.Context, id string) (Order, error) {
 			return Order{}, apperr.FailedPrecondition("order %q is already cancelled", id)
 		}
 		now := s.timestamp()
-		switch err := s.store.SetStatus(ctx, id, o.Status, StatusCancelled, now); {
+		ev, err := cancelledEvent(ctx, o, ReasonRequested, now)
+		if err != nil {
+			return Order{}, err
+		}
+		switch err := s.store.SetStatus(ctx, id, o.Status, StatusCancelled, now, &ev); {
 		case errors.Is(err, ErrStatusChanged):
 			continue
 		case errors.Is(err, ErrNotFound):
@@ -150,6 +199,7 @@ func (s *Service) Cancel(ctx context.Context, id string) (Order, error) {
 			return Order{}, fmt.Errorf("cancel order: %w", err)
 		}
 		o.Status, o.UpdateTime = StatusCancelled, now
+		s.committed()
 		return o, nil
 	}
 	return Order{}, apperr.Unavailable("order %q is being changed concurrently; retry", id)

@@ -11,46 +11,71 @@ import (
 	"time"
 
 	"github.com/trellis-mesh/trellis/internal/sqldb"
+	"github.com/trellis-mesh/trellis/mesh/eventbus"
 )
 
-// Store keeps orders.
+// Store keeps orders and the replica of users. Every change is stored with
+// its events, atomically.
 type Store interface {
-	// Create inserts o with its items; ErrRequestIDTaken if o.RequestID
-	// is already used.
-	Create(ctx context.Context, o Order) error
+	// Create inserts o with its items and event; ErrRequestIDTaken if
+	// o.RequestID is already used.
+	Create(ctx context.Context, o Order, ev eventbus.Event) error
 	Get(ctx context.Context, id string) (Order, error)
 	GetByRequestID(ctx context.Context, requestID string) (Order, error)
 	// ListByUser returns up to limit of the user's orders with id < before
 	// ("" for the newest), newest first.
 	ListByUser(ctx context.Context, userID, before string, limit int) ([]Order, error)
-	// SetStatus moves order id from status from to status to; ErrNotFound
-	// if there is no such order, ErrStatusChanged if its status is not from.
-	SetStatus(ctx context.Context, id string, from, to Status, at time.Time) error
+	// SetStatus moves order id from status from to status to, with ev
+	// when not nil; ErrNotFound if there is no such order,
+	// ErrStatusChanged if its status is not from.
+	SetStatus(ctx context.Context, id string, from, to Status, at time.Time, ev *eventbus.Event) error
+	// ListByStatus returns up to limit orders in status, oldest first.
+	ListByStatus(ctx context.Context, status Status, limit int) ([]Order, error)
+	// KnownUser returns the replica of a user; ErrUnknownUser if none.
+	KnownUser(ctx context.Context, id string) (KnownUser, error)
+	// ApplyUser records that consumer applied event eventID, updates the
+	// replica with u (unless it holds a newer version) and, if u is
+	// deleted, cancels the user's open orders, each with the event
+	// cancelled(order) returns — all in one transaction. An event applied
+	// before returns ErrAlreadyApplied and changes nothing.
+	ApplyUser(ctx context.Context, consumer, eventID string, u KnownUser, cancelled func(Order) (eventbus.Event, error)) ([]Order, error)
 	Ping(ctx context.Context) error
 }
 
 //go:embed migrations
 var migrations embed.FS
 
-// SQLStore is the Store on SQLite or PostgreSQL.
-type SQLStore struct{ db *sqldb.DB }
+// SQLStore is the Store on SQLite or PostgreSQL, with the outbox in the
+// same database.
+type SQLStore struct {
+	db     *sqldb.DB
+	outbox *sqldb.Outbox
+}
 
-// NewSQLStore applies the order migrations to db and returns the store.
+// Outbox is the store's outbox, for the relay.
+func (s *SQLStore) Outbox() *sqldb.Outbox { return s.outbox }
+
+// NewSQLStore applies the order and outbox migrations to db and returns
+// the store.
 func NewSQLStore(ctx context.Context, db *sqldb.DB) (*SQLStore, error) {
 	sub, err := fs.Sub(migrations, "migrations")
 	if err != nil {
 		return nil, err
 	}
-	if err := db.Migrate(ctx, sub); err != nil {
+	if err := db.Migrate(ctx, "order", sub); err != nil {
 		return nil, fmt.Errorf("order store: migrate: %w", err)
 	}
-	return &SQLStore{db: db}, nil
+	outbox, err := sqldb.NewOutbox(ctx, db)
+	if err != nil {
+		return nil, err
+	}
+	return &SQLStore{db: db, outbox: outbox}, nil
 }
 
 const orderColumns = "id, user_id, status, currency, total_minor, request_id, request_hash, create_time, update_time"
 
-// Create inserts the order and its items in one transaction.
-func (s *SQLStore) Create(ctx context.Context, o Order) error {
+// Create inserts the order, its items and its event in one transaction.
+func (s *SQLStore) Create(ctx context.Context, o Order, ev eventbus.Event) error {
 	err := s.db.InTx(ctx, func(tx *sql.Tx) error {
 		if _, err := tx.ExecContext(ctx, "INSERT INTO orders ("+orderColumns+") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
 			o.ID, o.UserID, int(o.Status), o.Currency, o.Total, o.RequestID, o.RequestHash,
@@ -63,7 +88,7 @@ func (s *SQLStore) Create(ctx context.Context, o Order) error {
 				return err
 			}
 		}
-		return nil
+		return sqldb.Add(ctx, tx, ev)
 	})
 	if sqldb.IsUniqueViolation(err) {
 		return ErrRequestIDTaken
@@ -106,9 +131,17 @@ func (s *SQLStore) query(ctx context.Context, q string, args ...any) ([]Order, e
 	if err != nil {
 		return nil, err
 	}
+	out, err := scanOrders(rows)
+	if err != nil || len(out) == 0 {
+		return out, err
+	}
+	return out, s.loadItems(ctx, out)
+}
+
+// scanOrders reads and closes rows of orderColumns (items not loaded).
+func scanOrders(rows *sql.Rows) ([]Order, error) {
 	defer rows.Close()
 	var out []Order
-	index := map[string]int{}
 	for rows.Next() {
 		var o Order
 		var status int
@@ -118,15 +151,16 @@ func (s *SQLStore) query(ctx context.Context, q string, args ...any) ([]Order, e
 		}
 		o.Status = Status(status)
 		o.CreateTime, o.UpdateTime = time.UnixMicro(created).UTC(), time.UnixMicro(updated).UTC()
-		index[o.ID] = len(out)
 		out = append(out, o)
 	}
-	if err := rows.Err(); err != nil {
-		return nil, err
-	}
-	rows.Close()
-	if len(out) == 0 {
-		return out, nil
+	return out, rows.Err()
+}
+
+// loadItems fills in the items of orders.
+func (s *SQLStore) loadItems(ctx context.Context, out []Order) error {
+	index := make(map[string]int, len(out))
+	for i, o := range out {
+		index[o.ID] = i
 	}
 	ph := make([]string, len(out))
 	ids := make([]any, len(out))
@@ -137,32 +171,115 @@ func (s *SQLStore) query(ctx context.Context, q string, args ...any) ([]Order, e
 	items, err := s.db.QueryContext(ctx, "SELECT order_id, product_id, quantity, unit_price_minor FROM order_items WHERE order_id IN ("+
 		strings.Join(ph, ", ")+") ORDER BY order_id, line", ids...)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer items.Close()
 	for items.Next() {
 		var orderID string
 		var it Item
 		if err := items.Scan(&orderID, &it.ProductID, &it.Quantity, &it.UnitPrice); err != nil {
-			return nil, err
+			return err
 		}
 		o := &out[index[orderID]]
 		o.Items = append(o.Items, it)
 	}
-	return out, items.Err()
+	return items.Err()
 }
 
 // SetStatus changes the status only if it is still from.
-func (s *SQLStore) SetStatus(ctx context.Context, id string, from, to Status, at time.Time) error {
-	res, err := s.db.ExecContext(ctx, "UPDATE orders SET status = $1, update_time = $2 WHERE id = $3 AND status = $4",
-		int(to), at.UnixMicro(), id, int(from))
-	err = sqldb.AffectedOne(res, err, ErrStatusChanged)
+func (s *SQLStore) SetStatus(ctx context.Context, id string, from, to Status, at time.Time, ev *eventbus.Event) error {
+	err := s.db.InTx(ctx, func(tx *sql.Tx) error { return setStatus(ctx, tx, id, from, to, at, ev) })
 	if errors.Is(err, ErrStatusChanged) {
 		if _, getErr := s.Get(ctx, id); errors.Is(getErr, ErrNotFound) {
 			return ErrNotFound
 		}
 	}
 	return err
+}
+
+func setStatus(ctx context.Context, tx *sql.Tx, id string, from, to Status, at time.Time, ev *eventbus.Event) error {
+	res, err := tx.ExecContext(ctx, "UPDATE orders SET status = $1, update_time = $2 WHERE id = $3 AND status = $4",
+		int(to), at.UnixMicro(), id, int(from))
+	if err := sqldb.AffectedOne(res, err, ErrStatusChanged); err != nil {
+		return err
+	}
+	if ev != nil {
+		return sqldb.Add(ctx, tx, *ev)
+	}
+	return nil
+}
+
+// ListByStatus returns orders in status, oldest first.
+func (s *SQLStore) ListByStatus(ctx context.Context, status Status, limit int) ([]Order, error) {
+	return s.query(ctx, "SELECT "+orderColumns+" FROM orders WHERE status = $1 ORDER BY id LIMIT $2", int(status), limit)
+}
+
+// KnownUser returns the replica of a user.
+func (s *SQLStore) KnownUser(ctx context.Context, id string) (KnownUser, error) {
+	var u KnownUser
+	var deleted int
+	var version int64
+	err := s.db.QueryRowContext(ctx, "SELECT id, email, name, deleted, version FROM known_users WHERE id = $1", id).
+		Scan(&u.ID, &u.Email, &u.Name, &deleted, &version)
+	if errors.Is(err, sql.ErrNoRows) {
+		return KnownUser{}, ErrUnknownUser
+	}
+	u.Deleted, u.Version = deleted != 0, time.UnixMicro(version).UTC()
+	return u, err
+}
+
+// ApplyUser applies one user event, once.
+func (s *SQLStore) ApplyUser(ctx context.Context, consumer, eventID string, u KnownUser, cancelled func(Order) (eventbus.Event, error)) ([]Order, error) {
+	var cancelledOrders []Order
+	err := s.db.InTx(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, "INSERT INTO processed_events (consumer, event_id, processed_time) VALUES ($1, $2, $3)",
+			consumer, eventID, time.Now().UnixMicro()); err != nil {
+			if sqldb.IsUniqueViolation(err) {
+				return ErrAlreadyApplied
+			}
+			return err
+		}
+		deleted := 0
+		if u.Deleted {
+			deleted = 1
+		}
+		// A tombstone wins over any later-arriving older event; otherwise
+		// the newest version wins.
+		if _, err := tx.ExecContext(ctx, `INSERT INTO known_users (id, email, name, deleted, version) VALUES ($1, $2, $3, $4, $5)
+			ON CONFLICT (id) DO UPDATE SET email = excluded.email, name = excluded.name, deleted = excluded.deleted, version = excluded.version
+			WHERE known_users.deleted = 0 AND (excluded.version >= known_users.version OR excluded.deleted = 1)`,
+			u.ID, u.Email, u.Name, deleted, u.Version.UnixMicro()); err != nil {
+			return err
+		}
+		if !u.Deleted {
+			return nil
+		}
+		rows, err := tx.QueryContext(ctx, "SELECT "+orderColumns+" FROM orders WHERE user_id = $1 AND status IN ($2, $3) ORDER BY id",
+			u.ID, int(StatusPending), int(StatusConfirmed))
+		if err != nil {
+			return err
+		}
+		open, err := scanOrders(rows)
+		if err != nil {
+			return err
+		}
+		for _, o := range open {
+			ev, err := cancelled(o)
+			if err != nil {
+				return err
+			}
+			if err := setStatus(ctx, tx, o.ID, o.Status, StatusCancelled, ev.Time, &ev); err != nil {
+				return err
+			}
+			o.Status, o.UpdateTime = StatusCancelled, ev.Time
+			cancelledOrders = append(cancelledOrders, o)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return cancelledOrders, nil
 }
 
 // Ping checks the database answers.

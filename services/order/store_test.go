@@ -9,7 +9,9 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/uuid"
 
+	eventsv1 "github.com/trellis-mesh/trellis/gen/trellis/events/v1"
 	"github.com/trellis-mesh/trellis/internal/testenv"
+	"github.com/trellis-mesh/trellis/mesh/eventbus"
 	"github.com/trellis-mesh/trellis/services/order"
 )
 
@@ -33,6 +35,25 @@ func TestStoreConformance(t *testing.T) {
 	}
 }
 
+// created is a stand-in event; the store does not look inside payloads.
+func created(t *testing.T) eventbus.Event {
+	t.Helper()
+	ev, err := eventbus.NewEvent(context.Background(), order.SubjectCreated, order.EventSource, uuid.NewString(), &eventsv1.OrderCreated{}, base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ev
+}
+
+func pending(t *testing.T, s *order.SQLStore) []eventbus.Event {
+	t.Helper()
+	evs, err := s.Outbox().Pending(context.Background(), 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return evs
+}
+
 var base = time.Date(2026, 11, 1, 12, 0, 0, 654321000, time.UTC)
 
 func newOrder(userID, requestID string) order.Order {
@@ -47,11 +68,11 @@ func newOrder(userID, requestID string) order.Order {
 	}
 }
 
-var storeTests = map[string]func(t *testing.T, s order.Store){
-	"create then get returns the order with its items in order": func(t *testing.T, s order.Store) {
+var storeTests = map[string]func(t *testing.T, s *order.SQLStore){
+	"create then get returns the order with its items in order": func(t *testing.T, s *order.SQLStore) {
 		ctx := context.Background()
 		want := newOrder(uuid.NewString(), "r1")
-		if err := s.Create(ctx, want); err != nil {
+		if err := s.Create(ctx, want, created(t)); err != nil {
 			t.Fatal(err)
 		}
 		for _, get := range []func() (order.Order, error){
@@ -67,32 +88,32 @@ var storeTests = map[string]func(t *testing.T, s order.Store){
 			}
 		}
 	},
-	"request id is unique and a failed create leaves nothing": func(t *testing.T, s order.Store) {
+	"request id is unique and a failed create leaves nothing": func(t *testing.T, s *order.SQLStore) {
 		ctx := context.Background()
 		first := newOrder(uuid.NewString(), "r1")
-		if err := s.Create(ctx, first); err != nil {
+		if err := s.Create(ctx, first, created(t)); err != nil {
 			t.Fatal(err)
 		}
 		dup := newOrder(first.UserID, "r1")
-		if err := s.Create(ctx, dup); !errors.Is(err, order.ErrRequestIDTaken) {
+		if err := s.Create(ctx, dup, created(t)); !errors.Is(err, order.ErrRequestIDTaken) {
 			t.Fatalf("Create with used request id: got %v, want ErrRequestIDTaken", err)
 		}
 		if _, err := s.Get(ctx, dup.ID); !errors.Is(err, order.ErrNotFound) {
 			t.Errorf("rolled-back order is readable: %v", err)
 		}
 	},
-	"list by user is newest first and pages": func(t *testing.T, s order.Store) {
+	"list by user is newest first and pages": func(t *testing.T, s *order.SQLStore) {
 		ctx := context.Background()
 		userID := uuid.NewString()
 		var want []string
 		for i := range 5 {
 			o := newOrder(userID, "r"+string(rune('a'+i)))
 			want = append([]string{o.ID}, want...)
-			if err := s.Create(ctx, o); err != nil {
+			if err := s.Create(ctx, o, created(t)); err != nil {
 				t.Fatal(err)
 			}
 		}
-		if err := s.Create(ctx, newOrder(uuid.NewString(), "other")); err != nil {
+		if err := s.Create(ctx, newOrder(uuid.NewString(), "other"), created(t)); err != nil {
 			t.Fatal(err)
 		}
 		var got []string
@@ -117,20 +138,121 @@ var storeTests = map[string]func(t *testing.T, s order.Store){
 			t.Errorf("listed (-want +got):\n%s", diff)
 		}
 	},
-	"set status is conditional": func(t *testing.T, s order.Store) {
+	"a rolled-back create leaves no event": func(t *testing.T, s *order.SQLStore) {
 		ctx := context.Background()
 		o := newOrder(uuid.NewString(), "r1")
-		if err := s.Create(ctx, o); err != nil {
+		if err := s.Create(ctx, o, created(t)); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Create(ctx, newOrder(o.UserID, "r1"), created(t)); !errors.Is(err, order.ErrRequestIDTaken) {
+			t.Fatal(err)
+		}
+		if n := len(pending(t, s)); n != 1 {
+			t.Errorf("outbox has %d events, want 1 (the failed create's event must roll back)", n)
+		}
+	},
+	"user events apply once, keep the newest version and tombstones": func(t *testing.T, s *order.SQLStore) {
+		ctx := context.Background()
+		uid := uuid.NewString()
+		noCancel := func(order.Order) (eventbus.Event, error) { t.Fatal("nothing to cancel"); return eventbus.Event{}, nil }
+		if _, err := s.KnownUser(ctx, uid); !errors.Is(err, order.ErrUnknownUser) {
+			t.Fatalf("KnownUser before any event: %v", err)
+		}
+		v1 := order.KnownUser{ID: uid, Email: "a@example.com", Name: "A", Version: base}
+		if _, err := s.ApplyUser(ctx, "c", "ev-1", v1, noCancel); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.ApplyUser(ctx, "c", "ev-1", order.KnownUser{ID: uid, Email: "changed@example.com", Version: base.Add(time.Hour)}, noCancel); !errors.Is(err, order.ErrAlreadyApplied) {
+			t.Fatalf("redelivered event: got %v, want ErrAlreadyApplied", err)
+		}
+		old := order.KnownUser{ID: uid, Email: "old@example.com", Name: "Old", Version: base.Add(-time.Hour)}
+		if _, err := s.ApplyUser(ctx, "c", "ev-0", old, noCancel); err != nil {
+			t.Fatal(err)
+		}
+		got, err := s.KnownUser(ctx, uid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if diff := cmp.Diff(v1, got); diff != "" {
+			t.Errorf("replica after a redelivery and an older event (-want +got):\n%s", diff)
+		}
+	},
+	"a deleted user's open orders are cancelled with events, once": func(t *testing.T, s *order.SQLStore) {
+		ctx := context.Background()
+		uid := uuid.NewString()
+		open1, open2, done := newOrder(uid, "a"), newOrder(uid, "b"), newOrder(uid, "c")
+		done.Status = order.StatusCancelled
+		other := newOrder(uuid.NewString(), "d")
+		for _, o := range []order.Order{open1, open2, done, other} {
+			if err := s.Create(ctx, o, created(t)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		before := len(pending(t, s))
+		cancel := func(o order.Order) (eventbus.Event, error) {
+			return eventbus.NewEvent(ctx, order.SubjectCancelled, order.EventSource, o.ID, &eventsv1.OrderCancelled{OrderId: o.ID}, base.Add(time.Minute))
+		}
+		tomb := order.KnownUser{ID: uid, Deleted: true, Version: base}
+		cancelled, err := s.ApplyUser(ctx, "c", "del-1", tomb, cancel)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(cancelled) != 2 {
+			t.Fatalf("cancelled %d orders, want the 2 open ones", len(cancelled))
+		}
+		for _, id := range []string{open1.ID, open2.ID} {
+			if o, _ := s.Get(ctx, id); o.Status != order.StatusCancelled {
+				t.Errorf("order %s status %v, want cancelled", id, o.Status)
+			}
+		}
+		if o, _ := s.Get(ctx, other.ID); o.Status != order.StatusConfirmed {
+			t.Errorf("another user's order was touched: %v", o.Status)
+		}
+		if n := len(pending(t, s)) - before; n != 2 {
+			t.Errorf("%d cancellation events, want 2", n)
+		}
+		if _, err := s.ApplyUser(ctx, "c", "del-1", tomb, cancel); !errors.Is(err, order.ErrAlreadyApplied) {
+			t.Errorf("redelivered delete: %v", err)
+		}
+		// A late user.updated does not resurrect a deleted user.
+		if _, err := s.ApplyUser(ctx, "c", "upd-late", order.KnownUser{ID: uid, Email: "x@example.com", Version: base.Add(time.Hour)}, cancel); err != nil {
+			t.Fatal(err)
+		}
+		if u, _ := s.KnownUser(ctx, uid); !u.Deleted {
+			t.Error("a later update resurrected a deleted user")
+		}
+	},
+	"list by status": func(t *testing.T, s *order.SQLStore) {
+		ctx := context.Background()
+		a, b := newOrder(uuid.NewString(), "a"), newOrder(uuid.NewString(), "b")
+		a.Status = order.StatusPending
+		for _, o := range []order.Order{a, b} {
+			if err := s.Create(ctx, o, created(t)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		got, err := s.ListByStatus(ctx, order.StatusPending, 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != 1 || got[0].ID != a.ID || len(got[0].Items) != 2 {
+			t.Errorf("pending orders = %+v", got)
+		}
+	},
+	"set status is conditional": func(t *testing.T, s *order.SQLStore) {
+		ctx := context.Background()
+		o := newOrder(uuid.NewString(), "r1")
+		if err := s.Create(ctx, o, created(t)); err != nil {
 			t.Fatal(err)
 		}
 		at := base.Add(time.Minute)
-		if err := s.SetStatus(ctx, o.ID, order.StatusConfirmed, order.StatusCancelled, at); err != nil {
+		if err := s.SetStatus(ctx, o.ID, order.StatusConfirmed, order.StatusCancelled, at, nil); err != nil {
 			t.Fatal(err)
 		}
-		if err := s.SetStatus(ctx, o.ID, order.StatusConfirmed, order.StatusCancelled, at); !errors.Is(err, order.ErrStatusChanged) {
+		if err := s.SetStatus(ctx, o.ID, order.StatusConfirmed, order.StatusCancelled, at, nil); !errors.Is(err, order.ErrStatusChanged) {
 			t.Errorf("second SetStatus from CONFIRMED: got %v, want ErrStatusChanged", err)
 		}
-		if err := s.SetStatus(ctx, uuid.NewString(), order.StatusConfirmed, order.StatusCancelled, at); !errors.Is(err, order.ErrNotFound) {
+		if err := s.SetStatus(ctx, uuid.NewString(), order.StatusConfirmed, order.StatusCancelled, at, nil); !errors.Is(err, order.ErrNotFound) {
 			t.Errorf("SetStatus of missing order: got %v, want ErrNotFound", err)
 		}
 		got, err := s.Get(ctx, o.ID)

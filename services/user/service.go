@@ -8,9 +8,12 @@ import (
 
 	"github.com/google/uuid"
 	"golang.org/x/crypto/bcrypt"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
+	eventsv1 "github.com/trellis-mesh/trellis/gen/trellis/events/v1"
 	"github.com/trellis-mesh/trellis/internal/apperr"
 	"github.com/trellis-mesh/trellis/internal/pagetoken"
+	"github.com/trellis-mesh/trellis/mesh/eventbus"
 )
 
 // Config tunes the user service.
@@ -20,14 +23,18 @@ type Config struct {
 	BcryptCost int
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// Committed is called after a change and its event committed (the
+	// outbox relay's Notify); nil means nobody is told.
+	Committed func()
 }
 
 // Service holds the user use cases. Requests reach it already validated by
 // Validate (the mesh server runs it first).
 type Service struct {
-	store Store
-	cost  int
-	now   func() time.Time
+	store     Store
+	cost      int
+	now       func() time.Time
+	committed func()
 }
 
 // NewService returns the user service over store.
@@ -38,7 +45,10 @@ func NewService(store Store, cfg Config) *Service {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	return &Service{store: store, cost: cfg.BcryptCost, now: cfg.Now}
+	if cfg.Committed == nil {
+		cfg.Committed = func() {}
+	}
+	return &Service{store: store, cost: cfg.BcryptCost, now: cfg.Now, committed: cfg.Committed}
 }
 
 func (s *Service) timestamp() time.Time { return s.now().UTC().Truncate(time.Microsecond) }
@@ -55,12 +65,18 @@ func (s *Service) Create(ctx context.Context, email, name, password string) (Use
 	}
 	now := s.timestamp()
 	u := User{ID: id.String(), Email: email, Name: name, PasswordHash: string(hash), CreateTime: now, UpdateTime: now}
-	if err := s.store.Create(ctx, u); err != nil {
+	ev, err := eventbus.NewEvent(ctx, SubjectCreated, EventSource, u.ID, &eventsv1.UserCreated{
+		UserId: u.ID, Email: u.Email, Name: u.Name, CreateTime: timestamppb.New(now)}, now)
+	if err != nil {
+		return User{}, err
+	}
+	if err := s.store.Create(ctx, u, ev); err != nil {
 		if errors.Is(err, ErrEmailTaken) {
 			return User{}, apperr.AlreadyExists("a user with email %q already exists", email)
 		}
 		return User{}, fmt.Errorf("create user: %w", err)
 	}
+	s.committed()
 	return u, nil
 }
 
@@ -133,7 +149,12 @@ func (s *Service) Update(ctx context.Context, id string, patch Patch) (User, err
 		u.Name = *patch.Name
 	}
 	u.UpdateTime = s.timestamp()
-	switch err := s.store.Update(ctx, u); {
+	ev, err := eventbus.NewEvent(ctx, SubjectUpdated, EventSource, u.ID, &eventsv1.UserUpdated{
+		UserId: u.ID, Email: u.Email, Name: u.Name, UpdateTime: timestamppb.New(u.UpdateTime)}, u.UpdateTime)
+	if err != nil {
+		return User{}, err
+	}
+	switch err := s.store.Update(ctx, u, ev); {
 	case errors.Is(err, ErrNotFound): // deleted since we read it
 		return User{}, apperr.NotFound("user %q not found", id)
 	case errors.Is(err, ErrEmailTaken):
@@ -141,14 +162,23 @@ func (s *Service) Update(ctx context.Context, id string, patch Patch) (User, err
 	case err != nil:
 		return User{}, fmt.Errorf("update user: %w", err)
 	}
+	s.committed()
 	return u, nil
 }
 
 // Delete removes a user.
 func (s *Service) Delete(ctx context.Context, id string) error {
-	err := s.store.Delete(ctx, id)
-	if errors.Is(err, ErrNotFound) {
-		return apperr.NotFound("user %q not found", id)
+	now := s.timestamp()
+	ev, err := eventbus.NewEvent(ctx, SubjectDeleted, EventSource, id, &eventsv1.UserDeleted{UserId: id, DeleteTime: timestamppb.New(now)}, now)
+	if err != nil {
+		return err
 	}
-	return err
+	switch err := s.store.Delete(ctx, id, ev); {
+	case errors.Is(err, ErrNotFound):
+		return apperr.NotFound("user %q not found", id)
+	case err != nil:
+		return fmt.Errorf("delete user: %w", err)
+	}
+	s.committed()
+	return nil
 }

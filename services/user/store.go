@@ -11,49 +11,68 @@ import (
 	"time"
 
 	"github.com/trellis-mesh/trellis/internal/sqldb"
+	"github.com/trellis-mesh/trellis/mesh/eventbus"
 )
 
 // Store keeps users. Implementations must make emails unique
 // case-insensitively (ErrEmailTaken) and return ErrNotFound for unknown ids.
+// Every change is stored with its event, atomically: both or neither.
 type Store interface {
-	Create(ctx context.Context, u User) error
+	Create(ctx context.Context, u User, ev eventbus.Event) error
 	Get(ctx context.Context, id string) (User, error)
 	// GetMany returns the users that exist among ids, in any order.
 	GetMany(ctx context.Context, ids []string) ([]User, error)
 	// List returns up to limit users with id > after, ordered by id.
 	List(ctx context.Context, after string, limit int) ([]User, error)
-	Update(ctx context.Context, u User) error
-	Delete(ctx context.Context, id string) error
+	Update(ctx context.Context, u User, ev eventbus.Event) error
+	Delete(ctx context.Context, id string, ev eventbus.Event) error
 	Ping(ctx context.Context) error
 }
 
 //go:embed migrations
 var migrations embed.FS
 
-// SQLStore is the Store on SQLite or PostgreSQL.
-type SQLStore struct{ db *sqldb.DB }
+// SQLStore is the Store on SQLite or PostgreSQL, with the outbox in the
+// same database.
+type SQLStore struct {
+	db     *sqldb.DB
+	outbox *sqldb.Outbox
+}
 
-// NewSQLStore applies the user migrations to db and returns the store.
+// Outbox is the store's outbox, for the relay.
+func (s *SQLStore) Outbox() *sqldb.Outbox { return s.outbox }
+
+// NewSQLStore applies the user and outbox migrations to db and returns the
+// store.
 func NewSQLStore(ctx context.Context, db *sqldb.DB) (*SQLStore, error) {
 	sub, err := fs.Sub(migrations, "migrations")
 	if err != nil {
 		return nil, err
 	}
-	if err := db.Migrate(ctx, sub); err != nil {
+	if err := db.Migrate(ctx, "user", sub); err != nil {
 		return nil, fmt.Errorf("user store: migrate: %w", err)
 	}
-	return &SQLStore{db: db}, nil
+	outbox, err := sqldb.NewOutbox(ctx, db)
+	if err != nil {
+		return nil, err
+	}
+	return &SQLStore{db: db, outbox: outbox}, nil
 }
 
 const userColumns = "id, email, name, password_hash, create_time, update_time"
 
 func emailKey(email string) string { return strings.ToLower(email) }
 
-// Create inserts u.
-func (s *SQLStore) Create(ctx context.Context, u User) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO users (id, email, email_key, name, password_hash, create_time, update_time)
-		VALUES ($1, $2, $3, $4, $5, $6, $7)`,
-		u.ID, u.Email, emailKey(u.Email), u.Name, u.PasswordHash, u.CreateTime.UnixMicro(), u.UpdateTime.UnixMicro())
+// Create inserts u and its event.
+func (s *SQLStore) Create(ctx context.Context, u User, ev eventbus.Event) error {
+	err := s.db.InTx(ctx, func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO users (id, email, email_key, name, password_hash, create_time, update_time)
+			VALUES ($1, $2, $3, $4, $5, $6, $7)`,
+			u.ID, u.Email, emailKey(u.Email), u.Name, u.PasswordHash, u.CreateTime.UnixMicro(), u.UpdateTime.UnixMicro()); err != nil {
+			return err
+		}
+		return sqldb.Add(ctx, tx, ev)
+	})
 	if sqldb.IsUniqueViolation(err) {
 		return ErrEmailTaken
 	}
@@ -117,20 +136,31 @@ func (s *SQLStore) query(ctx context.Context, q string, args ...any) ([]User, er
 	return out, rows.Err()
 }
 
-// Update overwrites email, name and update time of u.ID.
-func (s *SQLStore) Update(ctx context.Context, u User) error {
-	res, err := s.db.ExecContext(ctx, "UPDATE users SET email = $1, email_key = $2, name = $3, update_time = $4 WHERE id = $5",
-		u.Email, emailKey(u.Email), u.Name, u.UpdateTime.UnixMicro(), u.ID)
+// Update overwrites email, name and update time of u.ID, with its event.
+func (s *SQLStore) Update(ctx context.Context, u User, ev eventbus.Event) error {
+	err := s.db.InTx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, "UPDATE users SET email = $1, email_key = $2, name = $3, update_time = $4 WHERE id = $5",
+			u.Email, emailKey(u.Email), u.Name, u.UpdateTime.UnixMicro(), u.ID)
+		if err := sqldb.AffectedOne(res, err, ErrNotFound); err != nil {
+			return err
+		}
+		return sqldb.Add(ctx, tx, ev)
+	})
 	if sqldb.IsUniqueViolation(err) {
 		return ErrEmailTaken
 	}
-	return sqldb.AffectedOne(res, err, ErrNotFound)
+	return err
 }
 
-// Delete removes the user with id.
-func (s *SQLStore) Delete(ctx context.Context, id string) error {
-	res, err := s.db.ExecContext(ctx, "DELETE FROM users WHERE id = $1", id)
-	return sqldb.AffectedOne(res, err, ErrNotFound)
+// Delete removes the user with id, with its event.
+func (s *SQLStore) Delete(ctx context.Context, id string, ev eventbus.Event) error {
+	return s.db.InTx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, "DELETE FROM users WHERE id = $1", id)
+		if err := sqldb.AffectedOne(res, err, ErrNotFound); err != nil {
+			return err
+		}
+		return sqldb.Add(ctx, tx, ev)
+	})
 }
 
 // Ping checks the database answers.

@@ -10,7 +10,9 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/uuid"
 
+	eventsv1 "github.com/trellis-mesh/trellis/gen/trellis/events/v1"
 	"github.com/trellis-mesh/trellis/internal/testenv"
+	"github.com/trellis-mesh/trellis/mesh/eventbus"
 	"github.com/trellis-mesh/trellis/services/user"
 )
 
@@ -21,7 +23,7 @@ func TestStoreConformance(t *testing.T) {
 	for _, d := range testenv.Backends {
 		t.Run(string(d), func(t *testing.T) {
 			t.Parallel()
-			newStore := func(t *testing.T) user.Store {
+			newStore := func(t *testing.T) *user.SQLStore {
 				s, err := user.NewSQLStore(context.Background(), testenv.OpenDB(t, d, "user"))
 				if err != nil {
 					t.Fatal(err)
@@ -38,6 +40,30 @@ func TestStoreConformance(t *testing.T) {
 	}
 }
 
+// event is a stand-in event; the store does not look inside payloads.
+func event(t *testing.T, subject string) eventbus.Event {
+	t.Helper()
+	ev, err := eventbus.NewEvent(context.Background(), subject, user.EventSource, uuid.NewString(), &eventsv1.UserDeleted{}, base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ev
+}
+
+// pendingSubjects lists the unsent outbox events in commit order.
+func pendingSubjects(t *testing.T, s *user.SQLStore) []string {
+	t.Helper()
+	evs, err := s.Outbox().Pending(context.Background(), 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, ev := range evs {
+		out = append(out, ev.Subject)
+	}
+	return out
+}
+
 var base = time.Date(2026, 11, 1, 12, 0, 0, 123456000, time.UTC)
 
 func newUser(i int) user.User {
@@ -48,11 +74,11 @@ func newUser(i int) user.User {
 	}
 }
 
-var storeTests = map[string]func(t *testing.T, s user.Store){
-	"create then get returns the same user": func(t *testing.T, s user.Store) {
+var storeTests = map[string]func(t *testing.T, s *user.SQLStore){
+	"create then get returns the same user": func(t *testing.T, s *user.SQLStore) {
 		ctx := context.Background()
 		want := newUser(1)
-		if err := s.Create(ctx, want); err != nil {
+		if err := s.Create(ctx, want, event(t, user.SubjectCreated)); err != nil {
 			t.Fatal(err)
 		}
 		got, err := s.Get(ctx, want.ID)
@@ -63,38 +89,38 @@ var storeTests = map[string]func(t *testing.T, s user.Store){
 			t.Errorf("Get mismatch (-want +got):\n%s", diff)
 		}
 	},
-	"email is unique case-insensitively": func(t *testing.T, s user.Store) {
+	"email is unique case-insensitively": func(t *testing.T, s *user.SQLStore) {
 		ctx := context.Background()
 		a, b := newUser(1), newUser(2)
 		b.Email = "U1@EXAMPLE.com"
-		if err := s.Create(ctx, a); err != nil {
+		if err := s.Create(ctx, a, event(t, user.SubjectCreated)); err != nil {
 			t.Fatal(err)
 		}
-		if err := s.Create(ctx, b); !errors.Is(err, user.ErrEmailTaken) {
+		if err := s.Create(ctx, b, event(t, user.SubjectCreated)); !errors.Is(err, user.ErrEmailTaken) {
 			t.Fatalf("Create duplicate email: got %v, want ErrEmailTaken", err)
 		}
 	},
-	"missing ids are ErrNotFound": func(t *testing.T, s user.Store) {
+	"missing ids are ErrNotFound": func(t *testing.T, s *user.SQLStore) {
 		ctx := context.Background()
 		id := uuid.NewString()
 		if _, err := s.Get(ctx, id); !errors.Is(err, user.ErrNotFound) {
 			t.Errorf("Get: got %v, want ErrNotFound", err)
 		}
-		if err := s.Delete(ctx, id); !errors.Is(err, user.ErrNotFound) {
+		if err := s.Delete(ctx, id, event(t, user.SubjectDeleted)); !errors.Is(err, user.ErrNotFound) {
 			t.Errorf("Delete: got %v, want ErrNotFound", err)
 		}
 		u := newUser(1)
-		if err := s.Update(ctx, u); !errors.Is(err, user.ErrNotFound) {
+		if err := s.Update(ctx, u, event(t, user.SubjectUpdated)); !errors.Is(err, user.ErrNotFound) {
 			t.Errorf("Update: got %v, want ErrNotFound", err)
 		}
 	},
-	"list pages by id": func(t *testing.T, s user.Store) {
+	"list pages by id": func(t *testing.T, s *user.SQLStore) {
 		ctx := context.Background()
 		var ids []string
 		for i := range 5 {
 			u := newUser(i)
 			ids = append(ids, u.ID)
-			if err := s.Create(ctx, u); err != nil {
+			if err := s.Create(ctx, u, event(t, user.SubjectCreated)); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -117,11 +143,11 @@ var storeTests = map[string]func(t *testing.T, s user.Store){
 			t.Errorf("paged ids (-want +got):\n%s", diff)
 		}
 	},
-	"get many returns only existing users": func(t *testing.T, s user.Store) {
+	"get many returns only existing users": func(t *testing.T, s *user.SQLStore) {
 		ctx := context.Background()
 		a, b := newUser(1), newUser(2)
 		for _, u := range []user.User{a, b} {
-			if err := s.Create(ctx, u); err != nil {
+			if err := s.Create(ctx, u, event(t, user.SubjectCreated)); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -133,16 +159,16 @@ var storeTests = map[string]func(t *testing.T, s user.Store){
 			t.Fatalf("GetMany: got %d users, want 2", len(got))
 		}
 	},
-	"update changes email and name; a taken email is refused": func(t *testing.T, s user.Store) {
+	"update changes email and name; a taken email is refused": func(t *testing.T, s *user.SQLStore) {
 		ctx := context.Background()
 		a, b := newUser(1), newUser(2)
 		for _, u := range []user.User{a, b} {
-			if err := s.Create(ctx, u); err != nil {
+			if err := s.Create(ctx, u, event(t, user.SubjectCreated)); err != nil {
 				t.Fatal(err)
 			}
 		}
 		a.Email, a.Name, a.UpdateTime = "new@example.com", "New", base.Add(time.Hour)
-		if err := s.Update(ctx, a); err != nil {
+		if err := s.Update(ctx, a, event(t, user.SubjectUpdated)); err != nil {
 			t.Fatal(err)
 		}
 		got, err := s.Get(ctx, a.ID)
@@ -153,24 +179,53 @@ var storeTests = map[string]func(t *testing.T, s user.Store){
 			t.Errorf("after update (-want +got):\n%s", diff)
 		}
 		b.Email = "NEW@example.com"
-		if err := s.Update(ctx, b); !errors.Is(err, user.ErrEmailTaken) {
+		if err := s.Update(ctx, b, event(t, user.SubjectUpdated)); !errors.Is(err, user.ErrEmailTaken) {
 			t.Errorf("Update to taken email: got %v, want ErrEmailTaken", err)
 		}
 	},
-	"delete removes the user": func(t *testing.T, s user.Store) {
+	"every change writes its event; failed changes write none": func(t *testing.T, s *user.SQLStore) {
 		ctx := context.Background()
-		u := newUser(1)
-		if err := s.Create(ctx, u); err != nil {
+		a := newUser(1)
+		if err := s.Create(ctx, a, event(t, user.SubjectCreated)); err != nil {
 			t.Fatal(err)
 		}
-		if err := s.Delete(ctx, u.ID); err != nil {
+		dup := newUser(2)
+		dup.Email = a.Email
+		if err := s.Create(ctx, dup, event(t, user.SubjectCreated)); !errors.Is(err, user.ErrEmailTaken) {
+			t.Fatalf("duplicate: %v", err)
+		}
+		if err := s.Update(ctx, newUser(3), event(t, user.SubjectUpdated)); !errors.Is(err, user.ErrNotFound) {
+			t.Fatalf("update missing: %v", err)
+		}
+		if err := s.Delete(ctx, uuid.NewString(), event(t, user.SubjectDeleted)); !errors.Is(err, user.ErrNotFound) {
+			t.Fatalf("delete missing: %v", err)
+		}
+		a.Name = "Renamed"
+		if err := s.Update(ctx, a, event(t, user.SubjectUpdated)); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Delete(ctx, a.ID, event(t, user.SubjectDeleted)); err != nil {
+			t.Fatal(err)
+		}
+		want := []string{user.SubjectCreated, user.SubjectUpdated, user.SubjectDeleted}
+		if diff := cmp.Diff(want, pendingSubjects(t, s)); diff != "" {
+			t.Errorf("outbox (-want +got):\n%s", diff)
+		}
+	},
+	"delete removes the user": func(t *testing.T, s *user.SQLStore) {
+		ctx := context.Background()
+		u := newUser(1)
+		if err := s.Create(ctx, u, event(t, user.SubjectCreated)); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Delete(ctx, u.ID, event(t, user.SubjectDeleted)); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := s.Get(ctx, u.ID); !errors.Is(err, user.ErrNotFound) {
 			t.Errorf("Get after delete: got %v, want ErrNotFound", err)
 		}
 		// The email is free again.
-		if err := s.Create(ctx, newUser(1)); err != nil {
+		if err := s.Create(ctx, newUser(1), event(t, user.SubjectCreated)); err != nil {
 			t.Errorf("re-create with freed email: %v", err)
 		}
 	},

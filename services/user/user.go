@@ -20,6 +20,17 @@ type User struct {
 	UpdateTime   time.Time
 }
 
+// Events the user service publishes (payloads from trellis.events.v1).
+const (
+	SubjectCreated = "trellis.user.v1.created"
+	SubjectUpdated = "trellis.user.v1.updated"
+	SubjectDeleted = "trellis.user.v1.deleted"
+	// EventSource is the CloudEvents source of user events.
+	EventSource = "/trellis/user"
+	// Stream is the JetStream stream of user events.
+	Stream = "TRELLIS_USER"
+)
+
 // Store errors; the use cases turn them into client-facing errors.
 var (
 	ErrNotFound   = errors.New("user not found")

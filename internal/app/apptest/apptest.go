@@ -4,6 +4,7 @@ package apptest
 
 import (
 	"context"
+	"sync"
 	"testing"
 	"time"
 
@@ -11,16 +12,45 @@ import (
 	"github.com/trellis-mesh/trellis/internal/testenv"
 )
 
+var (
+	natsMu   sync.Mutex
+	natsURLs = map[testing.TB]string{}
+)
+
+// natsURL is one NATS server per test, shared by the components the test
+// starts (they must see each other's events).
+func natsURL(t testing.TB) string {
+	natsMu.Lock()
+	defer natsMu.Unlock()
+	if u, ok := natsURLs[t]; ok {
+		return u
+	}
+	u, _ := testenv.NATS(t)
+	natsURLs[t] = u
+	t.Cleanup(func() {
+		natsMu.Lock()
+		delete(natsURLs, t)
+		natsMu.Unlock()
+	})
+	return u
+}
+
 // Config returns the defaults of `trellis run` with every port free-picked,
-// a temp data dir and a fast password hash.
+// a temp data dir, a fast password hash and, unless target is all (which
+// embeds its own), a NATS server shared by the test's components.
 func Config(t testing.TB, target string) app.Config {
+	nats := ""
+	if target != app.TargetAll {
+		nats = natsURL(t)
+	}
 	return app.Config{
+		NATSURL: nats,
 		Target: target, DataDir: t.TempDir(),
 		UserAddr: "127.0.0.1:0", OrderAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0",
 		LogLevel: "info", LogFormat: "json",
 		UpstreamTimeout: 2 * time.Second, MaxDeadline: 30 * time.Second, DrainTimeout: 5 * time.Second,
 		BcryptCost: 4,
-	}.WithBreakerDefaults()
+	}.WithDefaults()
 }
 
 // Running is a started App.

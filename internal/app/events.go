@@ -1,0 +1,166 @@
+package app
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+
+	"github.com/trellis-mesh/trellis/mesh/eventbus"
+	"github.com/trellis-mesh/trellis/services/order"
+	"github.com/trellis-mesh/trellis/services/user"
+)
+
+// eventBus connects to NATS once per process: to --nats-url, or to a
+// JetStream server embedded in this process with its store in
+// --data-dir/nats (reachable over TCP only with --nats-listen).
+func (a *App) eventBus() (*eventbus.Bus, error) {
+	if a.bus != nil {
+		return a.bus, nil
+	}
+	opts := []nats.Option{
+		nats.Name("trellis"),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(250 * time.Millisecond),
+		nats.RetryOnFailedConnect(true), // start while NATS is down; events wait in the outbox
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				a.log.Warn("nats disconnected", "error", err.Error())
+			}
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) { a.log.Info("nats reconnected", "url", nc.ConnectedUrlRedacted()) }),
+	}
+	url := a.cfg.NATSURL
+	if url == "" {
+		ns, err := a.embeddedNATS()
+		if err != nil {
+			return nil, err
+		}
+		url = ns.ClientURL()
+		opts = append(opts, nats.InProcessServer(ns))
+	}
+	nc, err := nats.Connect(url, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("nats: connect %s: %w", url, err)
+	}
+	a.closers = append(a.closers, func() error { nc.Close(); return nil })
+	bus, err := eventbus.NewBus(nc, eventbus.Config{Prefix: a.cfg.NATSPrefix, Replicas: a.cfg.NATSReplicas})
+	if err != nil {
+		return nil, err
+	}
+	a.bus = bus
+	a.log.Info("event bus ready", "nats", nc.ConnectedUrlRedacted(), "embedded", a.cfg.NATSURL == "")
+	return bus, nil
+}
+
+func (a *App) embeddedNATS() (*server.Server, error) {
+	opts := &server.Options{
+		ServerName: "trellis-embedded",
+		JetStream:  true,
+		StoreDir:   filepath.Join(a.cfg.DataDir, "nats"),
+		DontListen: a.cfg.NATSListen == "",
+		NoSigs:     true,
+		NoLog:      true,
+	}
+	if a.cfg.NATSListen != "" {
+		host, port, err := net.SplitHostPort(a.cfg.NATSListen)
+		if err != nil {
+			return nil, fmt.Errorf("--nats-listen: %w", err)
+		}
+		opts.Host = host
+		if opts.Port, err = strconv.Atoi(port); err != nil {
+			return nil, fmt.Errorf("--nats-listen port: %w", err)
+		}
+		if opts.Port == 0 {
+			opts.Port = server.RANDOM_PORT
+		}
+	}
+	ns, err := server.NewServer(opts)
+	if err != nil {
+		return nil, fmt.Errorf("embedded nats: %w", err)
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		ns.Shutdown()
+		return nil, fmt.Errorf("embedded nats: not ready after 10s")
+	}
+	a.closers = append(a.closers, func() error { ns.Shutdown(); ns.WaitForShutdown(); return nil })
+	if a.cfg.NATSListen != "" {
+		a.addrs["nats"] = ns.Addr().String()
+		a.log.Info("embedded nats listening", "addr", ns.Addr().String())
+	}
+	return ns, nil
+}
+
+// addRelay publishes the outbox of a service in the background.
+func (a *App) addRelay(service string, outbox eventbus.Outbox, stream string, subjects ...string) (*eventbus.Relay, error) {
+	bus, err := a.eventBus()
+	if err != nil {
+		return nil, err
+	}
+	r := eventbus.NewRelay(bus, outbox, eventbus.RelayConfig{
+		Service:   service,
+		Retention: a.cfg.OutboxRetention,
+		Prepare:   func(ctx context.Context) error { return bus.EnsureStream(ctx, stream, subjects...) },
+	}, a.log.With("component", service), a.eventMetrics())
+	a.workers = append(a.workers, r.Run)
+	return r, nil
+}
+
+// addUserConsumer keeps the order service's replica of users from user
+// events, starting (and restarting) the durable consumer in the
+// background so the order service runs while NATS is down.
+func (a *App) addUserConsumer(svc *order.Service) error {
+	bus, err := a.eventBus()
+	if err != nil {
+		return err
+	}
+	log := a.log.With("component", TargetOrder, "consumer", order.UsersConsumer)
+	a.workers = append(a.workers, func(ctx context.Context) {
+		backoff := 100 * time.Millisecond
+		for {
+			err := bus.EnsureStream(ctx, user.Stream, "trellis.user.v1.>")
+			var stop func()
+			if err == nil {
+				stop, err = bus.Consume(ctx, eventbus.ConsumerConfig{
+					Stream: user.Stream, Durable: order.UsersConsumer, Subjects: order.UserSubjects,
+				}, svc.HandleUserEvent, log, a.eventMetrics())
+			}
+			if err == nil {
+				<-ctx.Done()
+				stop()
+				return
+			}
+			log.Warn("user event consumer not started, retrying", "error", err.Error(), "backoff", backoff.String())
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, 5*time.Second)
+		}
+	})
+	return nil
+}
+
+func (a *App) eventMetrics() *eventbus.Metrics {
+	a.eventMetricsOnce.Do(func() { a.evMetrics = eventbus.NewMetrics(a.reg) })
+	return a.evMetrics
+}
+
+// runWorkers starts the background workers; the returned function stops
+// them and waits.
+func (a *App) runWorkers(ctx context.Context) func() {
+	ctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	for _, w := range a.workers {
+		wg.Go(func() { w(ctx) })
+	}
+	return func() { cancel(); wg.Wait() }
+}

@@ -1,0 +1,110 @@
+package sqldb
+
+import (
+	"context"
+	"database/sql"
+	"embed"
+	"fmt"
+	"io/fs"
+	"strings"
+	"time"
+
+	"github.com/trellis-mesh/trellis/mesh/eventbus"
+)
+
+//go:embed outbox
+var outboxMigrations embed.FS
+
+// Outbox is a service's outbox table; it implements eventbus.Outbox for
+// the relay, and Add writes an event inside the caller's transaction.
+type Outbox struct{ db *DB }
+
+// NewOutbox creates the outbox tables in db if needed.
+func NewOutbox(ctx context.Context, db *DB) (*Outbox, error) {
+	sub, err := fs.Sub(outboxMigrations, "outbox")
+	if err != nil {
+		return nil, err
+	}
+	if err := db.Migrate(ctx, "outbox", sub); err != nil {
+		return nil, fmt.Errorf("outbox: migrate: %w", err)
+	}
+	return &Outbox{db: db}, nil
+}
+
+// Add writes ev in tx: it is published if and only if tx commits.
+func Add(ctx context.Context, tx *sql.Tx, ev eventbus.Event) error {
+	_, err := tx.ExecContext(ctx, `INSERT INTO outbox (id, aggregate_id, subject, type, source, payload, traceparent, create_time)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
+		ev.ID, ev.AggregateID, ev.Subject, ev.Type, ev.Source, ev.Payload, ev.TraceParent, ev.Time.UnixMicro())
+	if err != nil {
+		return fmt.Errorf("outbox: add %s: %w", ev.Subject, err)
+	}
+	return nil
+}
+
+// Pending returns up to limit unsent events in commit order.
+func (o *Outbox) Pending(ctx context.Context, limit int) ([]eventbus.Event, error) {
+	rows, err := o.db.QueryContext(ctx, `SELECT id, aggregate_id, subject, type, source, payload, traceparent, create_time
+		FROM outbox WHERE sent_time IS NULL ORDER BY seq LIMIT $1`, limit)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []eventbus.Event
+	for rows.Next() {
+		var ev eventbus.Event
+		var created int64
+		if err := rows.Scan(&ev.ID, &ev.AggregateID, &ev.Subject, &ev.Type, &ev.Source, &ev.Payload, &ev.TraceParent, &created); err != nil {
+			return nil, err
+		}
+		ev.Time = time.UnixMicro(created).UTC()
+		out = append(out, ev)
+	}
+	return out, rows.Err()
+}
+
+// MarkSent records the acknowledged events.
+func (o *Outbox) MarkSent(ctx context.Context, ids []string, at time.Time) error {
+	if len(ids) == 0 {
+		return nil
+	}
+	ph := make([]string, len(ids))
+	args := make([]any, 0, len(ids)+1)
+	args = append(args, at.UnixMicro())
+	for i, id := range ids {
+		ph[i] = fmt.Sprintf("$%d", i+2)
+		args = append(args, id)
+	}
+	_, err := o.db.DB.ExecContext(ctx, "UPDATE outbox SET sent_time = $1 WHERE id IN ("+strings.Join(ph, ", ")+")", args...)
+	return err
+}
+
+// CountPending returns the number of unsent events.
+func (o *Outbox) CountPending(ctx context.Context) (int64, error) {
+	var n int64
+	err := o.db.QueryRowContext(ctx, "SELECT count(*) FROM outbox WHERE sent_time IS NULL").Scan(&n)
+	return n, err
+}
+
+// Prune deletes events sent before sentBefore.
+func (o *Outbox) Prune(ctx context.Context, sentBefore time.Time) (int64, error) {
+	res, err := o.db.ExecContext(ctx, "DELETE FROM outbox WHERE sent_time IS NOT NULL AND sent_time < $1", sentBefore.UnixMicro())
+	if err != nil {
+		return 0, err
+	}
+	return res.RowsAffected()
+}
+
+// AcquireLease takes or renews the relay lease: one upsert that succeeds
+// only for the current holder or once the previous lease expired.
+func (o *Outbox) AcquireLease(ctx context.Context, holder string, ttl time.Duration, now time.Time) (bool, error) {
+	res, err := o.db.ExecContext(ctx, `INSERT INTO outbox_lease (name, holder, expires) VALUES ('relay', $1, $2)
+		ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires = excluded.expires
+		WHERE outbox_lease.holder = excluded.holder OR outbox_lease.expires < $3`,
+		holder, now.Add(ttl).UnixMicro(), now.UnixMicro())
+	if err != nil {
+		return false, err
+	}
+	n, err := res.RowsAffected()
+	return n == 1, err
+}

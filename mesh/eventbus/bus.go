@@ -1,0 +1,95 @@
+package eventbus
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Config tunes the streams. Zero fields take the defaults on each field.
+type Config struct {
+	// Prefix is put before every subject and stream name; empty in
+	// production, unique per test when tests share one NATS server.
+	Prefix string
+	// Replicas of each stream (3 on a clustered JetStream). Default 1.
+	Replicas int
+	// Duplicates is the deduplication window: a republished event id is
+	// dropped if seen within it. Default 2m.
+	Duplicates time.Duration
+	// MaxAge is how long events are kept. Default 7 days.
+	MaxAge time.Duration
+	// MaxBytes caps each stream's size. Default 1 GiB.
+	MaxBytes int64
+}
+
+func (c Config) withDefaults() Config {
+	if c.Replicas <= 0 {
+		c.Replicas = 1
+	}
+	if c.Duplicates <= 0 {
+		c.Duplicates = 2 * time.Minute
+	}
+	if c.MaxAge <= 0 {
+		c.MaxAge = 7 * 24 * time.Hour
+	}
+	if c.MaxBytes <= 0 {
+		c.MaxBytes = 1 << 30
+	}
+	return c
+}
+
+// Bus is a JetStream connection with Trellis's stream conventions.
+type Bus struct {
+	nc  *nats.Conn
+	js  jetstream.JetStream
+	cfg Config
+}
+
+// NewBus wraps a NATS connection. The caller owns nc.
+func NewBus(nc *nats.Conn, cfg Config) (*Bus, error) {
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(1024))
+	if err != nil {
+		return nil, err
+	}
+	return &Bus{nc: nc, js: js, cfg: cfg.withDefaults()}, nil
+}
+
+// JetStream exposes the JetStream handle (for tools and tests).
+func (b *Bus) JetStream() jetstream.JetStream { return b.js }
+
+// Subject returns the full subject of s.
+func (b *Bus) Subject(s string) string { return b.cfg.Prefix + s }
+
+// StreamName returns the full name of stream name.
+func (b *Bus) StreamName(name string) string {
+	return strings.ToUpper(strings.NewReplacer(".", "_", "-", "_").Replace(b.cfg.Prefix)) + name
+}
+
+// EnsureStream creates the stream or updates it to the current settings;
+// running it at every start is safe.
+func (b *Bus) EnsureStream(ctx context.Context, name string, subjects ...string) error {
+	full := make([]string, len(subjects))
+	for i, s := range subjects {
+		full[i] = b.Subject(s)
+	}
+	_, err := b.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:        b.StreamName(name),
+		Description: "Trellis domain events: " + strings.Join(subjects, ", "),
+		Subjects:    full,
+		Storage:     jetstream.FileStorage,
+		Retention:   jetstream.LimitsPolicy,
+		Replicas:    b.cfg.Replicas,
+		Duplicates:  b.cfg.Duplicates,
+		MaxAge:      b.cfg.MaxAge,
+		MaxBytes:    b.cfg.MaxBytes,
+		Discard:     jetstream.DiscardOld,
+	})
+	if err != nil {
+		return fmt.Errorf("eventbus: stream %s: %w", b.StreamName(name), err)
+	}
+	return nil
+}
