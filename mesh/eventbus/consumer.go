@@ -79,21 +79,26 @@ func (b *Bus) Consume(ctx context.Context, cfg ConsumerConfig, h Handler, log *s
 	for i, s := range cfg.Subjects {
 		filters[i] = b.Subject(s)
 	}
-	cons, err := b.js.CreateOrUpdateConsumer(ctx, b.StreamName(cfg.Stream), jetstream.ConsumerConfig{
-		Durable:        cfg.Durable,
-		FilterSubjects: filters,
-		AckPolicy:      jetstream.AckExplicitPolicy,
-		AckWait:        cfg.AckWait,
-		MaxDeliver:     cfg.MaxDeliver,
-		DeliverPolicy:  jetstream.DeliverAllPolicy,
-		MaxAckPending:  1024,
-	})
+	cc := jetstream.ConsumerConfig{
+		Durable:       cfg.Durable,
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       cfg.AckWait,
+		MaxDeliver:    cfg.MaxDeliver,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+		MaxAckPending: 1024,
+	}
+	if len(filters) == 1 {
+		cc.FilterSubject = filters[0] // understood by servers older than 2.10
+	} else {
+		cc.FilterSubjects = filters
+	}
+	cons, err := b.js.CreateOrUpdateConsumer(ctx, b.StreamName(cfg.Stream), cc)
 	if err != nil {
 		return nil, fmt.Errorf("eventbus: consumer %s: %w", cfg.Durable, err)
 	}
 	handled := func(result string) { m.handled.WithLabelValues(cfg.Durable, result).Inc() }
 	hctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	cc, err := cons.Consume(func(msg jetstream.Msg) {
+	consumeCtx, err := cons.Consume(func(msg jetstream.Msg) {
 		meta, err := msg.Metadata()
 		if err != nil {
 			_ = msg.Term()
@@ -134,8 +139,8 @@ func (b *Bus) Consume(ctx context.Context, cfg ConsumerConfig, h Handler, log *s
 		return nil, fmt.Errorf("eventbus: consume %s: %w", cfg.Durable, err)
 	}
 	return func() {
-		cc.Stop()
-		<-cc.Closed()
+		consumeCtx.Stop()
+		<-consumeCtx.Closed()
 		cancel()
 	}, nil
 }

@@ -78,11 +78,11 @@ func (c RelayConfig) withDefaults() RelayConfig {
 // replicas, a lease in the database lets one relay publish at a time, so
 // the order of events is the order of commits.
 type Relay struct {
-	bus    *Bus
-	outbox Outbox
-	cfg    RelayConfig
-	log    *slog.Logger
-	m      *Metrics
+	bus      *Bus
+	outbox   Outbox
+	cfg      RelayConfig
+	log      *slog.Logger
+	m        *Metrics
 	holder   string
 	notify   chan struct{}
 	now      func() time.Time

@@ -13,8 +13,9 @@ import (
 	"github.com/trellis-mesh/trellis/mesh/eventbus"
 )
 
-// UserSubjects are the events the order service consumes.
-var UserSubjects = []string{"trellis.user.v1.created", "trellis.user.v1.updated", "trellis.user.v1.deleted"}
+// UserSubjects are the events the order service consumes: every user
+// event (created, updated, deleted).
+var UserSubjects = []string{"trellis.user.v1.>"}
 
 // HandleUserEvent applies one user event to the replica, exactly once: the
 // event id is recorded in the transaction of the change, so a redelivery

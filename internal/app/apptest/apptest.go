@@ -17,9 +17,9 @@ var (
 	natsURLs = map[testing.TB]string{}
 )
 
-// natsURL is one NATS server per test, shared by the components the test
+// NATSURL is the test's NATS server, shared by the components the test
 // starts (they must see each other's events).
-func natsURL(t testing.TB) string {
+func NATSURL(t testing.TB) string {
 	natsMu.Lock()
 	defer natsMu.Unlock()
 	if u, ok := natsURLs[t]; ok {
@@ -41,11 +41,11 @@ func natsURL(t testing.TB) string {
 func Config(t testing.TB, target string) app.Config {
 	nats := ""
 	if target != app.TargetAll {
-		nats = natsURL(t)
+		nats = NATSURL(t)
 	}
 	return app.Config{
 		NATSURL: nats,
-		Target: target, DataDir: t.TempDir(),
+		Target:  target, DataDir: t.TempDir(),
 		UserAddr: "127.0.0.1:0", OrderAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0",
 		LogLevel: "info", LogFormat: "json",
 		UpstreamTimeout: 2 * time.Second, MaxDeadline: 30 * time.Second, DrainTimeout: 5 * time.Second,

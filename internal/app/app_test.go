@@ -1,0 +1,205 @@
+package app_test
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/goleak"
+
+	orderv1 "github.com/trellis-mesh/trellis/gen/trellis/order/v1"
+	userv1 "github.com/trellis-mesh/trellis/gen/trellis/user/v1"
+	"github.com/trellis-mesh/trellis/internal/app"
+	"github.com/trellis-mesh/trellis/internal/app/apptest"
+	"github.com/trellis-mesh/trellis/internal/testenv"
+	"github.com/trellis-mesh/trellis/mesh/eventbus"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// streamCounts returns, per subject, how many messages the stream holds
+// and how many distinct event ids.
+func streamCounts(t *testing.T, js jetstream.JetStream, stream string) (msgs map[string]int, distinct map[string]int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	msgs, distinct = map[string]int{}, map[string]int{}
+	s, err := js.Stream(ctx, stream)
+	if err != nil {
+		return msgs, distinct
+	}
+	info, err := s.Info(ctx)
+	if err != nil || info.State.Msgs == 0 {
+		return msgs, distinct
+	}
+	c, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	batch, err := c.Fetch(int(info.State.Msgs), jetstream.FetchMaxWait(2*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for m := range batch.Messages() {
+		msgs[m.Subject()]++
+		if id := m.Headers().Get(eventbus.HeaderID); !seen[id] {
+			seen[id] = true
+			distinct[m.Subject()]++
+		}
+	}
+	return msgs, distinct
+}
+
+// TestNoEventLostAcrossNATSOutageAndRestart creates users and orders under
+// steady load while NATS goes down and the process restarts, then counts:
+// every acknowledged user and order has exactly one event in JetStream.
+func TestNoEventLostAcrossNATSOutageAndRestart(t *testing.T) {
+	t.Parallel()
+	natsDir := t.TempDir()
+	ns := testenv.StartNATS(t, natsDir, -1)
+	natsURL := ns.ClientURL()
+	u, _ := url.Parse(natsURL)
+	natsPort, _ := strconv.Atoi(u.Port())
+
+	cfg := apptest.Config(t, "user,order")
+	cfg.NATSURL = natsURL
+	cfg.ReconcileInterval = time.Hour
+	running := apptest.Start(t, cfg)
+
+	var (
+		mu       sync.Mutex
+		users    []string
+		orders   []string
+		addr     atomic.Value // "user" and "order" addresses of the running app
+		failures atomic.Int64
+	)
+	addr.Store([2]string{running.Addr(app.TargetUser), running.Addr(app.TargetOrder)})
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			a := addr.Load().([2]string)
+			uc := userv1.NewUserServiceClient(testenv.Dial(t, a[0]))
+			oc := orderv1.NewOrderServiceClient(testenv.Dial(t, a[1]))
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			ur, err := uc.CreateUser(ctx, &userv1.CreateUserRequest{Email: fmt.Sprintf("load%d@example.com", i), Name: "L", Password: "correct-horse"})
+			if err == nil {
+				mu.Lock()
+				users = append(users, ur.GetUser().GetId())
+				mu.Unlock()
+				or, err := oc.CreateOrder(ctx, &orderv1.CreateOrderRequest{UserId: ur.GetUser().GetId(), RequestId: fmt.Sprint("load-", i),
+					Items: []*orderv1.OrderItem{{ProductId: "p", Quantity: 1, UnitPrice: &orderv1.Money{CurrencyCode: "EUR", AmountMinor: 1}}}})
+				if err == nil {
+					mu.Lock()
+					orders = append(orders, or.GetOrder().GetId())
+					mu.Unlock()
+				} else {
+					failures.Add(1)
+				}
+			} else {
+				failures.Add(1)
+			}
+			cancel()
+			time.Sleep(5 * time.Millisecond)
+		}
+	})
+	count := func() (int, int) { mu.Lock(); defer mu.Unlock(); return len(users), len(orders) }
+	waitCount := func(n int) {
+		deadline := time.Now().Add(20 * time.Second)
+		for u, _ := count(); u < n; u, _ = count() {
+			if time.Now().After(deadline) {
+				t.Fatalf("load stalled at %d users", u)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+
+	waitCount(10)
+	ns.Shutdown() // NATS down: RPCs must keep succeeding, events wait in the outbox
+	ns.WaitForShutdown()
+	u0, _ := count()
+	waitCount(u0 + 10)
+
+	running.Stop(t) // restart mid-load (graceful), with NATS still down
+	running = apptest.Start(t, cfg)
+	addr.Store([2]string{running.Addr(app.TargetUser), running.Addr(app.TargetOrder)})
+	u1, _ := count()
+	waitCount(u1 + 10)
+
+	testenv.StartNATS(t, natsDir, natsPort) // NATS back, same store
+	u2, _ := count()
+	waitCount(u2 + 10)
+	close(stop)
+	wg.Wait()
+
+	// The database rows are the truth: every acknowledged write is there,
+	// and each row has exactly one event.
+	a := addr.Load().([2]string)
+	uc := userv1.NewUserServiceClient(testenv.Dial(t, a[0]))
+	oc := orderv1.NewOrderServiceClient(testenv.Dial(t, a[1]))
+	all, err := uc.ListUsers(context.Background(), &userv1.ListUsersRequest{PageSize: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rowUsers := map[string]bool{}
+	rowOrders := map[string]bool{}
+	for _, u := range all.GetUsers() {
+		rowUsers[u.GetId()] = true
+		os, err := oc.ListOrders(context.Background(), &orderv1.ListOrdersRequest{UserId: u.GetId()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, o := range os.GetOrders() {
+			rowOrders[o.GetId()] = true
+		}
+	}
+	mu.Lock()
+	for _, id := range users {
+		if !rowUsers[id] {
+			t.Errorf("acknowledged user %s is not in the database", id)
+		}
+	}
+	for _, id := range orders {
+		if !rowOrders[id] {
+			t.Errorf("acknowledged order %s is not in the database", id)
+		}
+	}
+	mu.Unlock()
+	nUsers, nOrders := len(rowUsers), len(rowOrders)
+	nc, err := nats.Connect(natsURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		um, ud := streamCounts(t, js, "TRELLIS_USER")
+		om, od := streamCounts(t, js, "TRELLIS_ORDER")
+		if ud["trellis.user.v1.created"] >= nUsers && od["trellis.order.v1.created"] >= nOrders || time.Now().After(deadline) {
+			t.Logf("database: %d users, %d orders (%d calls failed during the restart); stream: %v users, %v orders",
+				nUsers, nOrders, failures.Load(), um, om)
+			if ud["trellis.user.v1.created"] != nUsers || um["trellis.user.v1.created"] != nUsers {
+				t.Errorf("user.created: %d messages, %d distinct, want %d (one per user row)", um["trellis.user.v1.created"], ud["trellis.user.v1.created"], nUsers)
+			}
+			if od["trellis.order.v1.created"] != nOrders || om["trellis.order.v1.created"] != nOrders {
+				t.Errorf("order.created: %d messages, %d distinct, want %d", om["trellis.order.v1.created"], od["trellis.order.v1.created"], nOrders)
+			}
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
