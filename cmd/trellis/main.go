@@ -24,8 +24,9 @@ var version = ""
 const usage = `usage: trellis <command> [flags]
 
 commands:
-  run       run components (default target all); "trellis run -h" lists flags
-  version   print the version
+  run           run components (default target all); "trellis run -h" lists flags
+  events tail   print domain events from NATS as JSON lines; "trellis events tail -h"
+  version       print the version
 `
 
 func main() {
@@ -40,6 +41,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 	switch args[0] {
 	case "run":
 		return runCmd(args[1:], stderr)
+	case "events":
+		if len(args) < 2 || args[1] != "tail" {
+			fmt.Fprint(stderr, "usage: trellis events tail [--subject S] [--all] [--nats-url URL]\n")
+			return 2
+		}
+		return tailCmd(args[2:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, "trellis", buildVersion())
 		return 0
@@ -84,6 +91,26 @@ func runCmd(args []string, stderr io.Writer) int {
 		return 1
 	}
 	if err := a.Run(ctx); err != nil {
+		return 1
+	}
+	return 0
+}
+
+func tailCmd(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("trellis events tail", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var cfg app.TailConfig
+	cfg.RegisterFlags(fs)
+	if err := app.ParseFlags(fs, args, os.Getenv); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := app.Tail(ctx, cfg, stdout); err != nil {
+		fmt.Fprintln(stderr, "trellis events tail:", err)
 		return 1
 	}
 	return 0
