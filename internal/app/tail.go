@@ -110,4 +110,3 @@ func replay(ctx context.Context, bus *eventbus.Bus, stream string, cfg TailConfi
 	}
 	return nil
 }
-
