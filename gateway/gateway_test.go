@@ -322,6 +322,13 @@ func TestOpenAPIDocumentsEveryRoute(t *testing.T) {
 			}
 		}
 	}
+	for _, c := range []struct{ path, method, status string }{
+		{"/api/v1/users", "post", "201"}, {"/api/v1/orders", "post", "201"}, {"/api/v1/users/{id}", "delete", "204"}, {"/api/v1/users/{id}", "get", "200"},
+	} {
+		if _, ok := doc.Paths[c.path][c.method].Responses[c.status]; !ok {
+			t.Errorf("%s %s does not document its %s answer", c.method, c.path, c.status)
+		}
+	}
 	if diff := cmp.Diff([]string{"email", "name", "password"}, doc.Definitions["v1CreateUserRequest"].Required); diff != "" {
 		t.Errorf("CreateUserRequest required (-want +got):\n%s", diff)
 	}
