@@ -12,6 +12,8 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/resolver"
+	"google.golang.org/grpc/resolver/manual"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/descriptorpb"
 )
@@ -26,7 +28,9 @@ type ClientConfig struct {
 	Caller string
 	// Target is a gRPC target. A bare host:port is resolved through DNS
 	// (dns:///host:port) and balanced round-robin over every address, so
-	// one name can front several replicas.
+	// one name can front several replicas. A comma list of host:port
+	// (replicas without a DNS name, e.g. on one machine) is balanced
+	// round-robin as given.
 	Target string
 	// Services whose idempotent reads (idempotency_level NO_SIDE_EFFECTS in
 	// the proto) are retried on UNAVAILABLE.
@@ -83,7 +87,18 @@ func Dial(cfg ClientConfig, log *slog.Logger, m *Metrics, opts ...grpc.DialOptio
 			hideTransportErrors(cfg.Name),
 		),
 	}, opts...)
-	return grpc.NewClient(dnsTarget(cfg.Target), all...)
+	target := dnsTarget(cfg.Target)
+	if addrs := strings.Split(cfg.Target, ","); len(addrs) > 1 {
+		r := manual.NewBuilderWithScheme("trellis-static")
+		state := resolver.State{}
+		for _, a := range addrs {
+			state.Addresses = append(state.Addresses, resolver.Address{Addr: strings.TrimSpace(a)})
+		}
+		r.InitialState(state)
+		target = "trellis-static:///" + cfg.Name
+		all = append(all, grpc.WithResolvers(r))
+	}
+	return grpc.NewClient(target, all...)
 }
 
 // dnsTarget turns host:port into dns:///host:port; targets with a scheme

@@ -2,8 +2,12 @@ package mesh
 
 import (
 	"context"
+	"database/sql/driver"
 	"errors"
+	"io"
 	"log/slog"
+	"net"
+	"syscall"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -42,9 +46,30 @@ func publicError(ctx context.Context, log *slog.Logger, method string, err error
 		return status.Error(codes.Canceled, "request cancelled")
 	case errors.Is(err, context.DeadlineExceeded):
 		return status.Error(codes.DeadlineExceeded, "deadline exceeded")
+	case unreachable(err):
+		// The database (or another backing service) cannot be reached:
+		// the request was fine and may succeed when retried.
+		log.WarnContext(ctx, "backing service unreachable", "grpc.method", method, "request_id", RequestID(ctx), "error", err.Error())
+		msg := "temporarily unavailable: a backing service cannot be reached; retry later"
+		if id := RequestID(ctx); id != "" {
+			msg += " (request id " + id + ")"
+		}
+		return status.Error(codes.Unavailable, msg)
 	}
 	log.ErrorContext(ctx, "internal error", "grpc.method", method, "request_id", RequestID(ctx), "error", err.Error())
 	return InternalError(ctx)
+}
+
+// unreachable reports whether err is a failure to reach something over the
+// network (connection refused or reset, a dropped connection), as opposed
+// to a bug or a bad query.
+func unreachable(err error) bool {
+	var netErr *net.OpError
+	return errors.As(err, &netErr) ||
+		errors.Is(err, driver.ErrBadConn) ||
+		errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNREFUSED) ||
+		errors.Is(err, syscall.ECONNRESET)
 }
 
 // InternalError is the status every unexpected failure becomes: a fixed

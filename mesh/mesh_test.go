@@ -4,10 +4,13 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -111,6 +114,19 @@ func TestPlainErrorsNeverReachTheClient(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), `relation \"users\" does not exist`) {
 		t.Errorf("the real error must be logged:\n%s", logs.String())
+	}
+}
+
+func TestUnreachableBackingServiceIsUnavailable(t *testing.T) {
+	t.Parallel()
+	addr, _, _ := serve(t, &fakeUsers{getUser: func(context.Context, *userv1.GetUserRequest) (*userv1.GetUserResponse, error) {
+		return nil, fmt.Errorf("get user: %w", &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED})
+	}}, mesh.ServerConfig{})
+	c := userv1.NewUserServiceClient(testenv.Dial(t, addr))
+	_, err := c.GetUser(context.Background(), &userv1.GetUserRequest{Id: validID})
+	st := status.Convert(err)
+	if st.Code() != codes.Unavailable || strings.Contains(st.Message(), "dial") || strings.Contains(st.Message(), "refused") {
+		t.Errorf("got %v %q; want UNAVAILABLE without the dial error", st.Code(), st.Message())
 	}
 }
 
@@ -355,6 +371,40 @@ func TestCallerDeadlineAndCancelDoNotTripBreaker(t *testing.T) {
 	}
 	if _, err := c.GetUser(context.Background(), &userv1.GetUserRequest{Id: validID}); err != nil {
 		t.Errorf("breaker tripped on the caller's own deadlines: %v", err)
+	}
+}
+
+// TestCommaListBalancesAndFailsOver: two replicas given as a list share
+// the calls, and when one stops the other takes all of them.
+func TestCommaListBalancesAndFailsOver(t *testing.T) {
+	t.Parallel()
+	var a, b atomic.Int32
+	addrA, srvA, _ := serve(t, &fakeUsers{getUser: func(context.Context, *userv1.GetUserRequest) (*userv1.GetUserResponse, error) {
+		a.Add(1)
+		return okUser, nil
+	}}, mesh.ServerConfig{})
+	addrB, _, _ := serve(t, &fakeUsers{getUser: func(context.Context, *userv1.GetUserRequest) (*userv1.GetUserResponse, error) {
+		b.Add(1)
+		return okUser, nil
+	}}, mesh.ServerConfig{})
+	c := dialMesh(t, addrA+","+addrB, mesh.ClientConfig{})
+	for range 20 {
+		if _, err := c.GetUser(context.Background(), &userv1.GetUserRequest{Id: validID}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if a.Load() == 0 || b.Load() == 0 {
+		t.Errorf("calls per replica: %d and %d; want both used", a.Load(), b.Load())
+	}
+	srvA.Shutdown(context.Background())
+	before := b.Load()
+	for range 10 {
+		if _, err := c.GetUser(context.Background(), &userv1.GetUserRequest{Id: validID}); err != nil {
+			t.Fatalf("with one replica stopped: %v", err)
+		}
+	}
+	if b.Load()-before != 10 {
+		t.Errorf("the remaining replica took %d of 10 calls", b.Load()-before)
 	}
 }
 
