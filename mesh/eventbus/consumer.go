@@ -26,6 +26,11 @@ type Delivery struct {
 // redelivery later, returning ErrPermanent drops the event.
 type Handler func(ctx context.Context, d Delivery) error
 
+// ErrDuplicate is what a handler returns for an event it had already
+// applied (a redelivery): the delivery is acknowledged and counted as
+// result "duplicate".
+var ErrDuplicate = errors.New("eventbus: event already applied")
+
 // ErrPermanent marks an event no retry can apply (e.g. an undecodable
 // payload): it is terminated instead of redelivered.
 var ErrPermanent = errors.New("eventbus: permanent failure")
@@ -119,6 +124,9 @@ func (b *Bus) Consume(ctx context.Context, cfg ConsumerConfig, h Handler, log *s
 		switch err := h(hctx, d); {
 		case err == nil:
 			handled("ok")
+			_ = msg.Ack()
+		case errors.Is(err, ErrDuplicate):
+			handled("duplicate")
 			_ = msg.Ack()
 		case errors.Is(err, ErrPermanent):
 			handled("dropped")

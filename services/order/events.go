@@ -19,7 +19,7 @@ var UserSubjects = []string{"trellis.user.v1.>"}
 
 // HandleUserEvent applies one user event to the replica, exactly once: the
 // event id is recorded in the transaction of the change, so a redelivery
-// changes nothing. A deleted user's open orders are cancelled in that same
+// changes nothing (and is reported as eventbus.ErrDuplicate). A deleted user's open orders are cancelled in that same
 // transaction, each with its order.cancelled event.
 func (s *Service) HandleUserEvent(ctx context.Context, d eventbus.Delivery) error {
 	var u KnownUser
@@ -54,7 +54,7 @@ func (s *Service) HandleUserEvent(ctx context.Context, d eventbus.Delivery) erro
 	})
 	switch {
 	case errors.Is(err, ErrAlreadyApplied):
-		return nil
+		return eventbus.ErrDuplicate
 	case err != nil:
 		return err
 	}

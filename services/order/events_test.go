@@ -72,13 +72,15 @@ func orderStatus(t *testing.T, s *stack, id string) orderv1.OrderStatus {
 	return resp.GetOrder().GetStatus()
 }
 
-func handledOK(t *testing.T, s *stack) float64 {
+func handledOK(t *testing.T, s *stack) float64 { return handled(t, s, "ok") }
+
+func handled(t *testing.T, s *stack, result string) float64 {
 	mfs, _ := s.order.Registry().Gather()
 	for _, mf := range mfs {
 		if mf.GetName() == "trellis_consumer_handled_total" {
 			for _, m := range mf.GetMetric() {
 				for _, l := range m.GetLabel() {
-					if l.GetName() == "result" && l.GetValue() == "ok" {
+					if l.GetName() == "result" && l.GetValue() == result {
 						return m.GetCounter().GetValue()
 					}
 				}
@@ -134,7 +136,7 @@ func TestUserDeletedCancelsOpenOrders(t *testing.T) {
 	if len(deleted) != 1 {
 		t.Fatalf("%d user.deleted events, want 1", len(deleted))
 	}
-	before := handledOK(t, s)
+	before := handled(t, s, "duplicate")
 	nc, err := nats.Connect(apptest.NATSURL(t))
 	if err != nil {
 		t.Fatal(err)
@@ -149,7 +151,7 @@ func TestUserDeletedCancelsOpenOrders(t *testing.T) {
 	if _, err := js.PublishMsg(ctx, dup); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the duplicate is consumed", func() bool { return handledOK(t, s) > before })
+	eventually(t, "the duplicate is consumed and recognised", func() bool { return handled(t, s, "duplicate") > before })
 	time.Sleep(200 * time.Millisecond)
 	if n := cancelledFor(); n != 2 {
 		t.Errorf("after a redelivered user.deleted: %d cancellation events, want still 2", n)
