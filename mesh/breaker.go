@@ -80,7 +80,7 @@ func breakerStateValue(s gobreaker.State) float64 {
 
 // newBreaker builds the breaker for one upstream, reporting state changes
 // as a log line and in the metrics.
-func newBreaker(caller, upstream string, cfg BreakerConfig, log *slog.Logger, m *Metrics) *gobreaker.CircuitBreaker[struct{}] {
+func newBreaker(caller, upstream string, cfg BreakerConfig, log *slog.Logger, m *Metrics, onHalfOpen func()) *gobreaker.CircuitBreaker[struct{}] {
 	cfg = cfg.withDefaults()
 	m.breakerState.WithLabelValues(caller, upstream).Set(0)
 	return gobreaker.NewCircuitBreaker[struct{}](gobreaker.Settings{
@@ -93,6 +93,9 @@ func newBreaker(caller, upstream string, cfg BreakerConfig, log *slog.Logger, m 
 			m.breakerState.WithLabelValues(caller, name).Set(breakerStateValue(to))
 			m.breakerTransitions.WithLabelValues(caller, name, from.String(), to.String()).Inc()
 			log.Warn("circuit breaker state change", "caller", caller, "upstream", name, "from", from.String(), "to", to.String())
+			if to == gobreaker.StateHalfOpen {
+				onHalfOpen()
+			}
 		},
 		// Success or failure is decided in the interceptor, where the
 		// call's context is known; see errNotCounted.

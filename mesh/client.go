@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -68,14 +69,22 @@ func Dial(cfg ClientConfig, log *slog.Logger, m *Metrics, opts ...grpc.DialOptio
 	if cfg.Caller == "" {
 		cfg.Caller = "default"
 	}
-	cb := newBreaker(cfg.Caller, cfg.Name, cfg.Breaker, log, m)
+	// When the breaker half-opens, reconnect now instead of after the
+	// connection backoff, so the trial calls find the upstream if it is
+	// back.
+	var conn atomic.Pointer[grpc.ClientConn]
+	cb := newBreaker(cfg.Caller, cfg.Name, cfg.Breaker, log, m, func() {
+		if c := conn.Load(); c != nil {
+			c.ResetConnectBackoff()
+		}
+	})
 	all := append([]grpc.DialOption{
 		grpc.WithTransportCredentials(creds),
 		grpc.WithDefaultServiceConfig(sc),
 		// Reconnect quickly after an upstream restart (gRPC's default
 		// backoff grows to 2 minutes); the breaker already sheds load.
 		grpc.WithConnectParams(grpc.ConnectParams{
-			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 5 * time.Second},
+			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 2 * time.Second},
 			MinConnectTimeout: 5 * time.Second,
 		}),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
@@ -98,7 +107,12 @@ func Dial(cfg ClientConfig, log *slog.Logger, m *Metrics, opts ...grpc.DialOptio
 		target = "trellis-static:///" + cfg.Name
 		all = append(all, grpc.WithResolvers(r))
 	}
-	return grpc.NewClient(target, all...)
+	c, err := grpc.NewClient(target, all...)
+	if err != nil {
+		return nil, err
+	}
+	conn.Store(c)
+	return c, nil
 }
 
 // dnsTarget turns host:port into dns:///host:port; targets with a scheme

@@ -1,0 +1,655 @@
+//go:build chaos
+
+package chaos_test
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	_ "github.com/jackc/pgx/v5/stdlib"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/trellis-mesh/trellis/internal/testenv"
+	"github.com/trellis-mesh/trellis/mesh/eventbus"
+)
+
+var trellisBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "chaos")
+	if err != nil {
+		panic(err)
+	}
+	trellisBin = filepath.Join(dir, "trellis")
+	if out, err := exec.Command("go", "build", "-o", trellisBin, "../../cmd/trellis").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "build trellis: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// freeAddr returns a loopback address nothing listens on (yet).
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// proc is one OS process of the system under test.
+type proc struct {
+	t    *testing.T
+	name string
+	args []string
+	cmd  *exec.Cmd
+	log  *bytes.Buffer
+	done chan struct{}
+}
+
+func startProc(t *testing.T, name, bin string, args ...string) *proc {
+	t.Helper()
+	p := &proc{t: t, name: name, args: args}
+	p.start()
+	t.Cleanup(func() { p.kill() })
+	return p
+}
+
+func (p *proc) start() {
+	p.log = &bytes.Buffer{}
+	p.cmd = exec.Command(p.binary(), p.args...)
+	p.cmd.Stdout, p.cmd.Stderr = &lockedWriter{w: p.log}, &lockedWriter{w: p.log}
+	if err := p.cmd.Start(); err != nil {
+		p.t.Fatalf("%s: %v", p.name, err)
+	}
+	p.done = make(chan struct{})
+	go func() { _ = p.cmd.Wait(); close(p.done) }()
+}
+
+func (p *proc) binary() string {
+	if p.name == "nats" {
+		return natsServerBin()
+	}
+	return trellisBin
+}
+
+// kill is kill -9.
+func (p *proc) kill() {
+	if p.cmd.ProcessState == nil {
+		_ = p.cmd.Process.Signal(syscall.SIGKILL)
+		<-p.done
+	}
+}
+
+// term is a graceful stop (SIGTERM) waiting for the exit.
+func (p *proc) term() {
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(20 * time.Second):
+		p.t.Errorf("%s did not exit within 20s of SIGTERM", p.name)
+		p.kill()
+	}
+}
+
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(b []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(b)
+}
+
+func natsServerBin() string {
+	if p, err := exec.LookPath("nats-server"); err == nil {
+		return p
+	}
+	return "/usr/sbin/nats-server"
+}
+
+// waitHTTP polls url until it answers 200.
+func waitHTTP(t *testing.T, url string, within time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		resp, err := http.Get(url)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s not ready within %v", url, within)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// system is the processes of one scenario.
+type system struct {
+	t        *testing.T
+	dbURL    string
+	natsURL  string
+	natsDir  string
+	natsAddr string
+	nats     *proc
+	users    []*component
+	orders   []*component
+	gateways []*component
+}
+
+type component struct {
+	*proc
+	addr, admin string
+}
+
+// ready waits for the component's /readyz.
+func (c *component) ready(t *testing.T) { waitHTTP(t, "http://"+c.admin+"/readyz", 30*time.Second) }
+
+// restart starts the component again with the same flags.
+func (c *component) restart(t *testing.T) {
+	c.start()
+	c.ready(t)
+}
+
+type options struct {
+	replicas     int
+	userUpstream func(userAddrs []string) string // default: the user replicas
+	dbURL        func(string) string             // how services reach PostgreSQL
+	extra        []string                        // extra flags for order
+}
+
+// newDatabase creates a database of its own on the machine's PostgreSQL.
+func newDatabase(t *testing.T) string {
+	t.Helper()
+	admin, err := sql.Open("pgx", testenv.PostgresURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close()
+	name := "chaos_" + strings.ReplaceAll(uuid.NewString()[:8], "-", "")
+	if _, err := admin.Exec("CREATE DATABASE " + name); err != nil {
+		t.Fatalf("create database on the machine's PostgreSQL: %v", err)
+	}
+	t.Cleanup(func() {
+		a, err := sql.Open("pgx", testenv.PostgresURL())
+		if err == nil {
+			_, _ = a.Exec("DROP DATABASE IF EXISTS " + name + " WITH (FORCE)")
+			a.Close()
+		}
+	})
+	return strings.Replace(testenv.PostgresURL(), "/test?", "/"+name+"?", 1)
+}
+
+// startNATS runs a nats-server process (the machine's binary) with
+// JetStream on a fixed address and store, so it can be killed and started
+// again where clients expect it.
+func (s *system) startNATS() {
+	s.nats = startProc(s.t, "nats", "", "-a", "127.0.0.1", "-p", strings.Split(s.natsAddr, ":")[1], "-js", "-sd", s.natsDir)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if nc, err := nats.Connect(s.natsURL); err == nil {
+			nc.Close()
+			return
+		}
+		if time.Now().After(deadline) {
+			s.t.Fatalf("nats-server did not start:\n%s", s.nats.log.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func startSystem(t *testing.T, o options) *system {
+	t.Helper()
+	if o.replicas == 0 {
+		o.replicas = 1
+	}
+	s := &system{t: t, dbURL: newDatabase(t), natsDir: t.TempDir(), natsAddr: freeAddr(t)}
+	s.natsURL = "nats://" + s.natsAddr
+	s.startNATS()
+	dbURL := s.dbURL
+	if o.dbURL != nil {
+		dbURL = o.dbURL(s.dbURL)
+	}
+	common := []string{"--database-url", dbURL, "--nats-url", s.natsURL, "--log-level", "warn", "--bcrypt-cost", "4",
+		"--breaker-timeout", "2s", "--reconcile-interval", "500ms", "--drain-timeout", "10s"}
+	start := func(name string, args ...string) *component {
+		c := &component{addr: freeAddr(t), admin: freeAddr(t)}
+		all := append([]string{"run", "--target", name, "--admin-addr", c.admin}, common...)
+		switch name {
+		case "user":
+			all = append(all, "--user-addr", c.addr)
+		case "order":
+			all = append(all, "--order-addr", c.addr)
+		case "gateway":
+			all = append(all, "--http-addr", c.addr)
+		}
+		c.proc = startProc(t, name, trellisBin, append(all, args...)...)
+		return c
+	}
+	var userAddrs, orderAddrs []string
+	for range o.replicas {
+		u := start("user")
+		s.users = append(s.users, u)
+		userAddrs = append(userAddrs, u.addr)
+	}
+	userUpstream := strings.Join(userAddrs, ",")
+	if o.userUpstream != nil {
+		userUpstream = o.userUpstream(userAddrs)
+	}
+	for _, u := range s.users {
+		u.ready(t)
+	}
+	for range o.replicas {
+		c := start("order", append([]string{"--user-upstream", userUpstream}, o.extra...)...)
+		s.orders = append(s.orders, c)
+		orderAddrs = append(orderAddrs, c.addr)
+	}
+	for _, c := range s.orders {
+		c.ready(t)
+	}
+	for range o.replicas {
+		g := start("gateway", "--user-upstream", strings.Join(userAddrs, ","), "--order-upstream", strings.Join(orderAddrs, ","))
+		s.gateways = append(s.gateways, g)
+	}
+	for _, g := range s.gateways {
+		g.ready(t)
+	}
+	return s
+}
+
+// metric reads one sample from a component's /metrics: the sum of the
+// series of name whose labels contain every given label="value".
+func metric(t *testing.T, admin, name string, labels ...string) float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + admin + "/metrics")
+	if err != nil {
+		return -1
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	sum := 0.0
+	for _, line := range strings.Split(string(b), "\n") {
+		if !strings.HasPrefix(line, name) || (len(line) > len(name) && line[len(name)] != '{' && line[len(name)] != ' ') {
+			continue
+		}
+		ok := true
+		for _, l := range labels {
+			if !strings.Contains(line, l) {
+				ok = false
+			}
+		}
+		if !ok {
+			continue
+		}
+		f := strings.Fields(line)
+		v, _ := strconv.ParseFloat(f[len(f)-1], 64)
+		sum += v
+	}
+	return sum
+}
+
+// ---- load and ledger ----
+
+// outcome is the final result of one logical request (after client retries).
+type outcome struct {
+	sent      time.Time
+	requestID string
+	orderID   string
+	code      int // final HTTP status; 0 for a transport error
+	attempts  int
+	latency   time.Duration // of the final attempt
+	status    string
+	ids       []string // order ids returned by every successful attempt
+}
+
+// load sends CreateOrder through the gateways at a fixed rate (open loop),
+// retrying each logical request with the same requestId on 5xx and
+// connection errors, across gateways, until it succeeds or retryFor ends.
+type load struct {
+	t        *testing.T
+	gateways []string
+	users    []string
+	rate     int
+	retryFor time.Duration
+
+	mu       sync.Mutex
+	outcomes []*outcome
+	attempts map[int]int // status of every attempt, 0 = transport error
+	stop     chan struct{}
+	wg       sync.WaitGroup
+	client   *http.Client
+}
+
+func newLoad(t *testing.T, s *system, users []string, rate int, retryFor time.Duration) *load {
+	var gws []string
+	for _, g := range s.gateways {
+		gws = append(gws, "http://"+g.addr)
+	}
+	return &load{t: t, gateways: gws, users: users, rate: rate, retryFor: retryFor, attempts: map[int]int{},
+		stop: make(chan struct{}), client: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}}}
+}
+
+func (l *load) start() {
+	l.wg.Go(func() {
+		tick := time.NewTicker(time.Second / time.Duration(l.rate))
+		defer tick.Stop()
+		sem := make(chan struct{}, 256)
+		var inflight sync.WaitGroup
+		defer inflight.Wait()
+		for i := 0; ; i++ {
+			select {
+			case <-l.stop:
+				return
+			case <-tick.C:
+			}
+			select {
+			case sem <- struct{}{}:
+			default:
+				continue // more than 256 in flight: the system is saturated
+			}
+			inflight.Go(func() {
+				defer func() { <-sem }()
+				l.one(i)
+			})
+		}
+	})
+}
+
+func (l *load) finish() { close(l.stop); l.wg.Wait() }
+
+func (l *load) one(i int) {
+	o := &outcome{requestID: uuid.NewString(), sent: time.Now()}
+	user := l.users[i%len(l.users)]
+	body := fmt.Sprintf(`{"userId":%q,"requestId":%q,"items":[{"productId":"p%d","quantity":1,"unitPrice":{"currencyCode":"EUR","amountMinor":"100"}}]}`, user, o.requestID, i%7)
+	deadline := time.Now().Add(l.retryFor)
+	for attempt := 0; ; attempt++ {
+		gw := l.gateways[(i+attempt)%len(l.gateways)]
+		start := time.Now()
+		resp, err := l.client.Post(gw+"/api/v1/orders", "application/json", strings.NewReader(body))
+		o.attempts++
+		o.latency = time.Since(start)
+		code := 0
+		if err == nil {
+			code = resp.StatusCode
+			var r struct {
+				Order struct{ ID, Status string } `json:"order"`
+			}
+			_ = json.NewDecoder(resp.Body).Decode(&r)
+			resp.Body.Close()
+			if code == http.StatusCreated {
+				o.orderID, o.status = r.Order.ID, r.Order.Status
+				o.ids = append(o.ids, r.Order.ID)
+			}
+		}
+		o.code = code
+		l.mu.Lock()
+		l.attempts[code]++
+		l.mu.Unlock()
+		if code != 0 && code < 500 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(time.Duration(50+rand.IntN(100)) * time.Millisecond)
+	}
+	l.mu.Lock()
+	l.outcomes = append(l.outcomes, o)
+	l.mu.Unlock()
+}
+
+// summary is one scenario's ledger.
+type summary struct {
+	sent, acked, lost, duplicated int
+	failed                        map[int]int // final status of failed requests
+	retried                       int
+	eventsExpected, eventsDelivered, eventsDuplicated, duplicateApplied int
+	breaker                       string
+}
+
+// ledger checks every acknowledged order against the database and every
+// row against JetStream.
+func (l *load) ledger(s *system) summary {
+	t := l.t
+	sum := summary{failed: map[int]int{}}
+	db, err := sql.Open("pgx", s.dbURL+"&search_path=trellis_order")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, o := range l.outcomes {
+		sum.sent++
+		if o.attempts > 1 {
+			sum.retried++
+		}
+		if o.code != http.StatusCreated {
+			sum.failed[o.code]++
+			continue
+		}
+		sum.acked++
+		for _, id := range o.ids {
+			if id != o.orderID {
+				t.Errorf("request %s answered with two orders: %v", o.requestID, o.ids)
+			}
+		}
+		var n int
+		var id string
+		if err := db.QueryRow("SELECT count(*), max(id) FROM orders WHERE request_id = $1", o.requestID).Scan(&n, &id); err != nil {
+			t.Fatal(err)
+		}
+		switch {
+		case n == 0:
+			sum.lost++
+			t.Errorf("acknowledged order %s (request %s) is not in the database", o.orderID, o.requestID)
+		case n > 1:
+			sum.duplicated++
+		case id != o.orderID:
+			sum.duplicated++
+			t.Errorf("request %s: acknowledged order %s, database has %s", o.requestID, o.orderID, id)
+		}
+	}
+	// Events: one order.created per order row, nothing twice.
+	var rows int
+	if err := db.QueryRow("SELECT count(*) FROM orders").Scan(&rows); err != nil {
+		t.Fatal(err)
+	}
+	sum.eventsExpected = rows
+	nc, err := nats.Connect(s.natsURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		msgs, distinct := subjectCounts(t, js, "TRELLIS_ORDER", "trellis.order.v1.created")
+		sum.eventsDelivered, sum.eventsDuplicated = distinct, msgs-distinct
+		if distinct >= rows || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	// Consumer side: every user event the order service applied, it
+	// applied once (processed_events is unique per event id).
+	var processed, distinctProcessed int
+	if err := db.QueryRow("SELECT count(*), count(DISTINCT event_id) FROM processed_events").Scan(&processed, &distinctProcessed); err != nil {
+		t.Fatal(err)
+	}
+	sum.duplicateApplied = processed - distinctProcessed
+	return sum
+}
+
+func subjectCounts(t *testing.T, js jetstream.JetStream, stream, subject string) (msgs, distinct int) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	st, err := js.Stream(ctx, stream)
+	if err != nil {
+		return 0, 0
+	}
+	info, err := st.Info(ctx)
+	if err != nil || info.State.Msgs == 0 {
+		return 0, 0
+	}
+	c, err := st.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	for {
+		batch, err := c.Fetch(1000, jetstream.FetchMaxWait(500*time.Millisecond))
+		if err != nil {
+			break
+		}
+		n := 0
+		for m := range batch.Messages() {
+			n++
+			msgs++
+			seen[m.Headers().Get(eventbus.HeaderID)] = true
+		}
+		if n == 0 {
+			break
+		}
+	}
+	return msgs, len(seen)
+}
+
+// report prints the scenario's one line and fails on loss or duplication.
+func report(t *testing.T, name string, s summary, extraFail ...string) {
+	t.Helper()
+	codes := make([]string, 0, len(s.failed))
+	for c, n := range s.failed {
+		codes = append(codes, fmt.Sprintf("%d:%d", c, n))
+	}
+	sort.Strings(codes)
+	verdict := "PASS"
+	if s.lost > 0 || s.duplicated > 0 || s.eventsDuplicated > 0 || s.duplicateApplied > 0 || s.eventsDelivered != s.eventsExpected || len(extraFail) > 0 || t.Failed() {
+		verdict = "FAIL"
+	}
+	line := fmt.Sprintf("chaos %-22s sent=%d acked=%d failed={%s} retried=%d lost=%d duplicated=%d | events expected=%d delivered=%d duplicated=%d dup-applied=%d | breaker %s | %s",
+		name, s.sent, s.acked, strings.Join(codes, ","), s.retried, s.lost, s.duplicated,
+		s.eventsExpected, s.eventsDelivered, s.eventsDuplicated, s.duplicateApplied, orDash(s.breaker), verdict)
+	fmt.Println(line)
+	if f := os.Getenv("CHAOS_RESULTS"); f != "" {
+		if fh, err := os.OpenFile(f, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644); err == nil {
+			fmt.Fprintln(fh, line)
+			fh.Close()
+		}
+	}
+	for _, e := range extraFail {
+		t.Error(e)
+	}
+	if verdict == "FAIL" && !t.Failed() {
+		t.Errorf("ledger: %s", line)
+	}
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// createUsers makes n users through the gateway and waits until the order
+// service's replica has applied their events.
+func createUsers(t *testing.T, s *system, n int) []string {
+	t.Helper()
+	var ids []string
+	for i := range n {
+		body := fmt.Sprintf(`{"email":"chaos%d-%s@example.com","name":"Chaos","password":"correct-horse"}`, i, uuid.NewString()[:6])
+		resp, err := http.Post("http://"+s.gateways[0].addr+"/api/v1/users", "application/json", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var r struct{ User struct{ ID string } }
+		_ = json.NewDecoder(resp.Body).Decode(&r)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusCreated {
+			t.Fatalf("create user: %d", resp.StatusCode)
+		}
+		ids = append(ids, r.User.ID)
+	}
+	applied := func() float64 {
+		sum := 0.0
+		for _, o := range s.orders { // replicas share the durable consumer
+			sum += metric(t, o.admin, "trellis_consumer_handled_total", `result="ok"`)
+		}
+		return sum
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for applied() < float64(n) {
+		if time.Now().After(deadline) {
+			t.Fatal("the order service's replica did not learn the users")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return ids
+}
+
+// buckets reads a histogram's cumulative buckets (le -> count) from
+// /metrics, summed over the series matching labels.
+func buckets(t *testing.T, admin, name string, labels ...string) map[string]float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	out := map[string]float64{}
+	for _, line := range strings.Split(string(b), "\n") {
+		if !strings.HasPrefix(line, name+"_bucket{") {
+			continue
+		}
+		ok := true
+		for _, l := range labels {
+			ok = ok && strings.Contains(line, l)
+		}
+		i := strings.Index(line, `le="`)
+		if !ok || i < 0 {
+			continue
+		}
+		le := line[i+4 : i+4+strings.IndexByte(line[i+4:], '"')]
+		f := strings.Fields(line)
+		v, _ := strconv.ParseFloat(f[len(f)-1], 64)
+		out[le] += v
+	}
+	return out
+}
+
+func percentile(ds []time.Duration, p float64) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return s[min(len(s)-1, int(float64(len(s))*p))]
+}

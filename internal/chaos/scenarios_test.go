@@ -1,0 +1,387 @@
+//go:build chaos
+
+package chaos_test
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	toxiproxy "github.com/Shopify/toxiproxy/v2"
+	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+
+	"github.com/trellis-mesh/trellis/internal/testenv"
+)
+
+// breakerWatch samples the order service's breaker on the user service
+// and records when it opened and when it closed again.
+type breakerWatch struct {
+	mu                 sync.Mutex
+	states             []string
+	openedAt, closedAt time.Time
+	stop               chan struct{}
+	done               chan struct{}
+}
+
+func watchBreaker(t *testing.T, admin string) *breakerWatch {
+	w := &breakerWatch{stop: make(chan struct{}), done: make(chan struct{})}
+	names := map[float64]string{0: "closed", 1: "half-open", 2: "open"}
+	go func() {
+		defer close(w.done)
+		last := -1.0
+		for {
+			select {
+			case <-w.stop:
+				return
+			case <-time.After(10 * time.Millisecond):
+			}
+			v := metric(t, admin, "trellis_breaker_state", `upstream="user"`)
+			if v < 0 || v == last {
+				continue
+			}
+			w.mu.Lock()
+			w.states = append(w.states, names[v])
+			if v == 2 && w.openedAt.IsZero() {
+				w.openedAt = time.Now()
+			}
+			if v == 0 && !w.openedAt.IsZero() {
+				w.closedAt = time.Now()
+			}
+			w.mu.Unlock()
+			last = v
+		}
+	}()
+	return w
+}
+
+func (w *breakerWatch) finish() string {
+	close(w.stop)
+	<-w.done
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	// Collapse repeats of open/half-open cycles for the report line.
+	return strings.Join(w.states, "→")
+}
+
+func (w *breakerWatch) state() (opened, closed time.Time) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.openedAt, w.closedAt
+}
+
+// pendingOrders counts orders not yet settled by the reconciler.
+func pendingOrders(t *testing.T, s *system) int {
+	db, err := sql.Open("pgx", s.dbURL+"&search_path=trellis_order")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var n int
+	if err := db.QueryRow("SELECT count(*) FROM orders WHERE status = 1").Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// Scenario 1: kill -9 the user service for 10 s under load.
+func TestKillUserService(t *testing.T) {
+	s := startSystem(t, options{})
+	users := createUsers(t, s, 20)
+	l := newLoad(t, s, users, 200, 0)
+	w := watchBreaker(t, s.orders[0].admin)
+	l.start()
+	time.Sleep(3 * time.Second)
+
+	s.users[0].kill()
+	killed := time.Now()
+	// Probe with users the replica does not know: while the breaker is
+	// open they must be refused at once.
+	var probeMu sync.Mutex
+	var openLatencies []time.Duration
+	probeStop := make(chan struct{})
+	var probes sync.WaitGroup
+	probes.Go(func() {
+		for {
+			select {
+			case <-probeStop:
+				return
+			case <-time.After(20 * time.Millisecond):
+			}
+			body := fmt.Sprintf(`{"userId":%q,"requestId":%q,"items":[{"productId":"p","quantity":1,"unitPrice":{"currencyCode":"EUR","amountMinor":"1"}}]}`, uuid.NewString(), uuid.NewString())
+			start := time.Now()
+			resp, err := http.Post("http://"+s.gateways[0].addr+"/api/v1/orders", "application/json", strings.NewReader(body))
+			d := time.Since(start)
+			if err != nil {
+				continue
+			}
+			resp.Body.Close()
+			if opened, _ := w.state(); !opened.IsZero() && resp.StatusCode == http.StatusServiceUnavailable && metric(t, s.orders[0].admin, "trellis_breaker_state", `upstream="user"`) == 2 {
+				probeMu.Lock()
+				openLatencies = append(openLatencies, d)
+				probeMu.Unlock()
+			}
+		}
+	})
+	// The order service's own measure of its calls to the user service
+	// while the breaker is open: those are the breaker's answers.
+	deadlineOpen := time.Now().Add(5 * time.Second)
+	for opened, _ := w.state(); opened.IsZero() && time.Now().Before(deadlineOpen); opened, _ = w.state() {
+		time.Sleep(10 * time.Millisecond)
+	}
+	hist := func() map[string]float64 {
+		return buckets(t, s.orders[0].admin, "grpc_client_handling_seconds", `grpc_method="GetUser"`)
+	}
+	before := hist()
+	time.Sleep(9 * time.Second)
+	after := hist()
+	s.users[0].restart(t)
+	recovered := time.Now()
+	time.Sleep(5 * time.Second)
+	close(probeStop)
+	probes.Wait()
+	l.finish()
+	breaker := w.finish()
+
+	deadline := time.Now().Add(10 * time.Second)
+	for pendingOrders(t, s) > 0 && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	sum := l.ledger(s)
+	opened, closed := w.state()
+	var fails []string
+	if opened.IsZero() || opened.Sub(killed) > 2*time.Second {
+		fails = append(fails, fmt.Sprintf("breaker opened %v after the kill (want within 2s at 200 req/s, i.e. after its 3 failures)", opened.Sub(killed)))
+	}
+	total, fast := after["+Inf"]-before["+Inf"], after["0.005"]-before["0.005"]
+	if total < 100 || fast/total < 0.99 {
+		fails = append(fails, fmt.Sprintf("open-breaker answers: %v calls, %.2f%% within 5ms (want p99 < 5ms)", total, 100*fast/total))
+	}
+	if closed.IsZero() || closed.Sub(recovered) > 3*time.Second {
+		fails = append(fails, fmt.Sprintf("breaker closed %v after the user service was back (want ≤ Timeout 2s + 1s)", closed.Sub(recovered)))
+	}
+	if n := pendingOrders(t, s); n > 0 {
+		fails = append(fails, fmt.Sprintf("%d orders still PENDING after recovery", n))
+	}
+	for code, n := range sum.failed {
+		fails = append(fails, fmt.Sprintf("%d orders for known users failed with %d (want all accepted, PENDING while degraded)", n, code))
+	}
+	t.Logf("while open: %v upstream calls answered by the breaker, %.2f%% within 0.5ms, %.2f%% within 5ms; end-to-end through the gateway (unknown users, 503): p50 %v, p99 %v",
+		total, 100*(after["0.0005"]-before["0.0005"])/total, 100*fast/total, percentile(openLatencies, 0.5), percentile(openLatencies, 0.99))
+	sum.breaker = fmt.Sprintf("%s (open→%v, closed %v after recovery; %.1f%% of open answers ≤0.5ms)", breaker,
+		opened.Sub(killed).Round(time.Millisecond), closed.Sub(recovered).Round(time.Millisecond), 100*(after["0.0005"]-before["0.0005"])/total)
+	report(t, "kill-user-10s", sum, fails...)
+}
+
+// Scenario 2: kill -9 NATS for 10 s under load.
+func TestKillNATS(t *testing.T) {
+	s := startSystem(t, options{})
+	users := createUsers(t, s, 10)
+	l := newLoad(t, s, users, 200, 0)
+	l.start()
+	time.Sleep(3 * time.Second)
+	s.nats.kill()
+	time.Sleep(10 * time.Second)
+	backlog := metric(t, s.orders[0].admin, "trellis_outbox_pending")
+	s.startNATS()
+	time.Sleep(3 * time.Second)
+	l.finish()
+	deadline := time.Now().Add(30 * time.Second)
+	for metric(t, s.orders[0].admin, "trellis_outbox_pending") != 0 && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	drained := metric(t, s.orders[0].admin, "trellis_outbox_pending")
+	sum := l.ledger(s)
+	var fails []string
+	if len(sum.failed) > 0 {
+		fails = append(fails, "RPCs failed while NATS was down")
+	}
+	if backlog < 100 {
+		fails = append(fails, fmt.Sprintf("outbox backlog during the outage was %v; want it to grow (≈2000)", backlog))
+	}
+	if drained != 0 {
+		fails = append(fails, fmt.Sprintf("outbox backlog %v after recovery; want drained", drained))
+	}
+	sum.breaker = fmt.Sprintf("outbox backlog peak≈%v drained=%v", backlog, drained == 0)
+	report(t, "kill-nats-10s", sum, fails...)
+}
+
+// Scenario 3: kill -9 the order service mid-load and restart it; clients
+// retry with their request id.
+func TestKillOrderService(t *testing.T) {
+	s := startSystem(t, options{})
+	users := createUsers(t, s, 10)
+	l := newLoad(t, s, users, 200, 20*time.Second)
+	l.start()
+	time.Sleep(3 * time.Second)
+	s.orders[0].kill()
+	time.Sleep(2 * time.Second)
+	s.orders[0].restart(t)
+	time.Sleep(4 * time.Second)
+	l.finish()
+	sum := l.ledger(s)
+	var fails []string
+	if len(sum.failed) > 0 {
+		fails = append(fails, "requests failed although clients retried with their request id until the service was back")
+	}
+	if sum.retried == 0 {
+		fails = append(fails, "no request needed a retry: the kill did not happen under load")
+	}
+	report(t, "kill-order-restart", sum, fails...)
+}
+
+// proxy is a toxiproxy proxy in the test process.
+func newProxy(t *testing.T, upstream string) *toxiproxy.Proxy {
+	t.Helper()
+	srv := toxiproxy.NewServer(toxiproxy.NewMetricsContainer(prometheus.NewRegistry()), zerolog.Nop())
+	p := toxiproxy.NewProxy(srv, "p-"+uuid.NewString()[:6], freeAddr(t), upstream)
+	if err := p.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Stop)
+	return p
+}
+
+func addToxic(t *testing.T, p *toxiproxy.Proxy, json string) {
+	t.Helper()
+	if _, err := p.Toxics.AddToxicJson(strings.NewReader(json)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Scenario 4: slow, then broken, network between order and user.
+func TestSlowAndBrokenNetwork(t *testing.T) {
+	var proxy *toxiproxy.Proxy
+	s := startSystem(t, options{
+		userUpstream: func(addrs []string) string { proxy = newProxy(t, addrs[0]); return proxy.Listen },
+		extra:        []string{"--upstream-timeout", "300ms"},
+	})
+	users := createUsers(t, s, 10)
+	goroutines := metric(t, s.orders[0].admin, "go_goroutines")
+	fds := metric(t, s.orders[0].admin, "process_open_fds")
+	l := newLoad(t, s, users, 200, 0)
+	l.start()
+	time.Sleep(2 * time.Second)
+
+	addToxic(t, proxy, `{"name":"slow","type":"latency","stream":"downstream","attributes":{"latency":1000,"jitter":200}}`)
+	slowFrom := time.Now()
+	time.Sleep(5 * time.Second)
+	slowTo := time.Now()
+	proxy.Toxics.ResetToxics(context.Background())
+	addToxic(t, proxy, `{"name":"reset","type":"reset_peer","stream":"downstream","attributes":{"timeout":0}}`)
+	time.Sleep(5 * time.Second)
+	proxy.Toxics.ResetToxics(context.Background())
+	time.Sleep(5 * time.Second)
+	l.finish()
+	time.Sleep(2 * time.Second)
+
+	sum := l.ledger(s)
+	afterG := metric(t, s.orders[0].admin, "go_goroutines")
+	afterFDs := metric(t, s.orders[0].admin, "process_open_fds")
+	var fails []string
+	var slowLat []time.Duration
+	l.mu.Lock()
+	for _, o := range l.outcomes {
+		if o.sent.After(slowFrom) && o.sent.Before(slowTo) {
+			slowLat = append(slowLat, o.latency)
+		}
+	}
+	l.mu.Unlock()
+	if p := percentile(slowLat, 0.999); p > 900*time.Millisecond {
+		fails = append(fails, fmt.Sprintf("p99.9 latency %v: a call waited for the 1 s network delay instead of its 300 ms deadline", p))
+	}
+	if afterG > goroutines+40 {
+		fails = append(fails, fmt.Sprintf("goroutines %v → %v: pile-up", goroutines, afterG))
+	}
+	if afterFDs > fds+20 {
+		fails = append(fails, fmt.Sprintf("open fds %v → %v: connection pile-up", fds, afterFDs))
+	}
+	for code, n := range sum.failed {
+		fails = append(fails, fmt.Sprintf("%d requests failed with %d (known users should be served, degraded)", n, code))
+	}
+	sum.breaker = fmt.Sprintf("p99.9 %v, goroutines %v→%v, fds %v→%v", percentile(slowLat, 0.999).Round(time.Millisecond), goroutines, afterG, fds, afterFDs)
+	report(t, "slow-broken-network", sum, fails...)
+}
+
+// Scenario 5: rolling restart (SIGTERM) of every component, two replicas
+// each, under load.
+func TestRollingRestart(t *testing.T) {
+	s := startSystem(t, options{replicas: 2})
+	users := createUsers(t, s, 10)
+	l := newLoad(t, s, users, 200, 10*time.Second)
+	l.start()
+	time.Sleep(2 * time.Second)
+	for _, group := range [][]*component{s.users, s.orders, s.gateways} {
+		for _, c := range group {
+			c.term()
+			c.restart(t)
+			time.Sleep(time.Second)
+		}
+	}
+	time.Sleep(2 * time.Second)
+	l.finish()
+	sum := l.ledger(s)
+	var fails []string
+	if len(sum.failed) > 0 {
+		fails = append(fails, "requests failed during a rolling restart")
+	}
+	report(t, "rolling-restart", sum, fails...)
+}
+
+// Scenario 6: the database is unreachable for a while.
+func TestDatabaseUnreachable(t *testing.T) {
+	pg, err := url.Parse(testenv.PostgresURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var proxy *toxiproxy.Proxy
+	s := startSystem(t, options{dbURL: func(u string) string {
+		proxy = newProxy(t, pg.Host)
+		return strings.Replace(u, pg.Host, proxy.Listen, 1)
+	}})
+	users := createUsers(t, s, 10)
+	l := newLoad(t, s, users, 100, 0)
+	l.start()
+	time.Sleep(3 * time.Second)
+	proxy.Stop()
+	time.Sleep(5 * time.Second)
+	if err := proxy.Start(); err != nil {
+		t.Fatal(err)
+	}
+	back := time.Now()
+	time.Sleep(6 * time.Second)
+	l.finish()
+	sum := l.ledger(s)
+	var fails []string
+	l.mu.Lock()
+	lateFailures := 0
+	for _, o := range l.outcomes {
+		if o.sent.After(back.Add(3*time.Second)) && o.code != http.StatusCreated {
+			lateFailures++
+		}
+	}
+	l.mu.Unlock()
+	if sum.failed[500] > 0 {
+		fails = append(fails, fmt.Sprintf("%d requests got 500; an unreachable database must be 503", sum.failed[500]))
+	}
+	if sum.failed[503] == 0 {
+		fails = append(fails, "no 503 while the database was unreachable")
+	}
+	if lateFailures > 0 {
+		fails = append(fails, fmt.Sprintf("%d requests failed more than 3s after the database came back", lateFailures))
+	}
+	// After recovery, without restarting anything, writes succeed again.
+	resp, err := http.Post("http://"+s.gateways[0].addr+"/api/v1/users", "application/json",
+		strings.NewReader(`{"email":"after-`+uuid.NewString()[:6]+`@example.com","name":"After","password":"correct-horse"}`))
+	if err != nil || resp.StatusCode != http.StatusCreated {
+		fails = append(fails, fmt.Sprintf("write after recovery: %v %v", err, resp))
+	}
+	report(t, "database-unreachable-5s", sum, fails...)
+}
