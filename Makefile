@@ -67,9 +67,15 @@ CHAIN_FLOOR ?= 0.55
 bench-check: ## fail if the mesh chain's throughput ratio drops under CHAIN_FLOOR
 	TRELLIS_BENCH_FLOOR=$(CHAIN_FLOOR) $(GOTEST) -count=1 -run 'TestChainThroughputFloor' -v ./mesh/ | grep -E 'round|median|FAIL|ok'
 
+.PHONY: chaos
+chaos: ## fault injection under load, each component its own process (~3 min); results in docs/resilience.md
+	rm -f chaos-results.txt
+	CHAOS_RESULTS=$(CURDIR)/chaos-results.txt $(GOTEST) -tags chaos -count=1 -timeout 15m -v ./internal/chaos/ 2>&1 | grep -E '^(chaos|--- |FAIL|ok|PASS)|_test.go'
+	@cat chaos-results.txt
+
 .PHONY: e2e
 e2e: ## drive the browser page in headless Chromium (installs Debian's chromium and playwright-core)
 	./.ci/e2e
 
 .PHONY: ci
-ci: lint breaking check-generated test bench-check e2e ## everything CI runs
+ci: lint breaking check-generated test bench-check e2e chaos ## everything CI runs

@@ -46,8 +46,8 @@ func (c BreakerConfig) withDefaults() BreakerConfig {
 // IsServerFault reports whether err says the upstream failed (so it counts
 // against the breaker), as opposed to the request being wrong or the caller
 // giving up. DEADLINE_EXCEEDED counts only when the deadline was one the
-// mesh applied (the caller had none): a caller's own tight deadline says
-// nothing about the upstream's health.
+// mesh applied (the per-upstream timeout): a caller's own tighter deadline
+// says nothing about the upstream's health.
 func IsServerFault(ctx context.Context, err error) bool {
 	if err == nil {
 		return false

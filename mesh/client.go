@@ -36,7 +36,8 @@ type ClientConfig struct {
 	// Services whose idempotent reads (idempotency_level NO_SIDE_EFFECTS in
 	// the proto) are retried on UNAVAILABLE.
 	Services []protoreflect.ServiceDescriptor
-	// DefaultTimeout is the deadline of calls whose context has none.
+	// DefaultTimeout bounds each call: calls without a deadline get this
+	// one, and a propagated deadline further away is shortened to it.
 	// Default 5s.
 	DefaultTimeout time.Duration
 	// Breaker tunes the upstream's circuit breaker.

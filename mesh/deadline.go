@@ -23,15 +23,17 @@ func capDeadline(max time.Duration) grpc.UnaryServerInterceptor {
 
 type defaultDeadlineKey struct{}
 
-// defaultDeadline gives calls without a deadline the upstream's default one,
-// and marks the context so the breaker knows the deadline was ours. (A
-// context.Cause would not do: the upstream's copy of the deadline can fire
-// and answer DEADLINE_EXCEEDED before ours does.) Calls
-// that carry a deadline (the caller's, or one propagated from an incoming
-// call) keep it: gRPC sends it on as grpc-timeout.
+// defaultDeadline bounds every upstream call by d: a call without a
+// deadline gets one d away, and a propagated deadline further away than d
+// is shortened to d, so one slow dependency cannot use up the caller's
+// whole budget (the caller can still degrade or answer in time). A
+// caller's deadline shorter than d is kept. The context is marked when the
+// deadline is the mesh's own, so the breaker counts its expiry as the
+// upstream's fault. (A context.Cause would not do: the upstream's copy of
+// the deadline can fire and answer DEADLINE_EXCEEDED before ours does.)
 func defaultDeadline(d time.Duration) grpc.UnaryClientInterceptor {
 	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-		if _, ok := ctx.Deadline(); !ok && d > 0 {
+		if dl, ok := ctx.Deadline(); d > 0 && (!ok || time.Until(dl) > d) {
 			var cancel context.CancelFunc
 			ctx, cancel = context.WithTimeout(context.WithValue(ctx, defaultDeadlineKey{}, true), d)
 			defer cancel()

@@ -23,17 +23,17 @@ type grpcStatuser interface{ GRPCStatus() *status.Status }
 // out with that status; anything else is an internal fault, logged here with
 // its text and sent to the client as "internal error" plus the request id.
 // No Go error text, SQL or stack reaches a client.
-func errorEdge(log *slog.Logger) grpc.UnaryServerInterceptor {
+func errorEdge(log *slog.Logger, extraUnreachable func(error) bool) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 		resp, err := handler(ctx, req)
 		if err == nil {
 			return resp, nil
 		}
-		return resp, publicError(ctx, log, info.FullMethod, err)
+		return resp, publicError(ctx, log, info.FullMethod, err, extraUnreachable)
 	}
 }
 
-func publicError(ctx context.Context, log *slog.Logger, method string, err error) error {
+func publicError(ctx context.Context, log *slog.Logger, method string, err error, extraUnreachable func(error) bool) error {
 	var s grpcStatuser
 	if errors.As(err, &s) {
 		st := s.GRPCStatus()
@@ -46,7 +46,7 @@ func publicError(ctx context.Context, log *slog.Logger, method string, err error
 		return status.Error(codes.Canceled, "request cancelled")
 	case errors.Is(err, context.DeadlineExceeded):
 		return status.Error(codes.DeadlineExceeded, "deadline exceeded")
-	case unreachable(err):
+	case unreachable(err) || extraUnreachable != nil && extraUnreachable(err):
 		// The database (or another backing service) cannot be reached:
 		// the request was fine and may succeed when retried.
 		log.WarnContext(ctx, "backing service unreachable", "grpc.method", method, "request_id", RequestID(ctx), "error", err.Error())

@@ -350,6 +350,29 @@ func TestDefaultDeadlineAppliesAndTripsBreaker(t *testing.T) {
 	}
 }
 
+func TestUpstreamTimeoutShortensALongerCallerDeadline(t *testing.T) {
+	t.Parallel()
+	var budget atomic.Int64
+	addr, _, _ := serve(t, &fakeUsers{getUser: func(ctx context.Context, _ *userv1.GetUserRequest) (*userv1.GetUserResponse, error) {
+		dl, _ := ctx.Deadline()
+		budget.Store(int64(time.Until(dl)))
+		return okUser, nil
+	}}, mesh.ServerConfig{})
+	c := dialMesh(t, addr, mesh.ClientConfig{DefaultTimeout: 200 * time.Millisecond})
+	for _, caller := range []time.Duration{time.Minute, 100 * time.Millisecond} {
+		ctx, cancel := context.WithTimeout(context.Background(), caller)
+		_, err := c.GetUser(ctx, &userv1.GetUserRequest{Id: validID})
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := min(caller, 200*time.Millisecond)
+		if b := time.Duration(budget.Load()); b > want || b < want-50*time.Millisecond {
+			t.Errorf("caller deadline %v: upstream saw %v, want about %v", caller, b, want)
+		}
+	}
+}
+
 func TestCallerDeadlineAndCancelDoNotTripBreaker(t *testing.T) {
 	t.Parallel()
 	addr, _, _ := serve(t, &fakeUsers{getUser: func(ctx context.Context, _ *userv1.GetUserRequest) (*userv1.GetUserResponse, error) {

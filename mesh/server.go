@@ -32,6 +32,10 @@ type ServerConfig struct {
 	KeepaliveMinTime time.Duration
 	// MaxConnectionIdle closes connections idle this long. Default 5m.
 	MaxConnectionIdle time.Duration
+	// Unreachable recognises errors that mean a backing service (the
+	// database) cannot be reached, beyond the network errors the mesh
+	// knows itself; such errors are answered UNAVAILABLE. Optional.
+	Unreachable func(error) bool
 }
 
 func (c ServerConfig) withDefaults() ServerConfig {
@@ -82,7 +86,7 @@ func NewServer(cfg ServerConfig, log *slog.Logger, m *Metrics, opts ...grpc.Serv
 		serverRequestID,
 		accessLog(log),
 		m.server.UnaryServerInterceptor(),
-		errorEdge(log),
+		errorEdge(log, cfg.Unreachable),
 		recovery.UnaryServerInterceptor(recovery.WithRecoveryHandlerContext(func(ctx context.Context, p any) error {
 			log.ErrorContext(ctx, "panic in handler", "request_id", RequestID(ctx), "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
 			return InternalError(ctx)

@@ -74,7 +74,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error) 
 	if err := a.addAdmin(); err != nil {
 		return nil, err
 	}
-	srvCfg := mesh.ServerConfig{MaxDeadline: cfg.MaxDeadline, DrainTimeout: cfg.DrainTimeout}
+	srvCfg := mesh.ServerConfig{MaxDeadline: cfg.MaxDeadline, DrainTimeout: cfg.DrainTimeout, Unreachable: sqldb.Unreachable}
 
 	if targets[TargetUser] {
 		db, err := a.openDB(ctx, "user")

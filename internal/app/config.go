@@ -72,7 +72,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.ReconcileInterval, "reconcile-interval", 5*time.Second, "how often PENDING orders are checked with the user service")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&c.LogFormat, "log-format", "json", "log format: json or text")
-	fs.DurationVar(&c.UpstreamTimeout, "upstream-timeout", 5*time.Second, "deadline of upstream calls whose caller set none")
+	fs.DurationVar(&c.UpstreamTimeout, "upstream-timeout", 5*time.Second, "deadline of each upstream call (a caller's shorter deadline wins)")
 	fs.DurationVar(&c.MaxDeadline, "max-deadline", 30*time.Second, "cap on the deadline of any incoming gRPC call")
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", 10*time.Second, "how long graceful shutdown waits for in-flight calls")
 	c.Breaker.ConsecutiveFailures, c.Breaker.MaxRequests = 3, 3

@@ -82,7 +82,8 @@ func startProc(t *testing.T, name, bin string, args ...string) *proc {
 func (p *proc) start() {
 	p.log = &bytes.Buffer{}
 	p.cmd = exec.Command(p.binary(), p.args...)
-	p.cmd.Stdout, p.cmd.Stderr = &lockedWriter{w: p.log}, &lockedWriter{w: p.log}
+	lw := &lockedWriter{w: p.log}
+	p.cmd.Stdout, p.cmd.Stderr = lw, lw
 	if err := p.cmd.Start(); err != nil {
 		p.t.Fatalf("%s: %v", p.name, err)
 	}
@@ -172,7 +173,34 @@ type component struct {
 }
 
 // ready waits for the component's /readyz.
-func (c *component) ready(t *testing.T) { waitHTTP(t, "http://"+c.admin+"/readyz", 30*time.Second) }
+func (c *component) ready(t *testing.T) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := http.Get("http://" + c.admin + "/readyz")
+		if err == nil {
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s not ready within 30s: %s\n%s", c.name, body, c.logs())
+			}
+		} else if time.Now().After(deadline) {
+			t.Fatalf("%s not ready within 30s: %v\n%s", c.name, err, c.logs())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// logs returns what the process printed.
+func (p *proc) logs() string {
+	lw := p.cmd.Stdout.(*lockedWriter)
+	lw.mu.Lock()
+	defer lw.mu.Unlock()
+	return p.log.String()
+}
 
 // restart starts the component again with the same flags.
 func (c *component) restart(t *testing.T) {

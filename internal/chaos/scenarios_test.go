@@ -369,7 +369,15 @@ func TestDatabaseUnreachable(t *testing.T) {
 	}
 	l.mu.Unlock()
 	if sum.failed[500] > 0 {
-		fails = append(fails, fmt.Sprintf("%d requests got 500; an unreachable database must be 503", sum.failed[500]))
+		var internal []string
+		for _, c := range append(append(append([]*component{}, s.users...), s.orders...), s.gateways...) {
+			for _, line := range strings.Split(c.logs(), "\n") {
+				if strings.Contains(line, "internal error") {
+					internal = append(internal, c.name+": "+line)
+				}
+			}
+		}
+		fails = append(fails, fmt.Sprintf("%d requests got 500; an unreachable database must be 503:\n%s", sum.failed[500], strings.Join(internal, "\n")))
 	}
 	if sum.failed[503] == 0 {
 		fails = append(fails, "no 503 while the database was unreachable")

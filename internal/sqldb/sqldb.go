@@ -317,3 +317,23 @@ func AffectedOne(res sql.Result, err error, notFound error) error {
 	}
 	return nil
 }
+
+// Unreachable reports whether err means the database could not be reached
+// or the connection was lost (as opposed to a bad query or a constraint):
+// the request may succeed when retried. The mesh server answers such
+// errors UNAVAILABLE.
+func Unreachable(err error) bool {
+	var connectErr *pgconn.ConnectError
+	var pgErr *pgconn.PgError
+	switch {
+	case err == nil:
+		return false
+	case errors.As(err, &connectErr), errors.Is(err, pgconn.ErrConnClosed), pgconn.SafeToRetry(err):
+		return true
+	case errors.As(err, &pgErr):
+		// Class 08: connection exception; 57P01-03: shutting down, cannot
+		// connect now.
+		return strings.HasPrefix(pgErr.Code, "08") || pgErr.Code == "57P01" || pgErr.Code == "57P02" || pgErr.Code == "57P03"
+	}
+	return false
+}

@@ -1,0 +1,50 @@
+package sqldb_test
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"testing"
+
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/trellis-mesh/trellis/internal/sqldb"
+	"github.com/trellis-mesh/trellis/internal/testenv"
+)
+
+func TestUnreachable(t *testing.T) {
+	t.Parallel()
+	// A real refused connection, through database/sql and pgx.
+	_, refused := sqldb.Open(context.Background(), sqldb.Config{Name: "x", URL: "postgres://postgres@127.0.0.1:1/test?connect_timeout=2"})
+	if refused == nil {
+		t.Fatal("opening a database on a closed port succeeded")
+	}
+	// A real constraint violation.
+	db := testenv.OpenDB(t, sqldb.Postgres, "unreach")
+	if _, err := db.Exec("CREATE TABLE u (k TEXT PRIMARY KEY)"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec("INSERT INTO u VALUES ('a')"); err != nil {
+		t.Fatal(err)
+	}
+	_, unique := db.Exec("INSERT INTO u VALUES ('a')")
+	for _, tt := range []struct {
+		name string
+		err  error
+		want bool
+	}{
+		{"connection refused", refused, true},
+		{"connection closed mid-transaction", fmt.Errorf("create order: %w", pgconn.ErrConnClosed), true},
+		{"admin shutdown", &pgconn.PgError{Code: "57P01"}, true},
+		{"connection failure class 08", &pgconn.PgError{Code: "08006"}, true},
+		{"unique violation", unique, false},
+		{"no rows", sql.ErrNoRows, false},
+		{"plain error", errors.New("boom"), false},
+		{"nil", nil, false},
+	} {
+		if got := sqldb.Unreachable(tt.err); got != tt.want {
+			t.Errorf("%s: Unreachable(%v) = %v, want %v", tt.name, tt.err, got, tt.want)
+		}
+	}
+}
