@@ -454,11 +454,11 @@ func (l *load) one(i int) {
 
 // summary is one scenario's ledger.
 type summary struct {
-	sent, acked, lost, duplicated int
-	failed                        map[int]int // final status of failed requests
-	retried                       int
+	sent, acked, lost, duplicated                                       int
+	failed                                                              map[int]int // final status of failed requests
+	retried                                                             int
 	eventsExpected, eventsDelivered, eventsDuplicated, duplicateApplied int
-	breaker                       string
+	notes                                                               string
 }
 
 // ledger checks every acknowledged order against the database and every
@@ -581,9 +581,9 @@ func report(t *testing.T, name string, s summary, extraFail ...string) {
 	if s.lost > 0 || s.duplicated > 0 || s.eventsDuplicated > 0 || s.duplicateApplied > 0 || s.eventsDelivered != s.eventsExpected || len(extraFail) > 0 || t.Failed() {
 		verdict = "FAIL"
 	}
-	line := fmt.Sprintf("chaos %-22s sent=%d acked=%d failed={%s} retried=%d lost=%d duplicated=%d | events expected=%d delivered=%d duplicated=%d dup-applied=%d | breaker %s | %s",
+	line := fmt.Sprintf("chaos %-22s sent=%d acked=%d failed={%s} retried=%d lost=%d duplicated=%d | events expected=%d delivered=%d duplicated=%d dup-applied=%d | %s | %s",
 		name, s.sent, s.acked, strings.Join(codes, ","), s.retried, s.lost, s.duplicated,
-		s.eventsExpected, s.eventsDelivered, s.eventsDuplicated, s.duplicateApplied, orDash(s.breaker), verdict)
+		s.eventsExpected, s.eventsDelivered, s.eventsDuplicated, s.duplicateApplied, orDash(s.notes), verdict)
 	fmt.Println(line)
 	if f := os.Getenv("CHAOS_RESULTS"); f != "" {
 		if fh, err := os.OpenFile(f, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644); err == nil {

@@ -100,8 +100,8 @@ func TestKillUserService(t *testing.T) {
 	l.start()
 	time.Sleep(3 * time.Second)
 
-	s.users[0].kill()
 	killed := time.Now()
+	s.users[0].kill()
 	// Probe with users the replica does not know: while the breaker is
 	// open they must be refused at once.
 	var probeMu sync.Mutex
@@ -175,7 +175,7 @@ func TestKillUserService(t *testing.T) {
 	}
 	t.Logf("while open: %v upstream calls answered by the breaker, %.2f%% within 0.5ms, %.2f%% within 5ms; end-to-end through the gateway (unknown users, 503): p50 %v, p99 %v",
 		total, 100*(after["0.0005"]-before["0.0005"])/total, 100*fast/total, percentile(openLatencies, 0.5), percentile(openLatencies, 0.99))
-	sum.breaker = fmt.Sprintf("%s (open→%v, closed %v after recovery; %.1f%% of open answers ≤0.5ms)", breaker,
+	sum.notes = fmt.Sprintf("breaker %s (open→%v, closed %v after recovery; %.1f%% of open answers ≤0.5ms)", breaker,
 		opened.Sub(killed).Round(time.Millisecond), closed.Sub(recovered).Round(time.Millisecond), 100*(after["0.0005"]-before["0.0005"])/total)
 	report(t, "kill-user-10s", sum, fails...)
 }
@@ -209,7 +209,7 @@ func TestKillNATS(t *testing.T) {
 	if drained != 0 {
 		fails = append(fails, fmt.Sprintf("outbox backlog %v after recovery; want drained", drained))
 	}
-	sum.breaker = fmt.Sprintf("outbox backlog peak≈%v drained=%v", backlog, drained == 0)
+	sum.notes = fmt.Sprintf("outbox backlog peak≈%v drained=%v", backlog, drained == 0)
 	report(t, "kill-nats-10s", sum, fails...)
 }
 
@@ -306,7 +306,7 @@ func TestSlowAndBrokenNetwork(t *testing.T) {
 	for code, n := range sum.failed {
 		fails = append(fails, fmt.Sprintf("%d requests failed with %d (known users should be served, degraded)", n, code))
 	}
-	sum.breaker = fmt.Sprintf("p99.9 %v, goroutines %v→%v, fds %v→%v", percentile(slowLat, 0.999).Round(time.Millisecond), goroutines, afterG, fds, afterFDs)
+	sum.notes = fmt.Sprintf("p99.9 %v, goroutines %v→%v, fds %v→%v", percentile(slowLat, 0.999).Round(time.Millisecond), goroutines, afterG, fds, afterFDs)
 	report(t, "slow-broken-network", sum, fails...)
 }
 
