@@ -108,3 +108,33 @@ func (o *Outbox) AcquireLease(ctx context.Context, holder string, ttl time.Durat
 	n, err := res.RowsAffected()
 	return n == 1, err
 }
+
+// Base is what every service store shares: its database and its outbox.
+// Service stores embed it.
+type Base struct {
+	db     *DB
+	outbox *Outbox
+}
+
+// NewBase applies a service's migrations (the folder dir of fsys, as the
+// migration set named service) and the outbox's to db.
+func NewBase(ctx context.Context, db *DB, service string, fsys fs.FS, dir string) (*Base, error) {
+	sub, err := fs.Sub(fsys, dir)
+	if err != nil {
+		return nil, err
+	}
+	if err := db.Migrate(ctx, service, sub); err != nil {
+		return nil, fmt.Errorf("%s store: migrate: %w", service, err)
+	}
+	outbox, err := NewOutbox(ctx, db)
+	if err != nil {
+		return nil, err
+	}
+	return &Base{db: db, outbox: outbox}, nil
+}
+
+// Outbox is the store's outbox, for the relay.
+func (b *Base) Outbox() *Outbox { return b.outbox }
+
+// Ping checks the database answers.
+func (b *Base) Ping(ctx context.Context) error { return b.db.PingContext(ctx) }

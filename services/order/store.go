@@ -6,7 +6,6 @@ import (
 	"embed"
 	"errors"
 	"fmt"
-	"io/fs"
 	"strings"
 	"time"
 
@@ -48,28 +47,18 @@ var migrations embed.FS
 // SQLStore is the Store on SQLite or PostgreSQL, with the outbox in the
 // same database.
 type SQLStore struct {
-	db     *sqldb.DB
-	outbox *sqldb.Outbox
+	*sqldb.Base
+	db *sqldb.DB
 }
 
-// Outbox is the store's outbox, for the relay.
-func (s *SQLStore) Outbox() *sqldb.Outbox { return s.outbox }
-
-// NewSQLStore applies the order and outbox migrations to db and returns
-// the store.
+// NewSQLStore applies the order and outbox migrations to db and returns the
+// store.
 func NewSQLStore(ctx context.Context, db *sqldb.DB) (*SQLStore, error) {
-	sub, err := fs.Sub(migrations, "migrations")
+	base, err := sqldb.NewBase(ctx, db, "order", migrations, "migrations")
 	if err != nil {
 		return nil, err
 	}
-	if err := db.Migrate(ctx, "order", sub); err != nil {
-		return nil, fmt.Errorf("order store: migrate: %w", err)
-	}
-	outbox, err := sqldb.NewOutbox(ctx, db)
-	if err != nil {
-		return nil, err
-	}
-	return &SQLStore{db: db, outbox: outbox}, nil
+	return &SQLStore{Base: base, db: db}, nil
 }
 
 const orderColumns = "id, user_id, status, currency, total_minor, request_id, request_hash, create_time, update_time"
@@ -282,5 +271,3 @@ func (s *SQLStore) ApplyUser(ctx context.Context, consumer, eventID string, u Kn
 	return cancelledOrders, nil
 }
 
-// Ping checks the database answers.
-func (s *SQLStore) Ping(ctx context.Context) error { return s.db.PingContext(ctx) }

@@ -6,7 +6,6 @@ import (
 	"embed"
 	"errors"
 	"fmt"
-	"io/fs"
 	"strings"
 	"time"
 
@@ -35,28 +34,18 @@ var migrations embed.FS
 // SQLStore is the Store on SQLite or PostgreSQL, with the outbox in the
 // same database.
 type SQLStore struct {
-	db     *sqldb.DB
-	outbox *sqldb.Outbox
+	*sqldb.Base
+	db *sqldb.DB
 }
-
-// Outbox is the store's outbox, for the relay.
-func (s *SQLStore) Outbox() *sqldb.Outbox { return s.outbox }
 
 // NewSQLStore applies the user and outbox migrations to db and returns the
 // store.
 func NewSQLStore(ctx context.Context, db *sqldb.DB) (*SQLStore, error) {
-	sub, err := fs.Sub(migrations, "migrations")
+	base, err := sqldb.NewBase(ctx, db, "user", migrations, "migrations")
 	if err != nil {
 		return nil, err
 	}
-	if err := db.Migrate(ctx, "user", sub); err != nil {
-		return nil, fmt.Errorf("user store: migrate: %w", err)
-	}
-	outbox, err := sqldb.NewOutbox(ctx, db)
-	if err != nil {
-		return nil, err
-	}
-	return &SQLStore{db: db, outbox: outbox}, nil
+	return &SQLStore{Base: base, db: db}, nil
 }
 
 const userColumns = "id, email, name, password_hash, create_time, update_time"
@@ -163,5 +152,3 @@ func (s *SQLStore) Delete(ctx context.Context, id string, ev eventbus.Event) err
 	})
 }
 
-// Ping checks the database answers.
-func (s *SQLStore) Ping(ctx context.Context) error { return s.db.PingContext(ctx) }
