@@ -270,4 +270,3 @@ func (s *SQLStore) ApplyUser(ctx context.Context, consumer, eventID string, u Kn
 	}
 	return cancelledOrders, nil
 }
-

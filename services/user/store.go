@@ -151,4 +151,3 @@ func (s *SQLStore) Delete(ctx context.Context, id string, ev eventbus.Event) err
 		return sqldb.Add(ctx, tx, ev)
 	})
 }
-
