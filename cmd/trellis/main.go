@@ -9,10 +9,13 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"runtime/debug"
 	"syscall"
+	"time"
 
 	"github.com/trellis-mesh/trellis/internal/app"
 	"github.com/trellis-mesh/trellis/mesh"
@@ -26,6 +29,7 @@ const usage = `usage: trellis <command> [flags]
 commands:
   run           run components (default target all); "trellis run -h" lists flags
   events tail   print domain events from NATS as JSON lines; "trellis events tail -h"
+  healthcheck   exit 0 if the local admin server's /readyz answers 200 (container health checks)
   version       print the version
 `
 
@@ -47,6 +51,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return 2
 		}
 		return tailCmd(args[2:], stdout, stderr)
+	case "healthcheck":
+		return healthcheckCmd(args[1:], stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, "trellis", buildVersion())
 		return 0
@@ -91,6 +97,41 @@ func runCmd(args []string, stderr io.Writer) int {
 		return 1
 	}
 	if err := a.Run(ctx); err != nil {
+		return 1
+	}
+	return 0
+}
+
+// healthcheckCmd asks this container's admin server whether it is ready,
+// so images need no curl. The address comes from --admin-addr or
+// TRELLIS_ADMIN_ADDR, as for trellis run.
+func healthcheckCmd(args []string, stderr io.Writer) int {
+	fs := flag.NewFlagSet("trellis healthcheck", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	admin := fs.String("admin-addr", ":9090", "admin address of the trellis to check")
+	path := fs.String("path", "/readyz", "endpoint to check: /readyz (ready) or /healthz (alive)")
+	timeout := fs.Duration("timeout", 3*time.Second, "how long to wait for the answer")
+	if err := app.ParseFlags(fs, args, os.Getenv); err != nil {
+		return 2
+	}
+	host, port, err := net.SplitHostPort(*admin)
+	if err != nil {
+		fmt.Fprintln(stderr, "trellis healthcheck: --admin-addr:", err)
+		return 2
+	}
+	if host == "" || host == "0.0.0.0" || host == "::" {
+		host = "127.0.0.1"
+	}
+	client := &http.Client{Timeout: *timeout}
+	resp, err := client.Get("http://" + net.JoinHostPort(host, port) + *path)
+	if err != nil {
+		fmt.Fprintln(stderr, "trellis healthcheck:", err)
+		return 1
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	if resp.StatusCode != http.StatusOK {
+		fmt.Fprintf(stderr, "trellis healthcheck: %s: %d %s", *path, resp.StatusCode, body)
 		return 1
 	}
 	return 0

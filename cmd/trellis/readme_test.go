@@ -63,6 +63,13 @@ func TestReadmeCommands(t *testing.T) {
 		}
 	}()
 	waitReady(t, "http://localhost:9090/readyz", exited, &logs)
+	var hcErr bytes.Buffer
+	if code := run([]string{"healthcheck"}, &hcErr, &hcErr); code != 0 {
+		t.Errorf("trellis healthcheck against a ready trellis: exit %d, %s", code, hcErr.String())
+	}
+	if code := run([]string{"healthcheck", "--admin-addr", "127.0.0.1:1"}, &hcErr, &hcErr); code != 1 {
+		t.Errorf("trellis healthcheck against nothing: exit %d, want 1", code)
+	}
 
 	for i, b := range blocks {
 		sh := exec.Command("bash", "-euo", "pipefail", "-c", b[2])
