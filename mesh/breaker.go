@@ -83,6 +83,15 @@ func breakerStateValue(s gobreaker.State) float64 {
 func newBreaker(caller, upstream string, cfg BreakerConfig, log *slog.Logger, m *Metrics, onHalfOpen func()) *gobreaker.CircuitBreaker[struct{}] {
 	cfg = cfg.withDefaults()
 	m.breakerState.WithLabelValues(caller, upstream).Set(0)
+	// Start every transition at zero, so dashboards and rate() see the
+	// series before the first incident.
+	for _, tr := range [][2]gobreaker.State{
+		{gobreaker.StateClosed, gobreaker.StateOpen}, {gobreaker.StateOpen, gobreaker.StateHalfOpen},
+		{gobreaker.StateHalfOpen, gobreaker.StateClosed}, {gobreaker.StateHalfOpen, gobreaker.StateOpen},
+	} {
+		m.breakerTransitions.WithLabelValues(caller, upstream, tr[0].String(), tr[1].String())
+	}
+	m.breakerRejected.WithLabelValues(caller, upstream)
 	return gobreaker.NewCircuitBreaker[struct{}](gobreaker.Settings{
 		Name:        upstream,
 		MaxRequests: cfg.MaxRequests,

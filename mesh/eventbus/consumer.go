@@ -102,6 +102,10 @@ func (b *Bus) Consume(ctx context.Context, cfg ConsumerConfig, h Handler, log *s
 		return nil, fmt.Errorf("eventbus: consumer %s: %w", cfg.Durable, err)
 	}
 	handled := func(result string) { m.handled.WithLabelValues(cfg.Durable, result).Inc() }
+	for _, result := range []string{"ok", "duplicate", "retry", "dropped"} {
+		m.handled.WithLabelValues(cfg.Durable, result) // series exist from the start
+	}
+	m.redelivered.WithLabelValues(cfg.Durable)
 	hctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	consumeCtx, err := cons.Consume(func(msg jetstream.Msg) {
 		meta, err := msg.Metadata()

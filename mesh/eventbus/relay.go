@@ -9,6 +9,7 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Outbox is the relay's view of a service's outbox table.
@@ -91,8 +92,13 @@ type Relay struct {
 
 // NewRelay returns a relay of outbox onto bus.
 func NewRelay(bus *Bus, outbox Outbox, cfg RelayConfig, log *slog.Logger, m *Metrics) *Relay {
+	cfg = cfg.withDefaults()
+	for _, c := range []interface{ WithLabelValues(...string) prometheus.Counter }{m.published, m.errors} {
+		c.WithLabelValues(cfg.Service) // series exist from the start
+	}
+	m.pending.WithLabelValues(cfg.Service)
 	return &Relay{
-		bus: bus, outbox: outbox, cfg: cfg.withDefaults(), log: log, m: m,
+		bus: bus, outbox: outbox, cfg: cfg, log: log, m: m,
 		holder: uuid.NewString(), notify: make(chan struct{}, 1), now: time.Now,
 	}
 }
