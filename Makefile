@@ -34,6 +34,7 @@ lint: ## buf lint, buf format check, gofmt, go vet
 	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '^gen/') 2>&1); \
 	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	go vet ./...
+	cd deploy && go vet ./...
 
 .PHONY: breaking
 breaking: ## fail if proto/ breaks the previous version of the contracts
@@ -51,8 +52,9 @@ check-generated: generate ## fail if gen/ or the OpenAPI document differ from wh
 	  git status --porcelain -- gen gateway/openapi; git --no-pager diff --stat -- gen gateway/openapi; exit 1; fi
 
 .PHONY: test
-test: ## run the test suite with the race detector (needs PostgreSQL and NATS as in README)
+test: ## run the test suite with the race detector (needs PostgreSQL, NATS and Redis as in README)
 	$(GOTEST) -race -count=1 -timeout 15m ./...
+	cd deploy && $(GOTEST) -count=1 -timeout 10m ./...
 
 .PHONY: bench
 bench: ## run the Go benchmarks (mesh chain vs bare grpc-go, breaker fast-fail, ...)

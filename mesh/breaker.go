@@ -80,7 +80,7 @@ func breakerStateValue(s gobreaker.State) float64 {
 
 // newBreaker builds the breaker for one upstream, reporting state changes
 // as a log line and in the metrics.
-func newBreaker(caller, upstream string, cfg BreakerConfig, log *slog.Logger, m *Metrics, onHalfOpen func()) *gobreaker.CircuitBreaker[struct{}] {
+func newBreaker(caller, upstream string, cfg BreakerConfig, log *slog.Logger, m *Metrics, onHalfOpen func(), shared *sharedOpen) *gobreaker.CircuitBreaker[struct{}] {
 	cfg = cfg.withDefaults()
 	m.breakerState.WithLabelValues(caller, upstream).Set(0)
 	// Start every transition at zero, so dashboards and rate() see the
@@ -102,8 +102,13 @@ func newBreaker(caller, upstream string, cfg BreakerConfig, log *slog.Logger, m 
 			m.breakerState.WithLabelValues(caller, name).Set(breakerStateValue(to))
 			m.breakerTransitions.WithLabelValues(caller, name, from.String(), to.String()).Inc()
 			log.Warn("circuit breaker state change", "caller", caller, "upstream", name, "from", from.String(), "to", to.String())
-			if to == gobreaker.StateHalfOpen {
+			switch {
+			case to == gobreaker.StateHalfOpen:
 				onHalfOpen()
+			case shared != nil && to == gobreaker.StateOpen:
+				shared.publish(true, time.Now().Add(cfg.Timeout))
+			case shared != nil && to == gobreaker.StateClosed:
+				shared.publish(false, time.Time{})
 			}
 		},
 		// Success or failure is decided in the interceptor, where the
@@ -123,9 +128,13 @@ func (n notCounted) Unwrap() error        { return n.err }
 
 // breakerInterceptor runs each call through the upstream's breaker. When
 // it is open the call fails at once with UNAVAILABLE naming the upstream.
-func breakerInterceptor(caller, upstream string, cb *gobreaker.CircuitBreaker[struct{}], m *Metrics) grpc.UnaryClientInterceptor {
+func breakerInterceptor(caller, upstream string, cb *gobreaker.CircuitBreaker[struct{}], m *Metrics, shared *sharedOpen) grpc.UnaryClientInterceptor {
 	rejected := m.breakerRejected.WithLabelValues(caller, upstream)
 	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		if shared != nil && cb.State() == gobreaker.StateClosed && shared.isOpen() {
+			rejected.Inc()
+			return status.Errorf(codes.Unavailable, "upstream %s unavailable: circuit breaker open (opened by another replica)", upstream)
+		}
 		_, err := cb.Execute(func() (struct{}, error) {
 			err := invoker(ctx, method, req, reply, cc, opts...)
 			if err != nil && !IsServerFault(ctx, err) {

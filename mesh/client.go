@@ -44,6 +44,12 @@ type ClientConfig struct {
 	Breaker BreakerConfig
 	// Credentials secure the connection; nil means plaintext (loopback).
 	Credentials credentials.TransportCredentials
+	// Shared, when set, shares the breaker's open state with the caller's
+	// other replicas (e.g. RedisBreakerState): they open and close
+	// together.
+	Shared SharedBreakerState
+	// SharedRefresh is how often the shared state is read. Default 250ms.
+	SharedRefresh time.Duration
 }
 
 // Dial returns a lazily connecting client for the upstream. Interceptors,
@@ -74,11 +80,18 @@ func Dial(cfg ClientConfig, log *slog.Logger, m *Metrics, opts ...grpc.DialOptio
 	// connection backoff, so the trial calls find the upstream if it is
 	// back.
 	var conn atomic.Pointer[grpc.ClientConn]
+	var shared *sharedOpen
+	if cfg.Shared != nil {
+		if cfg.SharedRefresh <= 0 {
+			cfg.SharedRefresh = 250 * time.Millisecond
+		}
+		shared = newSharedOpen(cfg.Shared, cfg.Caller+":"+cfg.Name, cfg.SharedRefresh, log)
+	}
 	cb := newBreaker(cfg.Caller, cfg.Name, cfg.Breaker, log, m, func() {
 		if c := conn.Load(); c != nil {
 			c.ResetConnectBackoff()
 		}
-	})
+	}, shared)
 	all := append([]grpc.DialOption{
 		grpc.WithTransportCredentials(creds),
 		grpc.WithDefaultServiceConfig(sc),
@@ -93,7 +106,7 @@ func Dial(cfg ClientConfig, log *slog.Logger, m *Metrics, opts ...grpc.DialOptio
 			clientRequestID,
 			m.client.UnaryClientInterceptor(),
 			defaultDeadline(cfg.DefaultTimeout),
-			breakerInterceptor(cfg.Caller, cfg.Name, cb, m),
+			breakerInterceptor(cfg.Caller, cfg.Name, cb, m, shared),
 			hideTransportErrors(cfg.Name),
 		),
 	}, opts...)

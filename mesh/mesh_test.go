@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -445,6 +447,66 @@ func TestServiceConfigRetriesOnlyReads(t *testing.T) {
 	for _, write := range []string{"CreateUser", "UpdateUser", "DeleteUser"} {
 		if strings.Contains(sc, write) {
 			t.Errorf("service config retries the write %s: %s", write, sc)
+		}
+	}
+}
+
+// TestSharedBreakerOpensEveryReplica: two replicas of a caller share their
+// breaker through the machine's Redis; when one opens, the other stops
+// calling the upstream too, and both recover after the open period.
+func TestSharedBreakerOpensEveryReplica(t *testing.T) {
+	t.Parallel()
+	redisURL := os.Getenv("TRELLIS_TEST_REDIS_URL")
+	if redisURL == "" {
+		redisURL = "redis://127.0.0.1:6379/0"
+	}
+	prefix := "test-" + strconv.FormatInt(time.Now().UnixNano(), 36) + ":"
+	var calls atomic.Int32
+	var healthy atomic.Bool
+	addr, _, _ := serve(t, &fakeUsers{getUser: func(context.Context, *userv1.GetUserRequest) (*userv1.GetUserResponse, error) {
+		calls.Add(1)
+		if healthy.Load() {
+			return okUser, nil
+		}
+		return nil, status.Error(codes.Internal, "boom")
+	}}, mesh.ServerConfig{})
+	replica := func() userv1.UserServiceClient {
+		shared, err := mesh.NewRedisBreakerState(redisURL, prefix)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { shared.Close() })
+		return dialMesh(t, addr, mesh.ClientConfig{Caller: "order", Shared: shared, SharedRefresh: 20 * time.Millisecond,
+			Breaker: mesh.BreakerConfig{Timeout: time.Second}})
+	}
+	a, b := replica(), replica()
+	get := func(c userv1.UserServiceClient) error {
+		_, err := c.GetUser(context.Background(), &userv1.GetUserRequest{Id: validID})
+		return err
+	}
+	if err := get(b); status.Code(err) != codes.Internal {
+		t.Fatalf("replica b before: %v (is Redis running at %s?)", err, redisURL)
+	}
+	for range 3 {
+		_ = get(a)
+	}
+	if err := get(a); !strings.Contains(fmt.Sprint(err), "circuit breaker open") {
+		t.Fatalf("replica a after 3 failures: %v", err)
+	}
+	time.Sleep(50 * time.Millisecond) // b's next refresh sees a's open state
+	before := calls.Load()
+	err := get(b)
+	if !strings.Contains(fmt.Sprint(err), "opened by another replica") {
+		t.Fatalf("replica b while a's breaker is open: %v", err)
+	}
+	if calls.Load() != before {
+		t.Error("replica b reached the upstream while the shared breaker was open")
+	}
+	healthy.Store(true)
+	time.Sleep(1100 * time.Millisecond) // the open period ends for both
+	for _, c := range []userv1.UserServiceClient{a, a, a, b} {
+		if err := get(c); err != nil {
+			t.Fatalf("after the open period: %v", err)
 		}
 	}
 }

@@ -105,7 +105,16 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error) 
 		if err != nil {
 			return nil, err
 		}
-		conn, err := a.dial(TargetOrder, "user", a.upstream(cfg.UserUpstream, TargetUser), userv1.File_trellis_user_v1_user_proto.Services().Get(0))
+		var shared mesh.SharedBreakerState
+		if cfg.RedisURL != "" {
+			rs, err := mesh.NewRedisBreakerState(cfg.RedisURL, cfg.NATSPrefix)
+			if err != nil {
+				return nil, fmt.Errorf("--redis-url: %w", err)
+			}
+			a.closers = append(a.closers, rs.Close)
+			shared = rs
+		}
+		conn, err := a.dial(TargetOrder, "user", a.upstream(cfg.UserUpstream, TargetUser), shared, userv1.File_trellis_user_v1_user_proto.Services().Get(0))
 		if err != nil {
 			return nil, err
 		}
@@ -167,9 +176,9 @@ func (a *App) openDB(ctx context.Context, name string) (*sqldb.DB, error) {
 	return db, nil
 }
 
-func (a *App) dial(caller, name, target string, services ...protoreflect.ServiceDescriptor) (*grpc.ClientConn, error) {
+func (a *App) dial(caller, name, target string, shared mesh.SharedBreakerState, services ...protoreflect.ServiceDescriptor) (*grpc.ClientConn, error) {
 	conn, err := mesh.Dial(mesh.ClientConfig{
-		Name: name, Caller: caller, Target: target, Services: services,
+		Name: name, Caller: caller, Target: target, Services: services, Shared: shared,
 		DefaultTimeout: a.cfg.UpstreamTimeout, Breaker: a.cfg.Breaker,
 	}, a.log.With("upstream", name), a.metrics)
 	if err != nil {

@@ -46,6 +46,7 @@ type Config struct {
 	BcryptCost      int
 	CORS            string
 
+	RedisURL          string
 	NATSListen        string
 	NATSReplicas      int
 	NATSPrefix        string
@@ -65,6 +66,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.OrderUpstream, "order-upstream", "", "where the gateway finds the order service (same forms as --user-upstream); default: the order service in this process")
 	fs.StringVar(&c.DatabaseURL, "database-url", "", "PostgreSQL URL (postgres://user@host:5432/db); empty means SQLite in --data-dir")
 	fs.StringVar(&c.NATSURL, "nats-url", "", "NATS server with JetStream for domain events (nats://127.0.0.1:4222); empty: an embedded server, stored in --data-dir/nats")
+	fs.StringVar(&c.RedisURL, "redis-url", "", "Redis URL (redis://host:6379/0) for breaker state shared by the order service's replicas; empty: each replica's breaker is its own")
 	fs.StringVar(&c.NATSListen, "nats-listen", "", "TCP address for the embedded NATS server (e.g. 127.0.0.1:4222); empty: in-process only")
 	fs.IntVar(&c.NATSReplicas, "nats-replicas", 1, "replicas of each JetStream stream (3 on a clustered JetStream)")
 	fs.StringVar(&c.NATSPrefix, "nats-prefix", "", "prefix for every NATS subject and stream name, to share one NATS between installations")
@@ -99,13 +101,15 @@ func (p *positive) Set(s string) error {
 }
 
 // EnvName is the environment variable that sets a flag: TRELLIS_<FLAG>,
-// except the conventional DATABASE_URL and NATS_URL.
+// except the conventional DATABASE_URL, NATS_URL and REDIS_URL.
 func EnvName(flagName string) string {
 	switch flagName {
 	case "database-url":
 		return "DATABASE_URL"
 	case "nats-url":
 		return "NATS_URL"
+	case "redis-url":
+		return "REDIS_URL"
 	}
 	return "TRELLIS_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
 }

@@ -8,11 +8,11 @@ import (
 
 // addGateway builds the REST facade over mesh clients of both services.
 func (a *App) addGateway() error {
-	userConn, err := a.dial(TargetGateway, "user", a.upstream(a.cfg.UserUpstream, TargetUser), userv1.File_trellis_user_v1_user_proto.Services().Get(0))
+	userConn, err := a.dial(TargetGateway, "user", a.upstream(a.cfg.UserUpstream, TargetUser), nil, userv1.File_trellis_user_v1_user_proto.Services().Get(0))
 	if err != nil {
 		return err
 	}
-	orderConn, err := a.dial(TargetGateway, "order", a.upstream(a.cfg.OrderUpstream, TargetOrder), orderv1.File_trellis_order_v1_order_proto.Services().Get(0))
+	orderConn, err := a.dial(TargetGateway, "order", a.upstream(a.cfg.OrderUpstream, TargetOrder), nil, orderv1.File_trellis_order_v1_order_proto.Services().Get(0))
 	if err != nil {
 		return err
 	}

@@ -93,7 +93,9 @@ type Relay struct {
 // NewRelay returns a relay of outbox onto bus.
 func NewRelay(bus *Bus, outbox Outbox, cfg RelayConfig, log *slog.Logger, m *Metrics) *Relay {
 	cfg = cfg.withDefaults()
-	for _, c := range []interface{ WithLabelValues(...string) prometheus.Counter }{m.published, m.errors} {
+	for _, c := range []interface {
+		WithLabelValues(...string) prometheus.Counter
+	}{m.published, m.errors} {
 		c.WithLabelValues(cfg.Service) // series exist from the start
 	}
 	m.pending.WithLabelValues(cfg.Service)
