@@ -20,12 +20,15 @@ import (
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	orderv1 "github.com/trellis-mesh/trellis/gen/trellis/order/v1"
 	userv1 "github.com/trellis-mesh/trellis/gen/trellis/user/v1"
+	"github.com/trellis-mesh/trellis/mesh"
 )
 
 // Config tunes the gateway. Zero fields take the documented defaults.
@@ -41,6 +44,10 @@ type Config struct {
 	// OverviewOrders is how many recent orders the overview shows.
 	// Default 10.
 	OverviewOrders int32
+	// Tracer, when set, gives every request a server span (continuing a
+	// traceparent the client sent) that the gRPC calls continue. Nil: the
+	// client's traceparent is passed on as it came.
+	Tracer trace.TracerProvider
 }
 
 func (c Config) withDefaults() Config {
@@ -101,7 +108,7 @@ func New(cfg Config, userConn, orderConn grpc.ClientConnInterface, log *slog.Log
 		openapi: spec,
 	}
 	g.mux = runtime.NewServeMux(
-		runtime.WithIncomingHeaderMatcher(forwardedHeader),
+		runtime.WithIncomingHeaderMatcher(headerPolicy(cfg.Tracer != nil)),
 		runtime.WithOutgoingHeaderMatcher(func(string) (string, bool) { return "", false }),
 		runtime.WithOutgoingTrailerMatcher(func(string) (string, bool) { return "", false }),
 		runtime.WithMarshalerOption(runtime.MIMEWildcard, marshaler),
@@ -137,6 +144,10 @@ func New(cfg Config, userConn, orderConn grpc.ClientConnInterface, log *slog.Log
 	root.Handle("GET /static/", http.FileServerFS(web))
 	root.HandleFunc("/", g.notFound)
 	g.handler = g.recoverPanics(g.withRequestID(g.measure(g.cors(root))))
+	if cfg.Tracer != nil {
+		g.handler = otelhttp.NewHandler(g.handler, "gateway",
+			otelhttp.WithTracerProvider(cfg.Tracer), otelhttp.WithPropagators(mesh.Propagator))
+	}
 	return g, nil
 }
 

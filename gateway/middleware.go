@@ -14,6 +14,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -27,17 +28,21 @@ import (
 // RequestIDHeader is the HTTP header carrying the request id.
 const RequestIDHeader = "X-Request-Id"
 
-// forwardedHeader is the deny-by-default header policy: besides
+// headerPolicy is the deny-by-default header policy: besides
 // Authorization (which grpc-gateway always forwards) and the request id
 // (sent by the mesh client from the context), only W3C trace context
-// reaches the services. Grpc-Metadata-*, X-User-Id and everything else a
-// client sends stays at the edge.
-func forwardedHeader(key string) (string, bool) {
-	switch k := strings.ToLower(key); k {
-	case "traceparent", "tracestate":
-		return k, true
+// reaches the services — as it came when the gateway does not trace, or
+// through the gateway's own spans when it does (the tracing client sends
+// it; passing the raw header too would send it twice). Grpc-Metadata-*,
+// X-User-Id and everything else a client sends stays at the edge.
+func headerPolicy(tracing bool) func(string) (string, bool) {
+	return func(key string) (string, bool) {
+		switch k := strings.ToLower(key); k {
+		case "traceparent", "tracestate":
+			return k, !tracing
+		}
+		return "", false
 	}
-	return "", false
 }
 
 // validRequestID accepts client ids of up to 128 URL-safe characters;
@@ -235,6 +240,8 @@ func (g *Gateway) measure(next http.Handler) http.Handler {
 				route = "unmatched"
 			}
 		}
+		// The server span (when tracing) is named after the route too.
+		trace.SpanFromContext(r.Context()).SetName(r.Method + " " + route)
 		method := r.Method
 		if !slices.Contains(knownMethods, method) {
 			method = "OTHER"

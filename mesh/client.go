@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials"
@@ -50,6 +51,9 @@ type ClientConfig struct {
 	Shared SharedBreakerState
 	// SharedRefresh is how often the shared state is read. Default 250ms.
 	SharedRefresh time.Duration
+	// Tracer, when set, traces every call and propagates the trace
+	// context. Nil: no tracing.
+	Tracer trace.TracerProvider
 }
 
 // Dial returns a lazily connecting client for the upstream. Interceptors,
@@ -110,6 +114,7 @@ func Dial(cfg ClientConfig, log *slog.Logger, m *Metrics, opts ...grpc.DialOptio
 			hideTransportErrors(cfg.Name),
 		),
 	}, opts...)
+	all = append(all, clientTracing(cfg.Tracer)...)
 	target := dnsTarget(cfg.Target)
 	if addrs := strings.Split(cfg.Target, ","); len(addrs) > 1 {
 		r := manual.NewBuilderWithScheme("trellis-static")

@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -507,6 +509,29 @@ func TestSharedBreakerOpensEveryReplica(t *testing.T) {
 	for _, c := range []userv1.UserServiceClient{a, a, a, b} {
 		if err := get(c); err != nil {
 			t.Fatalf("after the open period: %v", err)
+		}
+	}
+}
+
+func TestTracedCallsLogTraceAndSpanIDs(t *testing.T) {
+	t.Parallel()
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	addr, _, logs := serve(t, &fakeUsers{getUser: func(context.Context, *userv1.GetUserRequest) (*userv1.GetUserResponse, error) {
+		return okUser, nil
+	}}, mesh.ServerConfig{Tracer: tp})
+	c := userv1.NewUserServiceClient(testenv.Dial(t, addr))
+	if _, err := c.GetUser(context.Background(), &userv1.GetUserRequest{Id: validID}); err != nil {
+		t.Fatal(err)
+	}
+	spans := rec.Ended()
+	if len(spans) != 1 {
+		t.Fatalf("%d spans, want the server span", len(spans))
+	}
+	sc := spans[0].SpanContext()
+	for _, want := range []string{`"trace_id":"` + sc.TraceID().String() + `"`, `"span_id":"` + sc.SpanID().String() + `"`} {
+		if !strings.Contains(logs.String(), want) {
+			t.Errorf("log line lacks %s:\n%s", want, logs.String())
 		}
 	}
 }

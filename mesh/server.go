@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -32,6 +33,9 @@ type ServerConfig struct {
 	KeepaliveMinTime time.Duration
 	// MaxConnectionIdle closes connections idle this long. Default 5m.
 	MaxConnectionIdle time.Duration
+	// Tracer, when set, traces every call (OpenTelemetry, W3C trace
+	// context). Nil: no tracing and no cost.
+	Tracer trace.TracerProvider
 	// Unreachable recognises errors that mean a backing service (the
 	// database) cannot be reached, beyond the network errors the mesh
 	// knows itself; such errors are answered UNAVAILABLE. Optional.
@@ -94,11 +98,10 @@ func NewServer(cfg ServerConfig, log *slog.Logger, m *Metrics, opts ...grpc.Serv
 		capDeadline(cfg.MaxDeadline),
 		validation(s.validators),
 	)
-	all := append([]grpc.ServerOption{
-		chain,
+	all := append(serverTracing(cfg.Tracer), chain,
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: cfg.KeepaliveMinTime, PermitWithoutStream: true}),
-		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: cfg.MaxConnectionIdle, Time: 2 * time.Minute, Timeout: 20 * time.Second}),
-	}, opts...)
+		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: cfg.MaxConnectionIdle, Time: 2 * time.Minute, Timeout: 20 * time.Second}))
+	all = append(all, opts...)
 	s.grpc = grpc.NewServer(all...)
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)

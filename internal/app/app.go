@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
@@ -40,6 +41,7 @@ type App struct {
 	// the reconciler) from Run until shutdown.
 	workers []func(ctx context.Context)
 
+	tp               trace.TracerProvider
 	bus              *eventbus.Bus
 	evMetrics        *eventbus.Metrics
 	eventMetricsOnce sync.Once
@@ -74,7 +76,10 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error) 
 	if err := a.addAdmin(); err != nil {
 		return nil, err
 	}
-	srvCfg := mesh.ServerConfig{MaxDeadline: cfg.MaxDeadline, DrainTimeout: cfg.DrainTimeout, Unreachable: sqldb.Unreachable}
+	if a.tp, err = a.tracer(ctx); err != nil {
+		return nil, fmt.Errorf("tracing: %w", err)
+	}
+	srvCfg := mesh.ServerConfig{MaxDeadline: cfg.MaxDeadline, DrainTimeout: cfg.DrainTimeout, Unreachable: sqldb.Unreachable, Tracer: a.tp}
 
 	if targets[TargetUser] {
 		db, err := a.openDB(ctx, "user")
@@ -178,7 +183,7 @@ func (a *App) openDB(ctx context.Context, name string) (*sqldb.DB, error) {
 
 func (a *App) dial(caller, name, target string, shared mesh.SharedBreakerState, services ...protoreflect.ServiceDescriptor) (*grpc.ClientConn, error) {
 	conn, err := mesh.Dial(mesh.ClientConfig{
-		Name: name, Caller: caller, Target: target, Services: services, Shared: shared,
+		Name: name, Caller: caller, Target: target, Services: services, Shared: shared, Tracer: a.tp,
 		DefaultTimeout: a.cfg.UpstreamTimeout, Breaker: a.cfg.Breaker,
 	}, a.log.With("upstream", name), a.metrics)
 	if err != nil {

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/trellis-mesh/trellis/mesh"
 )
 
@@ -46,7 +48,10 @@ type Config struct {
 	BcryptCost      int
 	CORS            string
 
-	RedisURL          string
+	RedisURL string
+	// Tracer is set by tests (an in-memory exporter); otherwise tracing
+	// follows the standard OTEL_EXPORTER_OTLP_* environment.
+	Tracer            trace.TracerProvider
 	NATSListen        string
 	NATSReplicas      int
 	NATSPrefix        string

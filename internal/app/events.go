@@ -50,7 +50,7 @@ func (a *App) eventBus() (*eventbus.Bus, error) {
 		return nil, fmt.Errorf("nats: connect %s: %w", url, err)
 	}
 	a.closers = append(a.closers, func() error { nc.Close(); return nil })
-	bus, err := eventbus.NewBus(nc, eventbus.Config{Prefix: a.cfg.NATSPrefix, Replicas: a.cfg.NATSReplicas})
+	bus, err := eventbus.NewBus(nc, eventbus.Config{Prefix: a.cfg.NATSPrefix, Replicas: a.cfg.NATSReplicas, Tracer: a.tp})
 	if err != nil {
 		return nil, err
 	}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Config tunes the streams. Zero fields take the defaults on each field.
@@ -24,6 +25,9 @@ type Config struct {
 	MaxAge time.Duration
 	// MaxBytes caps each stream's size. Default 1 GiB.
 	MaxBytes int64
+	// Tracer, when set, gives every consumed event a span, child of the
+	// span that committed the change (from the message's traceparent).
+	Tracer trace.TracerProvider
 }
 
 func (c Config) withDefaults() Config {

@@ -8,6 +8,10 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Delivery is one event as a consumer sees it.
@@ -75,6 +79,23 @@ func (c ConsumerConfig) backoff(attempt uint64) time.Duration {
 	return c.Backoff[max(i, 0)]
 }
 
+// consumeSpan starts the span of handling d, continuing the trace of the
+// change that produced it; without a tracer it is a no-op span.
+func (b *Bus) consumeSpan(ctx context.Context, d Delivery, consumer string) (context.Context, trace.Span) {
+	if b.cfg.Tracer == nil {
+		return ctx, trace.SpanFromContext(ctx)
+	}
+	ctx = propagation.TraceContext{}.Extract(ctx, propagation.MapCarrier{"traceparent": d.TraceParent})
+	return b.cfg.Tracer.Tracer("github.com/trellis-mesh/trellis/mesh/eventbus").Start(ctx, d.Subject+" process",
+		trace.WithSpanKind(trace.SpanKindConsumer),
+		trace.WithAttributes(
+			attribute.String("messaging.system", "nats"),
+			attribute.String("messaging.destination.name", d.Subject),
+			attribute.String("messaging.message.id", d.ID),
+			attribute.String("messaging.consumer.group.name", consumer),
+		))
+}
+
 // Consume starts a durable pull consumer calling h for each event, until
 // the returned stop function is called (it waits for the handler in
 // flight).
@@ -125,7 +146,13 @@ func (b *Bus) Consume(ctx context.Context, cfg ConsumerConfig, h Handler, log *s
 		if d.ID == "" {
 			d.ID = msg.Headers().Get("Nats-Msg-Id")
 		}
-		switch err := h(hctx, d); {
+		ctx, span := b.consumeSpan(hctx, d, cfg.Durable)
+		err = h(ctx, d)
+		if err != nil && !errors.Is(err, ErrDuplicate) {
+			span.SetStatus(codes.Error, err.Error())
+		}
+		span.End()
+		switch {
 		case err == nil:
 			handled("ok")
 			_ = msg.Ack()

@@ -17,6 +17,8 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/nats-io/nats.go"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/proto"
 )
@@ -61,10 +63,23 @@ func NewEvent(ctx context.Context, subject, source, aggregateID string, payload 
 		Type: string(payload.ProtoReflect().Descriptor().FullName()), Source: source,
 		Time: at.UTC(), Payload: b,
 	}
-	if tp := metadata.ValueFromIncomingContext(ctx, "traceparent"); len(tp) > 0 {
-		ev.TraceParent = tp[0]
-	}
+	ev.TraceParent = traceParent(ctx)
 	return ev, nil
+}
+
+// traceParent is the W3C trace context to store with an event: the
+// current span's (the RPC that makes the change, when tracing is on), else
+// the one the request arrived with.
+func traceParent(ctx context.Context) string {
+	if trace.SpanContextFromContext(ctx).IsValid() {
+		carrier := propagation.MapCarrier{}
+		propagation.TraceContext{}.Inject(ctx, carrier)
+		return carrier.Get("traceparent")
+	}
+	if tp := metadata.ValueFromIncomingContext(ctx, "traceparent"); len(tp) > 0 {
+		return tp[0]
+	}
+	return ""
 }
 
 // Header names carried on every message.
