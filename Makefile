@@ -57,8 +57,18 @@ test: ## run the test suite with the race detector (needs PostgreSQL, NATS and R
 	cd deploy && $(GOTEST) -count=1 -timeout 10m ./...
 
 .PHONY: bench
-bench: ## run the Go benchmarks (mesh chain vs bare grpc-go, breaker fast-fail, ...)
+bench: bench-bins ## Go benchmarks, then the load harness's full profile (bench/results.json, bench/report.html)
 	$(GOTEST) -run '^$$' -bench . -benchmem -count 5 ./...
+	./bin/trellis-bench -profile full -trellis bin/trellis -out bench
+
+.PHONY: bench-quick
+bench-quick: bench-bins ## the load harness's quick profile (<2 min), checked against bench/floors.json
+	./bin/trellis-bench -profile quick -trellis bin/trellis -out bench
+
+.PHONY: bench-bins
+bench-bins:
+	go build -trimpath -o bin/trellis ./cmd/trellis
+	go build -trimpath -o bin/trellis-bench ./cmd/trellis-bench
 
 # Throughput floor of the mesh chain against bare grpc-go (median of five
 # interleaved rounds). The goal is 0.85; see README "Performance" for what
@@ -80,4 +90,4 @@ e2e: ## drive the browser page in headless Chromium (installs Debian's chromium 
 	./.ci/e2e
 
 .PHONY: ci
-ci: lint breaking check-generated test bench-check e2e chaos ## everything CI runs
+ci: lint breaking check-generated test bench-check bench-quick e2e chaos ## everything CI runs

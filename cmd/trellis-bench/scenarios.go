@@ -1,0 +1,376 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/google/uuid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	orderv1 "github.com/trellis-mesh/trellis/gen/trellis/order/v1"
+	userv1 "github.com/trellis-mesh/trellis/gen/trellis/user/v1"
+)
+
+// httpError is a non-2xx HTTP answer.
+type httpError struct{ status string }
+
+func (e httpError) Error() string { return "HTTP " + e.status }
+
+func dial(addr string) (*grpc.ClientConn, error) {
+	return grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+}
+
+var httpClient = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 512}}
+
+func httpDo(ctx context.Context, method, url, body string, want int) error {
+	var rd io.Reader
+	if body != "" {
+		rd = strings.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, url, rd)
+	if err != nil {
+		return err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := httpClient.Do(req)
+	if err != nil {
+		return httpError{status: "transport"}
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != want {
+		return httpError{status: strconv.Itoa(resp.StatusCode)}
+	}
+	return nil
+}
+
+func createUser(ctx context.Context, c userv1.UserServiceClient) (string, error) {
+	r, err := c.CreateUser(ctx, &userv1.CreateUserRequest{Email: "b" + uuid.NewString()[:12] + "@example.com", Name: "Bench", Password: "correct-horse"})
+	if err != nil {
+		return "", err
+	}
+	return r.GetUser().GetId(), nil
+}
+
+// row is one line of the report: a measurement beside its baseline.
+type row struct {
+	Scenario  string           `json:"scenario"`
+	Profile   string           `json:"profile"`
+	Name      string           `json:"name"`
+	Baseline  bool             `json:"baseline"`
+	Result    *result          `json:"result"`
+	Processes map[string]usage `json:"processes,omitempty"`
+	Note      string           `json:"note,omitempty"`
+}
+
+type report struct {
+	Machine string             `json:"machine"`
+	Profile string             `json:"profile"`
+	Started time.Time          `json:"started"`
+	Rows    []row              `json:"rows"`
+	Ratios  map[string]float64 `json:"ratios"`
+	Floors  map[string]float64 `json:"floors"`
+	Failed  []string           `json:"failed,omitempty"`
+}
+
+type runner struct {
+	bin     string
+	tmp     string
+	quick   bool
+	rounds  int
+	dur     time.Duration
+	rep     *report
+	conc    int
+	profile string
+}
+
+func (r *runner) add(scenario, name string, baseline bool, res *result, procs map[string]*proc, note string) {
+	u := map[string]usage{}
+	for k, p := range procs {
+		u[k] = p.usage()
+	}
+	r.rep.Rows = append(r.rep.Rows, row{Scenario: scenario, Profile: r.profile, Name: name, Baseline: baseline, Result: res, Processes: u, Note: note})
+}
+
+func median(xs []float64) float64 {
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+// Scenario 1: unary GetUser, bare grpc-go server vs the Trellis chain,
+// closed loop, rounds interleaved, median throughput ratio.
+func (r *runner) chain(ctx context.Context) error {
+	bareAddr := freeAddr()
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	bare, err := start("bare", self, "serve-bare", "--addr", bareAddr, "--data-dir", filepath.Join(r.tmp, "bare"))
+	if err != nil {
+		return err
+	}
+	defer bare.stop()
+	mesh, err := runTrellis(r.bin, "trellis-user", filepath.Join(r.tmp, "mesh"), "--target", "user,order")
+	if err != nil {
+		return err
+	}
+	defer mesh.stop()
+	if err := waitTCP(bareAddr); err != nil {
+		return err
+	}
+	var ratios []float64
+	clients := map[string]userv1.UserServiceClient{}
+	ids := map[string]string{}
+	for name, addr := range map[string]string{"bare": bareAddr, "mesh": mesh.user} {
+		conn, err := dial(addr)
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		clients[name] = userv1.NewUserServiceClient(conn)
+		if ids[name], err = createUser(ctx, clients[name]); err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+	}
+	get := func(name string) call {
+		return func(ctx context.Context) error {
+			_, err := clients[name].GetUser(ctx, &userv1.GetUserRequest{Id: ids[name]})
+			return err
+		}
+	}
+	closedLoop(ctx, r.conc, time.Second, get("bare")) // warm up
+	closedLoop(ctx, r.conc, time.Second, get("mesh"))
+	var last [2]*result
+	for range r.rounds {
+		b := closedLoop(ctx, r.conc, r.dur, get("bare"))
+		m := closedLoop(ctx, r.conc, r.dur, get("mesh"))
+		ratios = append(ratios, m.Throughput/b.Throughput)
+		last = [2]*result{b, m}
+	}
+	r.add("1 unary GetUser", "bare grpc-go", true, last[0], map[string]*proc{"bare": bare}, "")
+	r.add("1 unary GetUser", "Trellis mesh chain", false, last[1], map[string]*proc{"trellis": mesh.proc},
+		fmt.Sprintf("throughput ratio median of %d interleaved rounds: %.3f (rounds %v)", r.rounds, median(ratios), round3(ratios)))
+	r.rep.Ratios["chain_throughput"] = median(ratios)
+	return nil
+}
+
+func round3(xs []float64) []float64 {
+	out := make([]float64, len(xs))
+	for i, x := range xs {
+		out[i], _ = strconv.ParseFloat(strconv.FormatFloat(x, 'f', 3, 64), 64)
+	}
+	return out
+}
+
+func waitTCP(addr string) error {
+	deadline := time.Now().Add(15 * time.Second)
+	for time.Now().Before(deadline) {
+		if c, err := net.Dial("tcp", addr); err == nil {
+			c.Close()
+			return nil
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return fmt.Errorf("%s not listening", addr)
+}
+
+// Scenario 2: GetUser and CreateUser, direct gRPC vs REST through the
+// gateway, against one all-in-one trellis.
+func (r *runner) gateway(ctx context.Context, sys *trellis) error {
+	conn, err := dial(sys.user)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	users := userv1.NewUserServiceClient(conn)
+	id, err := createUser(ctx, users)
+	if err != nil {
+		return err
+	}
+	base := "http://" + sys.http
+	modes := []struct {
+		name string
+		grpc call
+		rest call
+	}{
+		{"GetUser",
+			func(ctx context.Context) error { _, err := users.GetUser(ctx, &userv1.GetUserRequest{Id: id}); return err },
+			func(ctx context.Context) error { return httpDo(ctx, "GET", base+"/api/v1/users/"+id, "", 200) }},
+		{"CreateUser",
+			func(ctx context.Context) error { _, err := createUser(ctx, users); return err },
+			func(ctx context.Context) error {
+				return httpDo(ctx, "POST", base+"/api/v1/users", `{"email":"h`+uuid.NewString()[:12]+`@example.com","name":"B","password":"correct-horse"}`, 201)
+			}},
+	}
+	procs := map[string]*proc{"trellis": sys.proc}
+	for _, m := range modes {
+		closedLoop(ctx, r.conc, time.Second, m.rest) // warm up
+		var ratios, p50s []float64
+		var g, h *result
+		for range r.rounds {
+			g = closedLoop(ctx, r.conc, r.dur, m.grpc)
+			h = closedLoop(ctx, r.conc, r.dur, m.rest)
+			ratios = append(ratios, h.Throughput/g.Throughput)
+			p50s = append(p50s, h.P50ms/g.P50ms)
+		}
+		r.add("2 "+m.name, "direct gRPC", true, g, procs, "")
+		r.add("2 "+m.name, "REST via gateway", false, h, procs,
+			fmt.Sprintf("throughput ratio %.3f, p50 ratio %.2f× (medians of %d rounds)", median(ratios), median(p50s), r.rounds))
+		r.rep.Ratios["gateway_throughput_"+m.name] = median(ratios)
+		r.rep.Ratios["gateway_p50_"+m.name] = median(p50s)
+	}
+	return nil
+}
+
+// Scenario 3: CreateOrder end to end (gateway → order → user, outbox,
+// JetStream, consumer) at rising fixed rates; the highest rate with p99
+// under 50 ms and under 1% errors is the maximum sustainable rate.
+func (r *runner) maxRate(ctx context.Context, sys *trellis) error {
+	conn, err := dial(sys.user)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	uid, err := createUser(ctx, userv1.NewUserServiceClient(conn))
+	if err != nil {
+		return err
+	}
+	rates := []int{100, 200, 400}
+	if !r.quick {
+		rates = []int{100, 200, 400, 600, 800, 1200, 1600}
+	}
+	best := 0
+	for _, rate := range rates {
+		res := openLoop(ctx, rate, r.dur, func(ctx context.Context) error {
+			body := `{"userId":"` + uid + `","requestId":"` + uuid.NewString() + `","items":[{"productId":"p","quantity":1,"unitPrice":{"currencyCode":"EUR","amountMinor":"100"}}]}`
+			return httpDo(ctx, "POST", "http://"+sys.http+"/api/v1/orders", body, 201)
+		})
+		var errs int64
+		for _, n := range res.Errors {
+			errs += n
+		}
+		ok := res.P99ms < 50 && float64(errs) < 0.01*float64(res.Requests)
+		r.add("3 CreateOrder end to end", fmt.Sprintf("%d/s", rate), false, res, map[string]*proc{"trellis": sys.proc},
+			map[bool]string{true: "sustained", false: "not sustained (p99 ≥ 50 ms or ≥ 1% errors)"}[ok])
+		if !ok {
+			break
+		}
+		best = rate
+	}
+	r.rep.Ratios["max_sustainable_create_order_per_s"] = float64(best)
+	return nil
+}
+
+// Scenario 4: raw JetStream async publish vs the outbox relay, and
+// commit-to-consumer lag, from the Go benchmarks of internal/sqldb (run
+// here so their numbers land in the same report).
+func (r *runner) events(ctx context.Context) error {
+	benchtime := "2000x"
+	if !r.quick {
+		benchtime = "20000x"
+	}
+	out, err := exec.CommandContext(ctx, "go", "test", "-run", "^$", "-bench", "BenchmarkPublish|BenchmarkCommitToConsumerLag",
+		"-benchtime", benchtime, "-count", strconv.Itoa(r.rounds), "./internal/sqldb/").CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("event benchmarks: %v\n%s", err, out)
+	}
+	ns := map[string][]float64{}
+	lag := map[string][]float64{}
+	re := regexp.MustCompile(`(Benchmark\S+?)-\d+\s+\d+\s+([\d.]+) ns/op(?:\s+([\d.]+) p50-ms\s+([\d.]+) p99-ms)?`)
+	for _, m := range re.FindAllStringSubmatch(string(out), -1) {
+		v, _ := strconv.ParseFloat(m[2], 64)
+		ns[m[1]] = append(ns[m[1]], v)
+		if m[3] != "" {
+			p50, _ := strconv.ParseFloat(m[3], 64)
+			p99, _ := strconv.ParseFloat(m[4], 64)
+			lag["p50"] = append(lag["p50"], p50)
+			lag["p99"] = append(lag["p99"], p99)
+		}
+	}
+	raw, relay := ns["BenchmarkPublish/raw"], ns["BenchmarkPublish/relay-sqlite"]
+	if len(raw) == 0 || len(relay) == 0 || len(lag["p50"]) == 0 {
+		return errors.New("event benchmarks printed no results:\n" + string(out))
+	}
+	rawRes := &result{Throughput: 1e9 / median(raw)}
+	relayRes := &result{Throughput: 1e9 / median(relay)}
+	r.add("4 events", "raw JetStream async publish", true, rawRes, nil, "")
+	r.add("4 events", "outbox relay (SQLite)", false, relayRes, nil, fmt.Sprintf("throughput ratio %.3f", relayRes.Throughput/rawRes.Throughput))
+	r.add("4 events", "commit → consumer at 200/s", false, &result{P50ms: median(lag["p50"]), P99ms: median(lag["p99"])}, nil, "")
+	r.rep.Ratios["relay_vs_raw_publish"] = relayRes.Throughput / rawRes.Throughput
+	return nil
+}
+
+// Scenario 5: the latency of a call answered by an open breaker vs a
+// healthy call, on user and order as separate processes.
+func (r *runner) breaker(ctx context.Context) error {
+	natsListen := freeAddr()
+	user, err := runTrellis(r.bin, "user", filepath.Join(r.tmp, "b-user"), "--target", "user,order", "--nats-listen", natsListen)
+	if err != nil {
+		return err
+	}
+	defer user.stop()
+	conn, err := dial(user.order)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	uconn, err := dial(user.user)
+	if err != nil {
+		return err
+	}
+	defer uconn.Close()
+	uid, err := createUser(ctx, userv1.NewUserServiceClient(uconn))
+	if err != nil {
+		return err
+	}
+	orders := orderv1.NewOrderServiceClient(conn)
+	var n atomic.Int64
+	order := func(userID string) call {
+		return func(ctx context.Context) error {
+			_, err := orders.CreateOrder(ctx, &orderv1.CreateOrderRequest{UserId: userID, RequestId: "r" + strconv.FormatInt(n.Add(1), 10) + uuid.NewString()[:8],
+				Items: []*orderv1.OrderItem{{ProductId: "p", Quantity: 1, UnitPrice: &orderv1.Money{CurrencyCode: "EUR", AmountMinor: 1}}}})
+			return err
+		}
+	}
+	healthy := closedLoop(ctx, 1, r.dur, order(uid))
+	r.add("5 breaker", "healthy CreateOrder (checks the user)", true, healthy, map[string]*proc{"trellis": user.proc}, "")
+	// Open the breaker: the user service answers, but not for this
+	// upstream: point a second order service at a dead address.
+	dead := freeAddr()
+	broken, err := runTrellis(r.bin, "order", filepath.Join(r.tmp, "b-order"), "--target", "order", "--user-upstream", dead,
+		"--nats-url", "nats://"+natsListen, "--breaker-timeout", "1h")
+	if err != nil {
+		return err
+	}
+	defer broken.stop()
+	bconn, err := dial(broken.order)
+	if err != nil {
+		return err
+	}
+	defer bconn.Close()
+	orders = orderv1.NewOrderServiceClient(bconn)
+	for range 5 {
+		_ = order(uuid.NewString())(ctx)
+	}
+	open := closedLoop(ctx, 1, r.dur, order(uuid.NewString()))
+	r.add("5 breaker", "CreateOrder, user breaker open (UNAVAILABLE at once)", false, open, map[string]*proc{"order": broken.proc},
+		fmt.Sprintf("p50 %.3f ms vs healthy %.3f ms", open.P50ms, healthy.P50ms))
+	r.rep.Ratios["breaker_open_p50_ms"] = open.P50ms
+	return nil
+}
+

@@ -1,0 +1,122 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// proc is a process of the system under test.
+type proc struct {
+	name string
+	cmd  *exec.Cmd
+	log  bytes.Buffer
+}
+
+func start(name, bin string, args ...string) (*proc, error) {
+	p := &proc{name: name, cmd: exec.Command(bin, args...)}
+	p.cmd.Stdout, p.cmd.Stderr = &p.log, &p.log
+	if err := p.cmd.Start(); err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	return p, nil
+}
+
+func (p *proc) stop() {
+	if p.cmd.Process == nil || p.cmd.ProcessState != nil {
+		return
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { _ = p.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(15 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-done
+	}
+}
+
+func (p *proc) kill() {
+	_ = p.cmd.Process.Kill()
+	_ = p.cmd.Wait()
+}
+
+// usage is a process's CPU time and peak resident memory, read from /proc.
+type usage struct {
+	CPUSeconds float64 `json:"cpu_seconds"`
+	PeakRSSMiB float64 `json:"peak_rss_mib"`
+}
+
+var clockTicks = 100.0 // USER_HZ on Linux
+
+func (p *proc) usage() usage {
+	pid := strconv.Itoa(p.cmd.Process.Pid)
+	var u usage
+	if stat, err := os.ReadFile("/proc/" + pid + "/stat"); err == nil {
+		// Fields after the command name (which may hold spaces) start at ')'.
+		f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+2:]))
+		if len(f) > 12 {
+			ut, _ := strconv.ParseFloat(f[11], 64)
+			st, _ := strconv.ParseFloat(f[12], 64)
+			u.CPUSeconds = (ut + st) / clockTicks
+		}
+	}
+	if st, err := os.ReadFile("/proc/" + pid + "/status"); err == nil {
+		for _, line := range strings.Split(string(st), "\n") {
+			if strings.HasPrefix(line, "VmHWM:") {
+				kb, _ := strconv.ParseFloat(strings.Fields(line)[1], 64)
+				u.PeakRSSMiB = kb / 1024
+			}
+		}
+	}
+	return u
+}
+
+func freeAddr() string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func waitReady(url string, p *proc) error {
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		if resp, err := http.Get(url); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return fmt.Errorf("%s not ready at %s:\n%s", p.name, url, p.log.String())
+}
+
+// trellis is one `trellis run` process and its addresses.
+type trellis struct {
+	*proc
+	user, order, http, admin string
+}
+
+func runTrellis(bin, name, dataDir string, extra ...string) (*trellis, error) {
+	t := &trellis{user: freeAddr(), order: freeAddr(), http: freeAddr(), admin: freeAddr()}
+	args := append([]string{"run", "--data-dir", dataDir, "--log-level", "error", "--bcrypt-cost", "4",
+		"--user-addr", t.user, "--order-addr", t.order, "--http-addr", t.http, "--admin-addr", t.admin}, extra...)
+	p, err := start(name, bin, args...)
+	if err != nil {
+		return nil, err
+	}
+	t.proc = p
+	return t, waitReady("http://"+t.admin+"/readyz", p)
+}
