@@ -26,7 +26,9 @@ type result struct {
 	hist       *hdrhistogram.Histogram
 }
 
-func newHist() *hdrhistogram.Histogram { return hdrhistogram.New(1, int64(60*time.Second/time.Microsecond), 3) }
+func newHist() *hdrhistogram.Histogram {
+	return hdrhistogram.New(1, int64(60*time.Second/time.Microsecond), 3)
+}
 
 func (r *result) finish(h *hdrhistogram.Histogram, elapsed time.Duration) {
 	r.hist = h

@@ -209,7 +209,10 @@ func (r *runner) gateway(ctx context.Context, sys *trellis) error {
 		rest call
 	}{
 		{"GetUser",
-			func(ctx context.Context) error { _, err := users.GetUser(ctx, &userv1.GetUserRequest{Id: id}); return err },
+			func(ctx context.Context) error {
+				_, err := users.GetUser(ctx, &userv1.GetUserRequest{Id: id})
+				return err
+			},
 			func(ctx context.Context) error { return httpDo(ctx, "GET", base+"/api/v1/users/"+id, "", 200) }},
 		{"CreateUser",
 			func(ctx context.Context) error { _, err := createUser(ctx, users); return err },
@@ -373,4 +376,3 @@ func (r *runner) breaker(ctx context.Context) error {
 	r.rep.Ratios["breaker_open_p50_ms"] = open.P50ms
 	return nil
 }
-
