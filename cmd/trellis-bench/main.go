@@ -33,6 +33,8 @@ func run() int {
 	bin := flag.String("trellis", "bin/trellis", "trellis binary to benchmark")
 	out := flag.String("out", "bench", "directory for results.json and report.html")
 	floors := flag.String("floors", "bench/floors.json", "ratio floors to check; empty: check none")
+	pgURL := flag.String("database-url", "postgres://postgres@127.0.0.1:5432/test?sslmode=disable", "PostgreSQL for the split profile (a database is created and dropped)")
+	natsBin := flag.String("nats-server", "/usr/sbin/nats-server", "nats-server binary for the split profile")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -48,7 +50,7 @@ func run() int {
 			Machine: fmt.Sprintf("%s/%s, %d CPUs", runtime.GOOS, runtime.GOARCH, runtime.NumCPU())}}
 	r.rounds, r.dur = 3, 2*time.Second
 	if !r.quick {
-		r.rounds, r.dur = 5, 10*time.Second
+		r.rounds, r.dur = 5, 5*time.Second
 	}
 	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
 		for _, line := range strings.Split(string(b), "\n") {
@@ -70,7 +72,7 @@ func run() int {
 				return err
 			}
 			defer sys.stop()
-			return r.gateway(ctx, sys)
+			return r.gateway(ctx, target{user: sys.user, http: sys.http, procs: map[string]*proc{"trellis": sys.proc}})
 		}},
 		{"3 max CreateOrder rate", func(ctx context.Context) error {
 			sys, err := runTrellis(r.bin, "trellis", filepath.Join(tmp, "sys3"))
@@ -78,10 +80,28 @@ func run() int {
 				return err
 			}
 			defer sys.stop()
-			return r.maxRate(ctx, sys)
+			return r.maxRate(ctx, target{user: sys.user, http: sys.http, procs: map[string]*proc{"trellis": sys.proc}})
 		}},
 		{"4 events", r.events},
 		{"5 breaker", r.breaker},
+	}
+	if !r.quick {
+		steps = append(steps, struct {
+			name string
+			fn   func(context.Context) error
+		}{"2+3 split profile (a process per component, PostgreSQL, NATS)", func(ctx context.Context) error {
+			sys, err := runSplit(r.bin, tmp, *pgURL, *natsBin)
+			if err != nil {
+				return err
+			}
+			defer sys.stop()
+			r.profile = "split (process per component, PostgreSQL, NATS)"
+			t := target{user: sys.user, http: sys.http, procs: sys.procs}
+			if err := r.gateway(ctx, t); err != nil {
+				return err
+			}
+			return r.maxRate(ctx, t)
+		}})
 	}
 	for _, s := range steps {
 		fmt.Fprintf(os.Stderr, "trellis-bench: scenario %s...\n", s.name)

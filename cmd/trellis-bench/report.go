@@ -10,8 +10,8 @@ import (
 func markdown(rep *report) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "\n### trellis-bench (%s profile) — %s\n\n", rep.Profile, rep.Machine)
-	b.WriteString("| scenario | run | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | errors | CPU s / peak RSS MiB | note |\n")
-	b.WriteString("|---|---|---:|---:|---:|---:|---:|---|---|---|\n")
+	b.WriteString("| scenario | profile | run | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | errors | CPU s / peak RSS MiB | note |\n")
+	b.WriteString("|---|---|---|---:|---:|---:|---:|---:|---|---|---|\n")
 	for _, r := range rep.Rows {
 		name := r.Name
 		if r.Baseline {
@@ -27,7 +27,7 @@ func markdown(rep *report) string {
 			procs = append(procs, fmt.Sprintf("%s %.1f / %.0f", k, u.CPUSeconds, u.PeakRSSMiB))
 		}
 		sort.Strings(procs)
-		fmt.Fprintf(&b, "| %s | %s | %.0f | %.2f | %.2f | %.2f | %.2f | %s | %s | %s |\n", r.Scenario, name, r.Result.Throughput,
+		fmt.Fprintf(&b, "| %s | %s | %s | %.0f | %.2f | %.2f | %.2f | %.2f | %s | %s | %s |\n", r.Scenario, strings.SplitN(r.Profile, " ", 2)[0], name, r.Result.Throughput,
 			r.Result.P50ms, r.Result.P90ms, r.Result.P99ms, r.Result.P999ms, strings.Join(errs, " "), strings.Join(procs, ", "), r.Note)
 	}
 	b.WriteString("\n| ratio | measured | floor |\n|---|---:|---:|\n")

@@ -2,15 +2,19 @@ package main
 
 import (
 	"bytes"
+	"database/sql"
 	"fmt"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
+
+	_ "github.com/jackc/pgx/v5/stdlib"
 )
 
 // proc is a process of the system under test.
@@ -119,4 +123,105 @@ func runTrellis(bin, name, dataDir string, extra ...string) (*trellis, error) {
 	}
 	t.proc = p
 	return t, waitReady("http://"+t.admin+"/readyz", p)
+}
+
+// split is the system with one process per component, PostgreSQL and a
+// NATS server of its own: the deployment shape, on one machine.
+type split struct {
+	procs                    map[string]*proc
+	user, order, http, admin string
+	dropDB                   func()
+}
+
+func (s *split) stop() {
+	for _, name := range []string{"gateway", "order", "user", "nats"} {
+		if p := s.procs[name]; p != nil {
+			p.stop()
+		}
+	}
+	if s.dropDB != nil {
+		s.dropDB()
+	}
+}
+
+func runSplit(bin, tmp, pgURL, natsBin string) (*split, error) {
+	s := &split{procs: map[string]*proc{}}
+	dbURL, drop, err := createDatabase(pgURL)
+	if err != nil {
+		return nil, err
+	}
+	s.dropDB = drop
+	natsAddr := freeAddr()
+	host, port, _ := net.SplitHostPort(natsAddr)
+	n, err := start("nats", natsBin, "-a", host, "-p", port, "-js", "-sd", tmp+"/split-nats")
+	if err != nil {
+		s.stop()
+		return nil, err
+	}
+	s.procs["nats"] = n
+	if err := waitTCPAddr(natsAddr); err != nil {
+		s.stop()
+		return nil, err
+	}
+	common := []string{"--database-url", dbURL, "--nats-url", "nats://" + natsAddr, "--log-level", "error", "--bcrypt-cost", "4"}
+	s.user, s.order, s.http = freeAddr(), freeAddr(), freeAddr()
+	for _, c := range []struct {
+		name string
+		args []string
+	}{
+		{"user", []string{"--user-addr", s.user}},
+		{"order", []string{"--order-addr", s.order, "--user-upstream", s.user}},
+		{"gateway", []string{"--http-addr", s.http, "--user-upstream", s.user, "--order-upstream", s.order}},
+	} {
+		admin := freeAddr()
+		args := append(append([]string{"run", "--target", c.name, "--admin-addr", admin}, common...), c.args...)
+		p, err := start(c.name, bin, args...)
+		if err != nil {
+			s.stop()
+			return nil, err
+		}
+		s.procs[c.name] = p
+		if err := waitReady("http://"+admin+"/readyz", p); err != nil {
+			s.stop()
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+func waitTCPAddr(addr string) error {
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if c, err := net.Dial("tcp", addr); err == nil {
+			c.Close()
+			return nil
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return fmt.Errorf("%s not listening", addr)
+}
+
+// createDatabase makes a fresh database on the PostgreSQL at pgURL and
+// returns its URL and a function that drops it.
+func createDatabase(pgURL string) (string, func(), error) {
+	admin, err := sql.Open("pgx", pgURL)
+	if err != nil {
+		return "", nil, err
+	}
+	defer admin.Close()
+	name := fmt.Sprintf("bench_%d", time.Now().UnixNano())
+	if _, err := admin.Exec("CREATE DATABASE " + name); err != nil {
+		return "", nil, fmt.Errorf("PostgreSQL at %s: %w", pgURL, err)
+	}
+	u, err := url.Parse(pgURL)
+	if err != nil {
+		return "", nil, err
+	}
+	u.Path = "/" + name
+	return u.String(), func() {
+		if a, err := sql.Open("pgx", pgURL); err == nil {
+			_, _ = a.Exec("DROP DATABASE IF EXISTS " + name + " WITH (FORCE)")
+			a.Close()
+		}
+	}, nil
 }
