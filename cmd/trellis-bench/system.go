@@ -159,7 +159,7 @@ func runSplit(bin, tmp, pgURL, natsBin string) (*split, error) {
 		return nil, err
 	}
 	s.procs["nats"] = n
-	if err := waitTCPAddr(natsAddr); err != nil {
+	if err := waitTCP(natsAddr); err != nil {
 		s.stop()
 		return nil, err
 	}
@@ -187,18 +187,6 @@ func runSplit(bin, tmp, pgURL, natsBin string) (*split, error) {
 		}
 	}
 	return s, nil
-}
-
-func waitTCPAddr(addr string) error {
-	deadline := time.Now().Add(10 * time.Second)
-	for time.Now().Before(deadline) {
-		if c, err := net.Dial("tcp", addr); err == nil {
-			c.Close()
-			return nil
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	return fmt.Errorf("%s not listening", addr)
 }
 
 // createDatabase makes a fresh database on the PostgreSQL at pgURL and
