@@ -79,6 +79,10 @@ CHAIN_FLOOR ?= 0.55
 bench-check: ## fail if the mesh chain's throughput ratio drops under CHAIN_FLOOR
 	TRELLIS_BENCH_FLOOR=$(CHAIN_FLOOR) $(GOTEST) -count=1 -run 'TestChainThroughputFloor' -v ./mesh/ | grep -E 'round|median|FAIL|ok'
 
+.PHONY: sdk-es
+sdk-es: ## generate a JavaScript/TypeScript SDK from proto/ with protoc-gen-es (npm) and call a real user service with it
+	./.ci/sdk-es
+
 .PHONY: chaos
 chaos: ## fault injection under load, each component its own process (~3 min); results in docs/resilience.md
 	rm -f chaos-results.txt
@@ -90,4 +94,4 @@ e2e: ## drive the browser page in headless Chromium (installs Debian's chromium 
 	./.ci/e2e
 
 .PHONY: ci
-ci: lint breaking check-generated test bench-check bench-quick e2e chaos ## everything CI runs
+ci: lint breaking check-generated test bench-check bench-quick sdk-es e2e chaos ## everything CI runs
