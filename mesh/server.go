@@ -85,6 +85,7 @@ type Server struct {
 //  7. validation — reject bad requests before any handler code runs.
 func NewServer(cfg ServerConfig, log *slog.Logger, m *Metrics, opts ...grpc.ServerOption) *Server {
 	cfg = cfg.withDefaults()
+	log = slog.New(WithTraceIDs(log.Handler())) // every server log line names its trace
 	s := &Server{cfg: cfg, log: log, health: health.NewServer(), validators: map[string]Validator{}, metrics: m}
 	chain := grpc.ChainUnaryInterceptor(
 		serverRequestID,

@@ -33,11 +33,27 @@ func clientTracing(tp trace.TracerProvider) []grpc.DialOption {
 		otelgrpc.WithTracerProvider(tp), otelgrpc.WithPropagators(Propagator)))}
 }
 
-// traceAttrs are the trace and span ids of ctx for a log line.
-func traceAttrs(ctx context.Context) []slog.Attr {
-	sc := trace.SpanContextFromContext(ctx)
-	if !sc.IsValid() {
-		return nil
+// traceHandler adds the trace and span ids of the record's context to
+// every log line written with a *Context method while a span is active.
+type traceHandler struct{ slog.Handler }
+
+// WithTraceIDs wraps h so log lines carry trace_id and span_id.
+func WithTraceIDs(h slog.Handler) slog.Handler {
+	if _, ok := h.(traceHandler); ok {
+		return h
 	}
-	return []slog.Attr{slog.String("trace_id", sc.TraceID().String()), slog.String("span_id", sc.SpanID().String())}
+	return traceHandler{h}
 }
+
+func (h traceHandler) Handle(ctx context.Context, r slog.Record) error {
+	if sc := trace.SpanContextFromContext(ctx); sc.IsValid() {
+		r.AddAttrs(slog.String("trace_id", sc.TraceID().String()), slog.String("span_id", sc.SpanID().String()))
+	}
+	return h.Handler.Handle(ctx, r)
+}
+
+func (h traceHandler) WithAttrs(attrs []slog.Attr) slog.Handler {
+	return traceHandler{h.Handler.WithAttrs(attrs)}
+}
+
+func (h traceHandler) WithGroup(name string) slog.Handler { return traceHandler{h.Handler.WithGroup(name)} }
