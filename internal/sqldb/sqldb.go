@@ -184,7 +184,10 @@ func openPostgres(cfg Config) (*DB, error) {
 	sdb.SetConnMaxIdleTime(5 * time.Minute)
 	where := fmt.Sprintf("postgres %s:%d/%s schema %s", pc.Host, pc.Port, pc.Database, schema)
 	db := &DB{DB: sdb, Dialect: Postgres, Where: where}
-	if _, err := sdb.Exec("CREATE SCHEMA IF NOT EXISTS " + schema); err != nil {
+	// Replicas starting together race here: IF NOT EXISTS does not stop
+	// two concurrent creations, the loser gets a unique violation on the
+	// catalog. The schema exists either way.
+	if _, err := sdb.Exec("CREATE SCHEMA IF NOT EXISTS " + schema); err != nil && !IsUniqueViolation(err) {
 		sdb.Close()
 		return nil, fmt.Errorf("sqldb: create schema on %s: %w", where, err)
 	}

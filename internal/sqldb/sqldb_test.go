@@ -5,8 +5,10 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 
+	"github.com/google/uuid"
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/trellis-mesh/trellis/internal/sqldb"
@@ -46,5 +48,31 @@ func TestUnreachable(t *testing.T) {
 		if got := sqldb.Unreachable(tt.err); got != tt.want {
 			t.Errorf("%s: Unreachable(%v) = %v, want %v", tt.name, tt.err, got, tt.want)
 		}
+	}
+}
+
+// TestConcurrentOpenCreatesSchemaOnce: replicas starting together on one
+// PostgreSQL must all come up (CREATE SCHEMA IF NOT EXISTS races).
+func TestConcurrentOpenCreatesSchemaOnce(t *testing.T) {
+	t.Parallel()
+	schema := "t_race_" + strings.ReplaceAll(uuid.NewString()[:8], "-", "")
+	errs := make(chan error, 8)
+	for range 8 {
+		go func() {
+			db, err := sqldb.Open(context.Background(), sqldb.Config{Name: "race", URL: testenv.PostgresURL(), Schema: schema})
+			if err == nil {
+				db.Close()
+			}
+			errs <- err
+		}()
+	}
+	for range 8 {
+		if err := <-errs; err != nil {
+			t.Errorf("concurrent open: %v", err)
+		}
+	}
+	if db, err := sqldb.Open(context.Background(), sqldb.Config{Name: "race", URL: testenv.PostgresURL(), Schema: schema}); err == nil {
+		_, _ = db.Exec("DROP SCHEMA " + schema + " CASCADE")
+		db.Close()
 	}
 }
