@@ -207,7 +207,11 @@ func TestKillNATS(t *testing.T) {
 		fails = append(fails, fmt.Sprintf("outbox backlog during the outage was %v; want it to grow (≈2000)", backlog))
 	}
 	if drained != 0 {
-		fails = append(fails, fmt.Sprintf("outbox backlog %v after recovery; want drained", drained))
+		logs := s.orders[0].logs()
+		if len(logs) > 3000 {
+			logs = logs[len(logs)-3000:]
+		}
+		fails = append(fails, fmt.Sprintf("outbox backlog %v after recovery; want drained\norder service log:\n%s", drained, logs))
 	}
 	sum.notes = fmt.Sprintf("outbox backlog peak≈%v drained=%v", backlog, drained == 0)
 	report(t, "kill-nats-10s", sum, fails...)

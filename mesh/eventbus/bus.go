@@ -55,7 +55,9 @@ type Bus struct {
 
 // NewBus wraps a NATS connection. The caller owns nc.
 func NewBus(nc *nats.Conn, cfg Config) (*Bus, error) {
-	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(1024))
+	// Acks lost in an outage must not hold async-publish slots forever:
+	// time them out, and the relay republishes (deduplicated by id).
+	js, err := jetstream.New(nc, jetstream.WithPublishAsyncMaxPending(1024), jetstream.WithPublishAsyncTimeout(10*time.Second))
 	if err != nil {
 		return nil, err
 	}
