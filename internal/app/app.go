@@ -17,13 +17,9 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
-	orderv1 "github.com/trellis-mesh/trellis/gen/trellis/order/v1"
-	userv1 "github.com/trellis-mesh/trellis/gen/trellis/user/v1"
 	"github.com/trellis-mesh/trellis/internal/sqldb"
 	"github.com/trellis-mesh/trellis/mesh"
 	"github.com/trellis-mesh/trellis/mesh/eventbus"
-	"github.com/trellis-mesh/trellis/services/order"
-	"github.com/trellis-mesh/trellis/services/user"
 )
 
 // App is a built set of components with their listeners open. Run serves
@@ -82,62 +78,12 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error) 
 	srvCfg := mesh.ServerConfig{MaxDeadline: cfg.MaxDeadline, DrainTimeout: cfg.DrainTimeout, Unreachable: sqldb.Unreachable, Tracer: a.tp}
 
 	if targets[TargetUser] {
-		db, err := a.openDB(ctx, "user")
-		if err != nil {
-			return nil, err
-		}
-		store, err := user.NewSQLStore(ctx, db)
-		if err != nil {
-			return nil, err
-		}
-		relay, err := a.addRelay(TargetUser, store.Outbox(), user.Stream, "trellis.user.v1.>")
-		if err != nil {
-			return nil, err
-		}
-		svc := user.NewService(store, user.Config{BcryptCost: cfg.BcryptCost, Committed: relay.Notify})
-		srv := mesh.NewServer(srvCfg, log.With("component", "user"), a.metrics)
-		srv.Register(&userv1.UserService_ServiceDesc, user.NewGRPC(svc), user.Validate)
-		if err := a.addGRPC(TargetUser, cfg.UserAddr, srv, store.Ping); err != nil {
+		if err := a.addUser(ctx, srvCfg); err != nil {
 			return nil, err
 		}
 	}
 	if targets[TargetOrder] {
-		db, err := a.openDB(ctx, "order")
-		if err != nil {
-			return nil, err
-		}
-		store, err := order.NewSQLStore(ctx, db)
-		if err != nil {
-			return nil, err
-		}
-		var shared mesh.SharedBreakerState
-		if cfg.RedisURL != "" {
-			rs, err := mesh.NewRedisBreakerState(cfg.RedisURL, cfg.NATSPrefix)
-			if err != nil {
-				return nil, fmt.Errorf("--redis-url: %w", err)
-			}
-			a.closers = append(a.closers, rs.Close)
-			shared = rs
-		}
-		conn, err := a.dial(TargetOrder, "user", a.upstream(cfg.UserUpstream, TargetUser), shared, userv1.File_trellis_user_v1_user_proto.Services().Get(0))
-		if err != nil {
-			return nil, err
-		}
-		users := order.NewUserClient(userv1.NewUserServiceClient(conn))
-		relay, err := a.addRelay(TargetOrder, store.Outbox(), order.Stream, "trellis.order.v1.>")
-		if err != nil {
-			return nil, err
-		}
-		svc := order.NewService(store, users, order.Config{Committed: relay.Notify})
-		if err := a.addUserConsumer(svc); err != nil {
-			return nil, err
-		}
-		a.workers = append(a.workers, func(ctx context.Context) {
-			svc.RunReconciler(ctx, cfg.ReconcileInterval, log.With("component", "order"))
-		})
-		srv := mesh.NewServer(srvCfg, log.With("component", "order"), a.metrics)
-		srv.Register(&orderv1.OrderService_ServiceDesc, order.NewGRPC(svc), order.Validate)
-		if err := a.addGRPC(TargetOrder, cfg.OrderAddr, srv, store.Ping); err != nil {
+		if err := a.addOrder(ctx, srvCfg); err != nil {
 			return nil, err
 		}
 	}

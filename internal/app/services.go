@@ -1,0 +1,75 @@
+package app
+
+import (
+	"context"
+	"fmt"
+
+	orderv1 "github.com/trellis-mesh/trellis/gen/trellis/order/v1"
+	userv1 "github.com/trellis-mesh/trellis/gen/trellis/user/v1"
+	"github.com/trellis-mesh/trellis/mesh"
+	"github.com/trellis-mesh/trellis/services/order"
+	"github.com/trellis-mesh/trellis/services/user"
+)
+
+// addUser builds the user service: its store and outbox relay, its gRPC
+// server.
+func (a *App) addUser(ctx context.Context, srvCfg mesh.ServerConfig) error {
+	db, err := a.openDB(ctx, "user")
+	if err != nil {
+		return err
+	}
+	store, err := user.NewSQLStore(ctx, db)
+	if err != nil {
+		return err
+	}
+	relay, err := a.addRelay(TargetUser, store.Outbox(), user.Stream, "trellis.user.v1.>")
+	if err != nil {
+		return err
+	}
+	svc := user.NewService(store, user.Config{BcryptCost: a.cfg.BcryptCost, Committed: relay.Notify})
+	srv := mesh.NewServer(srvCfg, a.log.With("component", TargetUser), a.metrics)
+	srv.Register(&userv1.UserService_ServiceDesc, user.NewGRPC(svc), user.Validate)
+	return a.addGRPC(TargetUser, a.cfg.UserAddr, srv, store.Ping)
+}
+
+// addOrder builds the order service: its store and outbox relay, its
+// client of the user service (breaker shared through Redis when
+// configured), the user-event consumer, the reconciler and its gRPC
+// server.
+func (a *App) addOrder(ctx context.Context, srvCfg mesh.ServerConfig) error {
+	db, err := a.openDB(ctx, "order")
+	if err != nil {
+		return err
+	}
+	store, err := order.NewSQLStore(ctx, db)
+	if err != nil {
+		return err
+	}
+	var shared mesh.SharedBreakerState
+	if a.cfg.RedisURL != "" {
+		rs, err := mesh.NewRedisBreakerState(a.cfg.RedisURL, a.cfg.NATSPrefix)
+		if err != nil {
+			return fmt.Errorf("--redis-url: %w", err)
+		}
+		a.closers = append(a.closers, rs.Close)
+		shared = rs
+	}
+	conn, err := a.dial(TargetOrder, "user", a.upstream(a.cfg.UserUpstream, TargetUser), shared, userv1.File_trellis_user_v1_user_proto.Services().Get(0))
+	if err != nil {
+		return err
+	}
+	users := order.NewUserClient(userv1.NewUserServiceClient(conn))
+	relay, err := a.addRelay(TargetOrder, store.Outbox(), order.Stream, "trellis.order.v1.>")
+	if err != nil {
+		return err
+	}
+	svc := order.NewService(store, users, order.Config{Committed: relay.Notify})
+	if err := a.addUserConsumer(svc); err != nil {
+		return err
+	}
+	log := a.log.With("component", TargetOrder)
+	a.workers = append(a.workers, func(ctx context.Context) { svc.RunReconciler(ctx, a.cfg.ReconcileInterval, log) })
+	srv := mesh.NewServer(srvCfg, log, a.metrics)
+	srv.Register(&orderv1.OrderService_ServiceDesc, order.NewGRPC(svc), order.Validate)
+	return a.addGRPC(TargetOrder, a.cfg.OrderAddr, srv, store.Ping)
+}
