@@ -13,12 +13,3 @@ CREATE TABLE outbox (
     create_time  BIGINT NOT NULL,
     sent_time    BIGINT
 );
-CREATE INDEX outbox_pending ON outbox (seq) WHERE sent_time IS NULL;
-CREATE INDEX outbox_sent ON outbox (sent_time) WHERE sent_time IS NOT NULL;
-
--- One relay publishes at a time: the holder of this lease.
-CREATE TABLE outbox_lease (
-    name    TEXT PRIMARY KEY,
-    holder  TEXT NOT NULL,
-    expires BIGINT NOT NULL
-);
