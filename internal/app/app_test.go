@@ -28,27 +28,9 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // and how many distinct event ids.
 func streamCounts(t *testing.T, js jetstream.JetStream, stream string) (msgs map[string]int, distinct map[string]int) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
 	msgs, distinct = map[string]int{}, map[string]int{}
-	s, err := js.Stream(ctx, stream)
-	if err != nil {
-		return msgs, distinct
-	}
-	info, err := s.Info(ctx)
-	if err != nil || info.State.Msgs == 0 {
-		return msgs, distinct
-	}
-	c, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	batch, err := c.Fetch(int(info.State.Msgs), jetstream.FetchMaxWait(2*time.Second))
-	if err != nil {
-		t.Fatal(err)
-	}
 	seen := map[string]bool{}
-	for m := range batch.Messages() {
+	for _, m := range testenv.StreamMessages(t, js, stream, "") {
 		msgs[m.Subject()]++
 		if id := m.Headers().Get(eventbus.HeaderID); !seen[id] {
 			seen[id] = true

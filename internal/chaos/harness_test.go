@@ -4,7 +4,6 @@ package chaos_test
 
 import (
 	"bytes"
-	"context"
 	"database/sql"
 	"encoding/json"
 	"fmt"
@@ -536,35 +535,10 @@ func (l *load) ledger(s *system) summary {
 }
 
 func subjectCounts(t *testing.T, js jetstream.JetStream, stream, subject string) (msgs, distinct int) {
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	st, err := js.Stream(ctx, stream)
-	if err != nil {
-		return 0, 0
-	}
-	info, err := st.Info(ctx)
-	if err != nil || info.State.Msgs == 0 {
-		return 0, 0
-	}
-	c, err := st.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}})
-	if err != nil {
-		t.Fatal(err)
-	}
 	seen := map[string]bool{}
-	for {
-		batch, err := c.Fetch(1000, jetstream.FetchMaxWait(500*time.Millisecond))
-		if err != nil {
-			break
-		}
-		n := 0
-		for m := range batch.Messages() {
-			n++
-			msgs++
-			seen[m.Headers().Get(eventbus.HeaderID)] = true
-		}
-		if n == 0 {
-			break
-		}
+	for _, m := range testenv.StreamMessages(t, js, stream, subject) {
+		msgs++
+		seen[m.Headers().Get(eventbus.HeaderID)] = true
 	}
 	return msgs, len(seen)
 }

@@ -15,7 +15,6 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/goleak"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -139,30 +138,18 @@ func relay(t *testing.T, bus *eventbus.Bus, o eventbus.Outbox) *eventbus.Relay {
 	}, testenv.Logger(), eventbus.NewMetrics(prometheus.NewRegistry()))
 }
 
-// streamIDs reads every message of the stream: the ce-ids in stream order.
+// streamIDs waits until the stream holds want messages and returns their
+// ce-ids in stream order.
 func streamIDs(t *testing.T, bus *eventbus.Bus, want int) []string {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	var ids []string
-	for ctx.Err() == nil {
-		info, err := bus.JetStream().Stream(ctx, bus.StreamName("TEST"))
-		if err == nil {
-			st, _ := info.Info(ctx)
-			if st != nil && int(st.State.Msgs) >= want {
-				cons, err := info.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{})
-				if err != nil {
-					t.Fatal(err)
-				}
-				batch, err := cons.Fetch(int(st.State.Msgs), jetstream.FetchMaxWait(2*time.Second))
-				if err != nil {
-					t.Fatal(err)
-				}
-				for m := range batch.Messages() {
-					ids = append(ids, m.Headers().Get(eventbus.HeaderID))
-				}
-				return ids
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if msgs := testenv.StreamMessages(t, bus.JetStream(), bus.StreamName("TEST"), ""); len(msgs) >= want {
+			ids := make([]string, len(msgs))
+			for i, m := range msgs {
+				ids[i] = m.Headers().Get(eventbus.HeaderID)
 			}
+			return ids
 		}
 		time.Sleep(20 * time.Millisecond)
 	}

@@ -16,6 +16,7 @@ import (
 	userv1 "github.com/trellis-mesh/trellis/gen/trellis/user/v1"
 	"github.com/trellis-mesh/trellis/internal/app"
 	"github.com/trellis-mesh/trellis/internal/app/apptest"
+	"github.com/trellis-mesh/trellis/internal/testenv"
 	"github.com/trellis-mesh/trellis/mesh/eventbus"
 )
 
@@ -39,29 +40,7 @@ func streamEvents(t *testing.T, stream, subject string) []jetstream.Msg {
 	}
 	defer nc.Close()
 	js, _ := jetstream.New(nc)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	s, err := js.Stream(ctx, stream)
-	if err != nil {
-		return nil
-	}
-	info, _ := s.Info(ctx)
-	if info.State.Msgs == 0 {
-		return nil
-	}
-	c, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []jetstream.Msg
-	batch, err := c.Fetch(int(info.State.Msgs), jetstream.FetchMaxWait(300*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for m := range batch.Messages() {
-		out = append(out, m)
-	}
-	return out
+	return testenv.StreamMessages(t, js, stream, subject)
 }
 
 func orderStatus(t *testing.T, s *stack, id string) orderv1.OrderStatus {
