@@ -69,6 +69,7 @@ bench-quick: bench-bins ## the load harness's quick profile (<2 min), checked ag
 bench-bins:
 	go build -trimpath -o bin/trellis ./cmd/trellis
 	go build -trimpath -o bin/trellis-bench ./cmd/trellis-bench
+	go test -c -o bin/events-bench.test ./internal/sqldb/
 
 # Throughput floor of the mesh chain against bare grpc-go (median of five
 # interleaved rounds). The goal is 0.85; see README "Performance" for what

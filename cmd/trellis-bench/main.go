@@ -16,16 +16,39 @@ import (
 	"os/signal"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
 )
 
 func main() {
-	if len(os.Args) > 1 && os.Args[1] == "serve-bare" {
-		os.Exit(serveBare(os.Args[2:]))
+	if len(os.Args) > 1 {
+		switch os.Args[1] {
+		case "serve-bare": // scenario 1's baseline server
+			os.Exit(serveBare(os.Args[2:]))
+		case "serve-bare-gateway": // scenario 2's baseline gateway
+			os.Exit(serveBareGateway(os.Args[2:]))
+		}
 	}
 	os.Exit(run())
+}
+
+// checkFloors lists every ratio under its floor. A ratio that was not
+// measured fails too, unless only some scenarios were selected.
+func checkFloors(rep *report, partial bool) []string {
+	var failed []string
+	for _, k := range sortedKeys(rep.Floors) {
+		got, ok := rep.Ratios[k]
+		switch {
+		case !ok && partial:
+		case !ok:
+			failed = append(failed, fmt.Sprintf("%s was not measured (floor %.3f)", k, rep.Floors[k]))
+		case got < rep.Floors[k]:
+			failed = append(failed, fmt.Sprintf("%s = %.3f, under the floor %.3f", k, got, rep.Floors[k]))
+		}
+	}
+	return failed
 }
 
 func run() int {
@@ -35,7 +58,17 @@ func run() int {
 	floors := flag.String("floors", "bench/floors.json", "ratio floors to check; empty: check none")
 	pgURL := flag.String("database-url", "postgres://postgres@127.0.0.1:5432/test?sslmode=disable", "PostgreSQL for the split profile (a database is created and dropped)")
 	natsBin := flag.String("nats-server", "/usr/sbin/nats-server", "nats-server binary for the split profile")
+	only := flag.String("scenarios", "", "comma-separated scenario numbers to run (e.g. 1,2); empty: all of the profile's")
+	rounds := flag.Int("rounds", 0, "interleaved baseline/candidate rounds per ratio; 0: the profile's (quick 3, full 5)")
+	dur := flag.Duration("duration", 0, "time bound of each load run; 0: the profile's (quick 2s, full 5s)")
+	requests := flag.Int64("requests", 0, "count bound of each load run (it ends at whichever bound comes first); 0: time only")
+	eventsBench := flag.String("events-bench", "bin/events-bench.test", "test binary of internal/sqldb (go test -c) whose event benchmarks scenario 4 runs")
+	from := flag.String("from", "", "render the Markdown table and report.html of an earlier results.json into -out, running nothing")
+	conc := flag.Int("concurrency", 32, "callers of a closed-loop run")
 	flag.Parse()
+	if *from != "" {
+		return rerender(*from, *out)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
@@ -45,12 +78,18 @@ func run() int {
 		return 1
 	}
 	defer os.RemoveAll(tmp)
-	r := &runner{bin: *bin, tmp: tmp, quick: *profile == "quick", profile: "all-in-one (SQLite, embedded NATS)", conc: 32,
+	r := &runner{bin: *bin, tmp: tmp, quick: *profile == "quick", profile: "all-in-one (SQLite, embedded NATS)", conc: *conc, requests: *requests, eventsBench: *eventsBench,
 		rep: &report{Profile: *profile, Started: time.Now().UTC(), Ratios: map[string]float64{}, Floors: map[string]float64{},
 			Machine: fmt.Sprintf("%s/%s, %d CPUs", runtime.GOOS, runtime.GOARCH, runtime.NumCPU())}}
 	r.rounds, r.dur = 3, 2*time.Second
 	if !r.quick {
 		r.rounds, r.dur = 5, 5*time.Second
+	}
+	if *rounds > 0 {
+		r.rounds = *rounds
+	}
+	if *dur > 0 {
+		r.dur = *dur
 	}
 	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
 		for _, line := range strings.Split(string(b), "\n") {
@@ -72,7 +111,10 @@ func run() int {
 				return err
 			}
 			defer sys.stop()
-			return r.gateway(ctx, target{user: sys.user, http: sys.http, procs: map[string]*proc{"trellis": sys.proc}})
+			if err := r.gateway(ctx, target{user: sys.user, http: sys.http, procs: map[string]*proc{"trellis": sys.proc}}); err != nil {
+				return err
+			}
+			return r.gatewayLayer(ctx, sys)
 		}},
 		{"3 max CreateOrder rate", func(ctx context.Context) error {
 			sys, err := runTrellis(r.bin, "trellis", filepath.Join(tmp, "sys3"))
@@ -85,25 +127,29 @@ func run() int {
 		{"4 events", r.events},
 		{"5 breaker", r.breaker},
 	}
-	if !r.quick {
-		steps = append(steps, struct {
-			name string
-			fn   func(context.Context) error
-		}{"2+3 split profile (a process per component, PostgreSQL, NATS)", func(ctx context.Context) error {
-			sys, err := runSplit(r.bin, tmp, *pgURL, *natsBin)
-			if err != nil {
-				return err
-			}
-			defer sys.stop()
-			r.profile = "split (process per component, PostgreSQL, NATS)"
-			t := target{user: sys.user, http: sys.http, procs: sys.procs}
-			if err := r.gateway(ctx, t); err != nil {
-				return err
-			}
-			return r.maxRate(ctx, t)
-		}})
-	}
+	steps = append(steps, struct {
+		name string
+		fn   func(context.Context) error
+	}{"split — scenarios 2 and 3 with a process per component, PostgreSQL and a NATS server", func(ctx context.Context) error {
+		sys, err := runSplit(r.bin, tmp, *pgURL, *natsBin)
+		if err != nil {
+			return err
+		}
+		defer sys.stop()
+		r.profile = "split (process per component, PostgreSQL, NATS)"
+		t := target{user: sys.user, http: sys.http, procs: sys.procs}
+		if err := r.gateway(ctx, t); err != nil {
+			return err
+		}
+		return r.maxRate(ctx, t)
+	}})
 	for _, s := range steps {
+		id := strings.Fields(s.name)[0]
+		selected := slices.Contains(strings.Split(*only, ","), id)
+		// The quick profile runs the split system only when asked to.
+		if *only != "" && !selected || *only == "" && r.quick && id == "split" {
+			continue
+		}
 		fmt.Fprintf(os.Stderr, "trellis-bench: scenario %s...\n", s.name)
 		if err := s.fn(ctx); err != nil {
 			fmt.Fprintf(os.Stderr, "trellis-bench: scenario %s: %v\n", s.name, err)
@@ -120,21 +166,50 @@ func run() int {
 			fmt.Fprintln(os.Stderr, "floors:", err)
 			return 1
 		}
-		for k, floor := range r.rep.Floors {
-			got, ok := r.rep.Ratios[k]
-			if !ok || got < floor {
-				r.rep.Failed = append(r.rep.Failed, fmt.Sprintf("%s = %.3f, under the floor %.3f", k, got, floor))
-			}
-		}
+		r.rep.Failed = append(r.rep.Failed, checkFloors(r.rep, *only != "")...)
 	}
 	fmt.Print(markdown(r.rep))
-	if err := os.MkdirAll(*out, 0o755); err == nil {
-		b, _ := json.MarshalIndent(r.rep, "", "  ")
-		_ = os.WriteFile(filepath.Join(*out, "results.json"), b, 0o644)
-		_ = os.WriteFile(filepath.Join(*out, "report.html"), []byte(html(r.rep)), 0o644)
+	if err := write(r.rep, *out); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
 	}
 	if len(r.rep.Failed) > 0 {
 		fmt.Fprintln(os.Stderr, "trellis-bench: FAIL:\n  "+strings.Join(r.rep.Failed, "\n  "))
+		return 1
+	}
+	return 0
+}
+
+// write saves the report as results.json and report.html in dir.
+func write(rep *report, dir string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	b, err := json.MarshalIndent(rep, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "results.json"), b, 0o644); err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(dir, "report.html"), []byte(html(rep)), 0o644)
+}
+
+// rerender renders an earlier run's results.json again (-from).
+func rerender(path, dir string) int {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	var rep report
+	if err := json.Unmarshal(b, &rep); err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", path, err)
+		return 1
+	}
+	fmt.Print(markdown(&rep))
+	if err := write(&rep, dir); err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
 	return 0
