@@ -71,10 +71,11 @@ bench-bins:
 	go build -trimpath -o bin/trellis-bench ./cmd/trellis-bench
 	go test -c -o bin/events-bench.test ./internal/sqldb/
 
-# Throughput floor of the mesh chain against bare grpc-go (median of five
-# interleaved rounds). The goal is 0.85; see README "Performance" for what
-# is measured today and why the gate sits where it does.
-CHAIN_FLOOR ?= 0.55
+# Throughput floor of the mesh chain against bare grpc-go on a handler that
+# does nothing (Go benchmark, median of five interleaved rounds, measured
+# 0.77), plus an allocation budget. The 0.85 goal is checked by
+# bench-quick on the real GetUser (bench/floors.json, measured 0.95-0.99).
+CHAIN_FLOOR ?= 0.6
 
 .PHONY: bench-check
 bench-check: ## fail if the mesh chain's throughput ratio drops under CHAIN_FLOOR

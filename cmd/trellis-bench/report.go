@@ -9,6 +9,7 @@ import (
 	"io"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -221,6 +222,7 @@ func rateChart(rows []row) *charts.Line {
 			rates = append(rates, r.Name)
 		}
 	}
+	slices.SortFunc(rates, func(a, b string) int { return perSecond(a) - perSecond(b) })
 	top := 100.0 // the axis must show the 50 ms line
 	for _, p := range byProfile {
 		for _, v := range p {
@@ -321,4 +323,10 @@ func html(rep *report) string {
 		Rows    []line
 	}{rep, template.JS(echartsJS()), snippets, ratios, rows}) // the embedded ECharts build
 	return b.String()
+}
+
+// perSecond reads a rate label ("400/s").
+func perSecond(label string) int {
+	n, _ := strconv.Atoi(strings.TrimSuffix(label, "/s"))
+	return n
 }

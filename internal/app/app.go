@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"sync"
 	"time"
 
@@ -205,7 +206,8 @@ func (a *App) addHTTP(name, addr string, h http.Handler, ready func(context.Cont
 }
 
 // addAdmin serves /metrics, /healthz (alive) and /readyz (every component
-// ready: servers serving, stores reachable).
+// ready: servers serving, stores reachable), and with --pprof Go's
+// profiler.
 func (a *App) addAdmin() error {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{Registry: a.reg}))
@@ -232,6 +234,13 @@ func (a *App) addAdmin() error {
 		w.WriteHeader(status)
 		fmt.Fprint(w, body)
 	})
+	if a.cfg.PProf {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	return a.addHTTP("admin", a.cfg.AdminAddr, mux, nil)
 }
 

@@ -3,6 +3,7 @@ package app_test
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"net/url"
 	"strconv"
 	"sync"
@@ -183,5 +184,24 @@ func TestNoEventLostAcrossNATSOutageAndRestart(t *testing.T) {
 			return
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// The profiler is on the admin address only when asked for: profiles and
+// the command line show internals.
+func TestPProfOnlyWhenAsked(t *testing.T) {
+	for _, on := range []bool{false, true} {
+		cfg := apptest.Config(t, app.TargetUser)
+		cfg.PProf = on
+		a := apptest.Start(t, cfg)
+		resp, err := http.Get("http://" + a.Addr("admin") + "/debug/pprof/cmdline")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		want := map[bool]int{false: http.StatusNotFound, true: http.StatusOK}[on]
+		if resp.StatusCode != want {
+			t.Errorf("--pprof=%v: /debug/pprof/cmdline answered %d, want %d", on, resp.StatusCode, want)
+		}
 	}
 }

@@ -47,6 +47,8 @@ type Config struct {
 	Breaker         mesh.BreakerConfig
 	BcryptCost      int
 	CORS            string
+	// PProf serves Go's profiler on the admin address.
+	PProf bool
 
 	RedisURL string
 	// Tracer is set by tests (an in-memory exporter); otherwise tracing
@@ -88,6 +90,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.Breaker.Interval, "breaker-interval", 10*time.Second, "closed-breaker window after which failure counts reset")
 	fs.DurationVar(&c.Breaker.Timeout, "breaker-timeout", 30*time.Second, "how long an open breaker waits before half-opening")
 	fs.IntVar(&c.BcryptCost, "bcrypt-cost", 10, "bcrypt cost of password hashes (4-31)")
+	fs.BoolVar(&c.PProf, "pprof", false, "serve Go's profiler at /debug/pprof/ on the admin address (off by default: profiles show internals)")
 	fs.StringVar(&c.CORS, "cors-origins", "", "comma list of browser origins (https://app.example.com) allowed to call the gateway; empty: same-origin only")
 }
 
