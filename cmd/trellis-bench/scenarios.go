@@ -370,7 +370,7 @@ func (r *runner) maxRate(ctx context.Context, sys target) error {
 	rates := []int{100, 200, 400}
 	bisect := 0
 	if !r.quick {
-		rates, bisect = []int{100, 200, 400, 800, 1600}, 2
+		rates, bisect = []int{100, 200, 400, 800, 1600, 3200, 6400}, 2
 	}
 	// Double the rate until latency breaks, then halve the gap between the
 	// last rate sustained and the first one not, bisect times (to 50/s).
@@ -408,13 +408,16 @@ func (r *runner) events(ctx context.Context) error {
 	}
 	// The lag benchmark runs at a fixed 200 events/s: 1000 events are 5 s.
 	var out []byte
+	var used []usage // of each benchmark process (NATS is embedded in it)
 	for _, b := range [][2]string{{"BenchmarkPublish", benchtime}, {"BenchmarkCommitToConsumerLag", lagN}} {
-		o, err := exec.CommandContext(ctx, r.eventsBench, "-test.run", "^$", "-test.bench", b[0], "-test.benchtime", b[1],
-			"-test.count", strconv.Itoa(min(r.rounds, 3))).CombinedOutput()
+		cmd := exec.CommandContext(ctx, r.eventsBench, "-test.run", "^$", "-test.bench", b[0], "-test.benchtime", b[1],
+			"-test.count", strconv.Itoa(min(r.rounds, 3)))
+		o, err := cmd.CombinedOutput()
 		if err != nil {
 			return fmt.Errorf("event benchmarks (%s): %v\n%s", r.eventsBench, err, o)
 		}
 		out = append(out, o...)
+		used = append(used, rusage(cmd.ProcessState))
 	}
 	ns := map[string][]float64{}
 	lag := map[string][]float64{}
@@ -435,9 +438,13 @@ func (r *runner) events(ctx context.Context) error {
 	}
 	rawRes := &result{Throughput: 1e9 / median(raw)}
 	relayRes := &result{Throughput: 1e9 / median(relay)}
+	publish := map[string]usage{"publish benchmark, both runs, NATS embedded": used[0]}
 	r.add("4 events", "raw JetStream async publish", true, rawRes, nil, "")
+	r.rep.Rows[len(r.rep.Rows)-1].Processes = publish
 	r.add("4 events", "outbox relay (SQLite)", false, relayRes, nil, fmt.Sprintf("throughput ratio %.3f", relayRes.Throughput/rawRes.Throughput))
+	r.rep.Rows[len(r.rep.Rows)-1].Processes = publish
 	r.add("4 events", "commit → consumer at 200/s", false, &result{P50ms: median(lag["p50"]), P99ms: median(lag["p99"])}, nil, "")
+	r.rep.Rows[len(r.rep.Rows)-1].Processes = map[string]usage{"lag benchmark, NATS embedded": used[1]}
 	r.rep.Ratios["relay_vs_raw_publish"] = relayRes.Throughput / rawRes.Throughput
 	return nil
 }

@@ -84,6 +84,16 @@ func (p *proc) usage() usage {
 	return u
 }
 
+// rusage is what the kernel counted for a finished child process.
+func rusage(ps *os.ProcessState) usage {
+	ru, ok := ps.SysUsage().(*syscall.Rusage)
+	if !ok {
+		return usage{}
+	}
+	sec := func(tv syscall.Timeval) float64 { return float64(tv.Sec) + float64(tv.Usec)/1e6 }
+	return usage{CPUSeconds: sec(ru.Utime) + sec(ru.Stime), PeakRSSMiB: float64(ru.Maxrss) / 1024}
+}
+
 func freeAddr() string {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

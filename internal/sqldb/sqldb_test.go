@@ -76,3 +76,33 @@ func TestConcurrentOpenCreatesSchemaOnce(t *testing.T) {
 		db.Close()
 	}
 }
+
+// The pool keeps the connections it opened: with database/sql's default
+// of 2 idle connections, every call beyond the second concurrent one
+// closed its connection after use, and the next dialled (and prepared its
+// statements) again — a PostgreSQL backend per call under load.
+func TestPoolKeepsItsConnectionsUnderConcurrency(t *testing.T) {
+	for _, d := range []sqldb.Dialect{sqldb.SQLite, sqldb.Postgres} {
+		t.Run(string(d), func(t *testing.T) {
+			db := testenv.OpenDB(t, d, "pool")
+			ctx := context.Background()
+			for range 3 {
+				var conns []*sql.Conn
+				for range 6 { // six calls at once, each holding a connection
+					c, err := db.Conn(ctx)
+					if err != nil {
+						t.Fatal(err)
+					}
+					conns = append(conns, c)
+				}
+				for _, c := range conns {
+					c.Close()
+				}
+			}
+			st := db.Stats()
+			if st.MaxIdleClosed > 0 || st.OpenConnections != 6 {
+				t.Fatalf("after three bursts of 6 concurrent calls: %d connections open, %d closed for being idle; want 6 kept", st.OpenConnections, st.MaxIdleClosed)
+			}
+		})
+	}
+}
