@@ -420,20 +420,19 @@ func (r *runner) events(ctx context.Context) error {
 		used = append(used, rusage(cmd.ProcessState))
 	}
 	ns := map[string][]float64{}
-	lag := map[string][]float64{}
-	re := regexp.MustCompile(`(Benchmark\S+?)-\d+\s+\d+\s+([\d.]+) ns/op(?:\s+([\d.]+) p50-ms\s+([\d.]+) p99-ms)?`)
-	for _, m := range re.FindAllStringSubmatch(string(out), -1) {
+	lag := map[string][]float64{} // by unit: p50-ms, p90-ms, ...
+	line := regexp.MustCompile(`(Benchmark\S+?)-\d+\s+\d+\s+([\d.]+) ns/op(.*)`)
+	metric := regexp.MustCompile(`([\d.]+) (p[\d.]+-ms)`)
+	for _, m := range line.FindAllStringSubmatch(string(out), -1) {
 		v, _ := strconv.ParseFloat(m[2], 64)
 		ns[m[1]] = append(ns[m[1]], v)
-		if m[3] != "" {
-			p50, _ := strconv.ParseFloat(m[3], 64)
-			p99, _ := strconv.ParseFloat(m[4], 64)
-			lag["p50"] = append(lag["p50"], p50)
-			lag["p99"] = append(lag["p99"], p99)
+		for _, q := range metric.FindAllStringSubmatch(m[3], -1) {
+			ms, _ := strconv.ParseFloat(q[1], 64)
+			lag[q[2]] = append(lag[q[2]], ms)
 		}
 	}
 	raw, relay := ns["BenchmarkPublish/raw"], ns["BenchmarkPublish/relay-sqlite"]
-	if len(raw) == 0 || len(relay) == 0 || len(lag["p50"]) == 0 {
+	if len(raw) == 0 || len(relay) == 0 || len(lag["p50-ms"]) == 0 || len(lag["p99.9-ms"]) == 0 {
 		return errors.New("event benchmarks printed no results:\n" + string(out))
 	}
 	rawRes := &result{Throughput: 1e9 / median(raw)}
@@ -443,7 +442,7 @@ func (r *runner) events(ctx context.Context) error {
 	r.rep.Rows[len(r.rep.Rows)-1].Processes = publish
 	r.add("4 events", "outbox relay (SQLite)", false, relayRes, nil, fmt.Sprintf("throughput ratio %.3f", relayRes.Throughput/rawRes.Throughput))
 	r.rep.Rows[len(r.rep.Rows)-1].Processes = publish
-	r.add("4 events", "commit → consumer at 200/s", false, &result{P50ms: median(lag["p50"]), P99ms: median(lag["p99"])}, nil, "")
+	r.add("4 events", "commit → consumer at 200/s", false, &result{P50ms: median(lag["p50-ms"]), P90ms: median(lag["p90-ms"]), P99ms: median(lag["p99-ms"]), P999ms: median(lag["p99.9-ms"])}, nil, "")
 	r.rep.Rows[len(r.rep.Rows)-1].Processes = map[string]usage{"lag benchmark, NATS embedded": used[1]}
 	r.rep.Ratios["relay_vs_raw_publish"] = relayRes.Throughput / rawRes.Throughput
 	return nil
