@@ -240,14 +240,32 @@ func (g *Gateway) measure(next http.Handler) http.Handler {
 			}
 		}
 		// The server span (when tracing) is named after the route too.
-		trace.SpanFromContext(r.Context()).SetName(r.Method + " " + route)
+		if span := trace.SpanFromContext(r.Context()); span.IsRecording() {
+			span.SetName(r.Method + " " + route)
+		}
 		method := r.Method
 		if !slices.Contains(knownMethods, method) {
 			method = "OTHER"
 		}
-		g.metrics.requests.WithLabelValues(method, route, strconv.Itoa(rec.code)).Inc()
+		g.metrics.requests.WithLabelValues(method, route, codeLabel(rec.code)).Inc()
 		g.metrics.duration.WithLabelValues(method, route).Observe(time.Since(start).Seconds())
 	})
+}
+
+// codeLabels are the status code labels, made once: strconv.Itoa
+// allocates for every code over 99.
+var codeLabels = func() (l [600]string) {
+	for i := range l {
+		l[i] = strconv.Itoa(i)
+	}
+	return l
+}()
+
+func codeLabel(code int) string {
+	if code >= 0 && code < len(codeLabels) {
+		return codeLabels[code]
+	}
+	return strconv.Itoa(code)
 }
 
 // statusRecorder remembers the status code and drops bodies a 204 must

@@ -40,7 +40,7 @@ type quantile struct {
 	Ms         float64 `json:"ms"`
 }
 
-var spectrumQuantiles = []float64{0, 25, 50, 75, 90, 95, 99, 99.5, 99.9, 99.99, 100}
+var spectrumQuantiles = []float64{25, 50, 75, 90, 95, 99, 99.5, 99.9, 99.99, 100}
 
 // measured runs fn and sets the result's CPU per request of procs.
 func measured(fn func() *result, procs ...*proc) *result {

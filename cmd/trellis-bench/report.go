@@ -182,6 +182,9 @@ func spectrumChart(rows []row) *charts.Line {
 	var labels []string
 	if len(rows) > 0 {
 		for _, q := range rows[0].Result.Spectrum {
+			if q.Percentile == 0 { // older results.json files carry the minimum
+				continue
+			}
 			if q.Percentile == 100 {
 				labels = append(labels, "max")
 			} else {
@@ -193,6 +196,9 @@ func spectrumChart(rows []row) *charts.Line {
 	for _, r := range rows {
 		var data []opts.LineData
 		for _, p := range r.Result.Spectrum {
+			if p.Percentile == 0 {
+				continue
+			}
 			data = append(data, opts.LineData{Value: max(p.Ms, 0.001)})
 		}
 		c.AddSeries(rowLabel(r), data)
@@ -247,7 +253,7 @@ func rateChart(rows []row) *charts.Line {
 				data = append(data, opts.LineData{Value: "-"})
 			}
 		}
-		var so []charts.SeriesOpts
+		so := []charts.SeriesOpts{charts.WithLineChartOpts(opts.LineChart{ConnectNulls: opts.Bool(true)})}
 		if i == 0 {
 			so = append(so, charts.WithMarkLineNameYAxisItemOpts(opts.MarkLineNameYAxisItem{Name: "50 ms", YAxis: 50}))
 		}
