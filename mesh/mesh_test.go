@@ -535,3 +535,37 @@ func TestTracedCallsLogTraceAndSpanIDs(t *testing.T) {
 		}
 	}
 }
+
+// The process logger batches INFO lines (one write per batch, not per
+// call) but lets no warning wait, and loses nothing it was given by stop.
+func TestBufferedLoggerBatchesInfoAndFlushesWarnings(t *testing.T) {
+	out := &syncBuffer{}
+	log, stop, err := mesh.NewBufferedLogger(out, "info", "json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	log.Info("first call")
+	if got := out.String(); got != "" {
+		t.Fatalf("an INFO line was written at once: %q", got)
+	}
+	log.With("component", "order").Warn("breaker open")
+	got := out.String()
+	if !strings.Contains(got, "first call") || !strings.Contains(got, "breaker open") {
+		t.Fatalf("a WARN line must flush itself and what came before it; written: %q", got)
+	}
+	log.Info("second call")
+	deadline := time.Now().Add(2 * time.Second)
+	for !strings.Contains(out.String(), "second call") {
+		if time.Now().After(deadline) {
+			t.Fatal("a buffered INFO line was not flushed within 2 s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	log.Info("last call")
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "last call") {
+		t.Fatal("stop did not flush the buffer")
+	}
+}

@@ -78,6 +78,7 @@ func run() int {
 		return 1
 	}
 	defer os.RemoveAll(tmp)
+	logDir = tmp
 	r := &runner{bin: *bin, tmp: tmp, quick: *profile == "quick", profile: "all-in-one (SQLite, embedded NATS)", conc: *conc, requests: *requests, eventsBench: *eventsBench,
 		rep: &report{Profile: *profile, Started: time.Now().UTC(), Ratios: map[string]float64{}, Floors: map[string]float64{},
 			Machine: fmt.Sprintf("%s/%s, %d CPUs", runtime.GOOS, runtime.GOARCH, runtime.NumCPU())}}

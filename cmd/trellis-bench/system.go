@@ -19,18 +19,37 @@ import (
 
 // proc is a process of the system under test.
 type proc struct {
-	name string
-	cmd  *exec.Cmd
-	log  bytes.Buffer
+	name    string
+	cmd     *exec.Cmd
+	logPath string
 }
 
+// logDir holds every process's output: a file, as a deployment's log
+// collector would take it, so writing logs costs the process what it
+// costs in production and costs the load generator nothing.
+var logDir = os.TempDir()
+
 func start(name, bin string, args ...string) (*proc, error) {
-	p := &proc{name: name, cmd: exec.Command(bin, args...)}
-	p.cmd.Stdout, p.cmd.Stderr = &p.log, &p.log
+	f, err := os.CreateTemp(logDir, name+"-*.log")
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close() // the child has its own descriptor
+	p := &proc{name: name, cmd: exec.Command(bin, args...), logPath: f.Name()}
+	p.cmd.Stdout, p.cmd.Stderr = f, f
 	if err := p.cmd.Start(); err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
 	return p, nil
+}
+
+// logTail is the end of the process's output, for error messages.
+func (p *proc) logTail() string {
+	b, _ := os.ReadFile(p.logPath)
+	if len(b) > 4096 {
+		b = b[len(b)-4096:]
+	}
+	return string(b)
 }
 
 func (p *proc) stop() {
@@ -114,7 +133,7 @@ func waitReady(url string, p *proc) error {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	return fmt.Errorf("%s not ready at %s:\n%s", p.name, url, p.log.String())
+	return fmt.Errorf("%s not ready at %s:\n%s", p.name, url, p.logTail())
 }
 
 // trellis is one `trellis run` process and its addresses.
@@ -125,7 +144,7 @@ type trellis struct {
 
 func runTrellis(bin, name, dataDir string, extra ...string) (*trellis, error) {
 	t := &trellis{user: freeAddr(), order: freeAddr(), http: freeAddr(), admin: freeAddr()}
-	args := append([]string{"run", "--data-dir", dataDir, "--log-level", "error", "--bcrypt-cost", "4",
+	args := append([]string{"run", "--data-dir", dataDir, "--bcrypt-cost", "4",
 		"--user-addr", t.user, "--order-addr", t.order, "--http-addr", t.http, "--admin-addr", t.admin}, extra...)
 	p, err := start(name, bin, args...)
 	if err != nil {
@@ -173,7 +192,7 @@ func runSplit(bin, tmp, pgURL, natsBin string) (*split, error) {
 		s.stop()
 		return nil, err
 	}
-	common := []string{"--database-url", dbURL, "--nats-url", "nats://" + natsAddr, "--log-level", "error", "--bcrypt-cost", "4"}
+	common := []string{"--database-url", dbURL, "--nats-url", "nats://" + natsAddr, "--bcrypt-cost", "4"}
 	s.user, s.order, s.http = freeAddr(), freeAddr(), freeAddr()
 	for _, c := range []struct {
 		name string

@@ -83,11 +83,12 @@ func runCmd(args []string, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "trellis:", err)
 		return 2
 	}
-	log, err := mesh.NewLogger(os.Stderr, cfg.LogLevel, cfg.LogFormat)
+	log, flushLog, err := mesh.NewBufferedLogger(os.Stderr, cfg.LogLevel, cfg.LogFormat)
 	if err != nil {
 		fmt.Fprintln(stderr, "trellis:", err)
 		return 2
 	}
+	defer flushLog()
 	log = log.With("version", buildVersion())
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
