@@ -84,7 +84,7 @@ func run() int {
 			Machine: fmt.Sprintf("%s/%s, %d CPUs", runtime.GOOS, runtime.GOARCH, runtime.NumCPU())}}
 	r.rounds, r.dur = 5, 1500*time.Millisecond
 	if !r.quick {
-		r.rounds, r.dur = 5, 5*time.Second
+		r.dur = 5 * time.Second
 	}
 	if *rounds > 0 {
 		r.rounds = *rounds

@@ -37,14 +37,28 @@ func markdown(rep *report) string {
 			r.Result.P50ms, r.Result.P90ms, r.Result.P99ms, r.Result.P999ms, strings.Join(errs, " "), procSummary(r.Processes), r.Note)
 	}
 	b.WriteString("\n| ratio | measured | floor |\n|---|---:|---:|\n")
+	for _, r := range ratioRows(rep) {
+		fmt.Fprintf(&b, "| %s | %.3f | %s |\n", r.Name, r.Value, r.Floor)
+	}
+	return b.String()
+}
+
+// ratio is one line of the ratios table.
+type ratio struct {
+	Name, Floor string // Floor is "—" when none is set
+	Value       float64
+}
+
+func ratioRows(rep *report) []ratio {
+	var out []ratio
 	for _, k := range sortedKeys(rep.Ratios) {
 		floor := "—"
 		if f, ok := rep.Floors[k]; ok {
 			floor = fmt.Sprintf("%.2f", f)
 		}
-		fmt.Fprintf(&b, "| %s | %.3f | %s |\n", k, rep.Ratios[k], floor)
+		out = append(out, ratio{k, floor, rep.Ratios[k]})
 	}
-	return b.String()
+	return out
 }
 
 func sortedKeys(m map[string]float64) []string {
@@ -295,18 +309,6 @@ func html(rep *report) string {
 		s := c.RenderSnippet()
 		snippets = append(snippets, snippet{template.HTML(s.Element), template.HTML(s.Script)}) // go-echarts' own markup
 	}
-	type ratio struct {
-		Name, Floor string
-		Value       float64
-	}
-	var ratios []ratio
-	for _, k := range sortedKeys(rep.Ratios) {
-		floor := "—"
-		if f, ok := rep.Floors[k]; ok {
-			floor = fmt.Sprintf("%.2f", f)
-		}
-		ratios = append(ratios, ratio{k, floor, rep.Ratios[k]})
-	}
 	type line struct {
 		row
 		Procs string
@@ -327,7 +329,7 @@ func html(rep *report) string {
 		Charts  []snippet
 		Ratios  []ratio
 		Rows    []line
-	}{rep, template.JS(echartsJS()), snippets, ratios, rows}) // the embedded ECharts build
+	}{rep, template.JS(echartsJS()), snippets, ratioRows(rep), rows}) // the embedded ECharts build
 	return b.String()
 }
 
