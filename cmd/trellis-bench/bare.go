@@ -28,7 +28,7 @@ import (
 // no mesh client. It is the baseline that shows what Trellis's gateway
 // layer (request ids, metrics, limits, CORS, error model, breaker,
 // deadlines) costs over the library it is built on.
-func serveBareGateway(args []string) int {
+func serveBareGateway(args []string) error {
 	fs := flag.NewFlagSet("serve-bare-gateway", flag.ExitOnError)
 	addr := fs.String("addr", "127.0.0.1:0", "HTTP listen address")
 	upstream := fs.String("upstream", "", "user service gRPC address")
@@ -37,32 +37,29 @@ func serveBareGateway(args []string) int {
 	defer stop()
 	conn, err := grpc.NewClient(*upstream, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
+		return err
 	}
 	defer conn.Close()
 	mux := runtime.NewServeMux()
 	if err := userv1.RegisterUserServiceHandlerClient(ctx, mux, userv1.NewUserServiceClient(conn)); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
+		return err
 	}
 	lis, err := net.Listen("tcp", *addr)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
+		return err
 	}
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go func() { <-ctx.Done(); _ = srv.Close() }()
-	if err := srv.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return 1
+	if err := srv.Serve(lis); !errors.Is(err, http.ErrServerClosed) {
+		return err
 	}
-	return 0
+	return nil
 }
 
 // serveBare runs the user service on a bare grpc-go server: the same
 // handlers and SQLite store as `trellis run --target user`, without the
 // mesh chain. It is scenario 1's baseline.
-func serveBare(args []string) int {
+func serveBare(args []string) error {
 	fs := flag.NewFlagSet("serve-bare", flag.ExitOnError)
 	addr := fs.String("addr", "127.0.0.1:0", "gRPC listen address")
 	dataDir := fs.String("data-dir", "", "SQLite directory")
@@ -71,26 +68,20 @@ func serveBare(args []string) int {
 	defer stop()
 	db, err := sqldb.Open(ctx, sqldb.Config{Name: "user", DataDir: *dataDir})
 	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
+		return err
 	}
 	defer db.Close()
 	store, err := user.NewSQLStore(ctx, db)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
+		return err
 	}
 	lis, err := net.Listen("tcp", *addr)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
+		return err
 	}
 	srv := grpc.NewServer()
 	userv1.RegisterUserServiceServer(srv, user.NewGRPC(user.NewService(store, user.Config{BcryptCost: bcrypt.MinCost})))
 	go func() { <-ctx.Done(); srv.GracefulStop() }()
 	fmt.Println("listening", lis.Addr())
-	if err := srv.Serve(lis); err != nil {
-		return 1
-	}
-	return 0
+	return srv.Serve(lis)
 }

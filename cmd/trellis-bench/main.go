@@ -26,12 +26,21 @@ func main() {
 	if len(os.Args) > 1 {
 		switch os.Args[1] {
 		case "serve-bare": // scenario 1's baseline server
-			os.Exit(serveBare(os.Args[2:]))
+			exitOn(serveBare(os.Args[2:]))
 		case "serve-bare-gateway": // scenario 2's baseline gateway
-			os.Exit(serveBareGateway(os.Args[2:]))
+			exitOn(serveBareGateway(os.Args[2:]))
 		}
 	}
 	os.Exit(run())
+}
+
+// exitOn ends a baseline server: status 1 with the error, 0 without.
+func exitOn(err error) {
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	os.Exit(0)
 }
 
 // checkFloors lists every ratio under its floor. A ratio that was not
