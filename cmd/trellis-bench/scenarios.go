@@ -114,7 +114,44 @@ func (r *runner) add(scenario, name string, baseline bool, res *result, procs ma
 	for k, p := range procs {
 		u[k] = p.usage()
 	}
+	r.addUsage(scenario, name, baseline, res, u, note)
+}
+
+// addUsage is add with the processes' usage already read.
+func (r *runner) addUsage(scenario, name string, baseline bool, res *result, u map[string]usage, note string) {
 	r.rep.Rows = append(r.rep.Rows, row{Scenario: scenario, Profile: r.profile, Name: name, Baseline: baseline, Result: res, Processes: u, Note: note})
+}
+
+// comparison is what interleaved rounds of a baseline and a candidate
+// measured: the last round's results and the medians over all rounds.
+type comparison struct {
+	base, cand *result
+	ratios     []float64 // candidate/baseline throughput, per round
+	p50        float64   // candidate/baseline p50, median
+	// CPU µs per request of each side's processes, medians.
+	baseCPU, candCPU float64
+}
+
+func (c comparison) ratio() float64 { return median(c.ratios) }
+
+// cpuRatio is baseline/candidate CPU per request: like the throughput
+// ratio, 1 means as cheap as the baseline.
+func (c comparison) cpuRatio() float64 { return c.baseCPU / c.candCPU }
+
+// compare alternates closed-loop runs of base and cand, r.rounds times,
+// reading the CPU of each side's processes around its runs.
+func (r *runner) compare(ctx context.Context, base call, baseProcs []*proc, cand call, candProcs []*proc) comparison {
+	var c comparison
+	var p50s, baseCPU, candCPU []float64
+	for range r.rounds {
+		c.base = measured(func() *result { return closedLoop(ctx, r.conc, r.bounds(), base) }, baseProcs...)
+		c.cand = measured(func() *result { return closedLoop(ctx, r.conc, r.bounds(), cand) }, candProcs...)
+		c.ratios = append(c.ratios, c.cand.Throughput/c.base.Throughput)
+		p50s = append(p50s, c.cand.P50ms/c.base.P50ms)
+		baseCPU, candCPU = append(baseCPU, c.base.ServerCPUus), append(candCPU, c.cand.ServerCPUus)
+	}
+	c.p50, c.baseCPU, c.candCPU = median(p50s), median(baseCPU), median(candCPU)
+	return c
 }
 
 // suffix tells the split profile's ratios from the all-in-one ones.
@@ -152,7 +189,6 @@ func (r *runner) chain(ctx context.Context) error {
 	if err := waitTCP(bareAddr); err != nil {
 		return err
 	}
-	var ratios []float64
 	clients := map[string]userv1.UserServiceClient{}
 	ids := map[string]string{}
 	for name, addr := range map[string]string{"bare": bareAddr, "mesh": mesh.user} {
@@ -174,21 +210,13 @@ func (r *runner) chain(ctx context.Context) error {
 	}
 	closedLoop(ctx, r.conc, warmup, get("bare")) // warm up
 	closedLoop(ctx, r.conc, warmup, get("mesh"))
-	var last [2]*result
-	var cpu [2][]float64
-	for range r.rounds {
-		b := measured(func() *result { return closedLoop(ctx, r.conc, r.bounds(), get("bare")) }, bare)
-		m := measured(func() *result { return closedLoop(ctx, r.conc, r.bounds(), get("mesh")) }, mesh.proc)
-		ratios = append(ratios, m.Throughput/b.Throughput)
-		cpu[0], cpu[1] = append(cpu[0], b.ServerCPUus), append(cpu[1], m.ServerCPUus)
-		last = [2]*result{b, m}
-	}
-	r.add("1 unary GetUser", "bare grpc-go", true, last[0], map[string]*proc{"bare": bare}, "")
-	r.add("1 unary GetUser", "Trellis mesh chain", false, last[1], map[string]*proc{"trellis": mesh.proc},
+	c := r.compare(ctx, get("bare"), []*proc{bare}, get("mesh"), []*proc{mesh.proc})
+	r.add("1 unary GetUser", "bare grpc-go", true, c.base, map[string]*proc{"bare": bare}, "")
+	r.add("1 unary GetUser", "Trellis mesh chain", false, c.cand, map[string]*proc{"trellis": mesh.proc},
 		fmt.Sprintf("throughput ratio median of %d interleaved rounds: %.3f (rounds %v); server CPU per call %.1f vs %.1f µs",
-			r.rounds, median(ratios), round3(ratios), median(cpu[1]), median(cpu[0])))
-	r.rep.Ratios["chain_throughput"] = median(ratios)
-	r.rep.Ratios["chain_server_cpu"] = median(cpu[0]) / median(cpu[1])
+			r.rounds, c.ratio(), round3(c.ratios), c.candCPU, c.baseCPU))
+	r.rep.Ratios["chain_throughput"] = c.ratio()
+	r.rep.Ratios["chain_server_cpu"] = c.cpuRatio()
 	return nil
 }
 
@@ -261,23 +289,14 @@ func (r *runner) gateway(ctx context.Context, sys target) error {
 	procs := sys.procs
 	for _, m := range modes {
 		closedLoop(ctx, r.conc, warmup, m.rest) // warm up
-		var ratios, p50s []float64
-		var cpu [2][]float64
-		var g, h *result
-		for range r.rounds {
-			g = measured(func() *result { return closedLoop(ctx, r.conc, r.bounds(), m.grpc) }, sys.list()...)
-			h = measured(func() *result { return closedLoop(ctx, r.conc, r.bounds(), m.rest) }, sys.list()...)
-			ratios = append(ratios, h.Throughput/g.Throughput)
-			p50s = append(p50s, h.P50ms/g.P50ms)
-			cpu[0], cpu[1] = append(cpu[0], g.ServerCPUus), append(cpu[1], h.ServerCPUus)
-		}
-		r.add("2 "+m.name, "direct gRPC", true, g, procs, "")
-		r.add("2 "+m.name, "REST via gateway", false, h, procs,
+		c := r.compare(ctx, m.grpc, sys.list(), m.rest, sys.list())
+		r.add("2 "+m.name, "direct gRPC", true, c.base, procs, "")
+		r.add("2 "+m.name, "REST via gateway", false, c.cand, procs,
 			fmt.Sprintf("throughput ratio %.3f, p50 ratio %.2f× (medians of %d rounds); system CPU per call %.1f vs %.1f µs",
-				median(ratios), median(p50s), r.rounds, median(cpu[1]), median(cpu[0])))
-		r.rep.Ratios["gateway_throughput_"+m.name+r.suffix()] = median(ratios)
-		r.rep.Ratios["gateway_p50_"+m.name+r.suffix()] = median(p50s)
-		r.rep.Ratios["gateway_server_cpu_"+m.name+r.suffix()] = median(cpu[0]) / median(cpu[1])
+				c.ratio(), c.p50, r.rounds, c.candCPU, c.baseCPU))
+		r.rep.Ratios["gateway_throughput_"+m.name+r.suffix()] = c.ratio()
+		r.rep.Ratios["gateway_p50_"+m.name+r.suffix()] = c.p50
+		r.rep.Ratios["gateway_server_cpu_"+m.name+r.suffix()] = c.cpuRatio()
 	}
 	return nil
 }
@@ -322,19 +341,11 @@ func (r *runner) gatewayLayer(ctx context.Context, sys *trellis) error {
 	}
 	closedLoop(ctx, r.conc, warmup, get(bareAddr))
 	closedLoop(ctx, r.conc, warmup, get(gw.http))
-	var ratios []float64
-	var cpu [2][]float64
-	var b, t *result
-	for range r.rounds {
-		b = measured(func() *result { return closedLoop(ctx, r.conc, r.bounds(), get(bareAddr)) }, bare, sys.proc)
-		t = measured(func() *result { return closedLoop(ctx, r.conc, r.bounds(), get(gw.http)) }, gw.proc, sys.proc)
-		ratios = append(ratios, t.Throughput/b.Throughput)
-		cpu[0], cpu[1] = append(cpu[0], b.ServerCPUus), append(cpu[1], t.ServerCPUus)
-	}
-	r.add("2 GetUser, gateway layer", "bare grpc-gateway, own process", true, b, map[string]*proc{"bare-gateway": bare, "trellis": sys.proc}, "")
-	r.add("2 GetUser, gateway layer", "Trellis gateway, own process", false, t, map[string]*proc{"gateway": gw.proc, "trellis": sys.proc},
-		fmt.Sprintf("throughput ratio %.3f (medians of %d rounds); system CPU per call %.1f vs %.1f µs", median(ratios), r.rounds, median(cpu[1]), median(cpu[0])))
-	r.rep.Ratios["gateway_vs_bare_grpc_gateway_GetUser"] = median(ratios)
+	c := r.compare(ctx, get(bareAddr), []*proc{bare, sys.proc}, get(gw.http), []*proc{gw.proc, sys.proc})
+	r.add("2 GetUser, gateway layer", "bare grpc-gateway, own process", true, c.base, map[string]*proc{"bare-gateway": bare, "trellis": sys.proc}, "")
+	r.add("2 GetUser, gateway layer", "Trellis gateway, own process", false, c.cand, map[string]*proc{"gateway": gw.proc, "trellis": sys.proc},
+		fmt.Sprintf("throughput ratio %.3f (medians of %d rounds); system CPU per call %.1f vs %.1f µs", c.ratio(), r.rounds, c.candCPU, c.baseCPU))
+	r.rep.Ratios["gateway_vs_bare_grpc_gateway_GetUser"] = c.ratio()
 	return nil
 }
 
@@ -438,12 +449,11 @@ func (r *runner) events(ctx context.Context) error {
 	rawRes := &result{Throughput: 1e9 / median(raw)}
 	relayRes := &result{Throughput: 1e9 / median(relay)}
 	publish := map[string]usage{"publish benchmark, both runs, NATS embedded": used[0]}
-	r.add("4 events", "raw JetStream async publish", true, rawRes, nil, "")
-	r.rep.Rows[len(r.rep.Rows)-1].Processes = publish
-	r.add("4 events", "outbox relay (SQLite)", false, relayRes, nil, fmt.Sprintf("throughput ratio %.3f", relayRes.Throughput/rawRes.Throughput))
-	r.rep.Rows[len(r.rep.Rows)-1].Processes = publish
-	r.add("4 events", "commit → consumer at 200/s", false, &result{P50ms: median(lag["p50-ms"]), P90ms: median(lag["p90-ms"]), P99ms: median(lag["p99-ms"]), P999ms: median(lag["p99.9-ms"])}, nil, "")
-	r.rep.Rows[len(r.rep.Rows)-1].Processes = map[string]usage{"lag benchmark, NATS embedded": used[1]}
+	r.addUsage("4 events", "raw JetStream async publish", true, rawRes, publish, "")
+	r.addUsage("4 events", "outbox relay (SQLite)", false, relayRes, publish, fmt.Sprintf("throughput ratio %.3f", relayRes.Throughput/rawRes.Throughput))
+	r.addUsage("4 events", "commit → consumer at 200/s", false,
+		&result{P50ms: median(lag["p50-ms"]), P90ms: median(lag["p90-ms"]), P99ms: median(lag["p99-ms"]), P999ms: median(lag["p99.9-ms"])},
+		map[string]usage{"lag benchmark, NATS embedded": used[1]}, "")
 	r.rep.Ratios["relay_vs_raw_publish"] = relayRes.Throughput / rawRes.Throughput
 	return nil
 }
