@@ -4,11 +4,13 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/sony/gobreaker/v2"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 )
 
@@ -128,6 +130,13 @@ func (n notCounted) Unwrap() error        { return n.err }
 
 // breakerInterceptor runs each call through the upstream's breaker. When
 // it is open the call fails at once with UNAVAILABLE naming the upstream.
+//
+// Whether a failure counts is decided from where it came from as well as
+// its code (see fromUpstream): only what the upstream server, or the
+// network to it, did may open the breaker. An error this side of the call
+// made up itself — the request could not be encoded, the answer was over
+// the size limit or could not be decoded — says nothing about the
+// upstream's health, however its code reads.
 func breakerInterceptor(caller, upstream string, cb *gobreaker.CircuitBreaker[struct{}], m *Metrics, shared *sharedOpen) grpc.UnaryClientInterceptor {
 	rejected := m.breakerRejected.WithLabelValues(caller, upstream)
 	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
@@ -136,8 +145,16 @@ func breakerInterceptor(caller, upstream string, cb *gobreaker.CircuitBreaker[st
 			return status.Errorf(codes.Unavailable, "upstream %s unavailable: circuit breaker open (opened by another replica)", upstream)
 		}
 		_, err := cb.Execute(func() (struct{}, error) {
-			err := invoker(ctx, method, req, reply, cc, opts...)
-			if err != nil && !IsServerFault(ctx, err) {
+			var trailer metadata.MD
+			err := invoker(ctx, method, req, reply, cc, append(opts, grpc.Trailer(&trailer))...)
+			if err == nil {
+				return struct{}{}, nil
+			}
+			answered := len(trailer) > 0
+			if !answered {
+				err = localError(upstream, err)
+			}
+			if !CountsAgainstUpstream(ctx, err, answered) {
 				return struct{}{}, notCounted{err}
 			}
 			return struct{}{}, err
@@ -158,4 +175,56 @@ func breakerInterceptor(caller, upstream string, cb *gobreaker.CircuitBreaker[st
 		}
 		return err
 	}
+}
+
+// CountsAgainstUpstream reports whether a failed call counts toward the
+// upstream's breaker. answered says whether the error is the upstream
+// server's own verdict: a mesh server attaches a trailer (the request id)
+// to every error it sends, while errors made on the calling side of the
+// call (by this process's gRPC client) and transport failures carry none.
+//
+// An answer from the upstream counts when IsServerFault says so. Without
+// one, only the network failing (UNAVAILABLE: refused, reset, no route)
+// and the mesh's own deadline running out count: anything else (INTERNAL
+// for a request that could not be marshalled or an answer that could not
+// be decoded, RESOURCE_EXHAUSTED for a message over this side's size
+// limit) was decided here, about this request.
+func CountsAgainstUpstream(ctx context.Context, err error, answered bool) bool {
+	if !IsServerFault(ctx, err) {
+		return false
+	}
+	if answered {
+		return true
+	}
+	switch status.Code(err) {
+	case codes.Unavailable, codes.DeadlineExceeded:
+		return true
+	default:
+		return false
+	}
+}
+
+// localError rewrites the text of an error the client side made up, which
+// names addresses, dial errors or library internals, into one a client
+// several hops away can act on. A request that could not be encoded is
+// the caller's mistake (INVALID_ARGUMENT): protobuf refuses strings that
+// are not valid UTF-8.
+func localError(upstream string, err error) error {
+	st := status.Convert(err)
+	msg := st.Message()
+	switch st.Code() {
+	case codes.Unavailable:
+		return status.Errorf(codes.Unavailable, "upstream %s unavailable", upstream)
+	case codes.Internal:
+		if strings.HasPrefix(msg, "grpc: error while marshaling") {
+			return status.Error(codes.InvalidArgument, "invalid request: a string field is not valid UTF-8")
+		}
+		return status.Errorf(codes.Internal, "the answer of upstream %s could not be read", upstream)
+	case codes.ResourceExhausted:
+		if strings.Contains(msg, "trying to send message larger than max") {
+			return status.Errorf(codes.InvalidArgument, "invalid request: larger than upstream %s accepts", upstream)
+		}
+		return status.Errorf(codes.ResourceExhausted, "the answer of upstream %s is larger than this caller accepts", upstream)
+	}
+	return err
 }

@@ -58,8 +58,9 @@ type ClientConfig struct {
 
 // Dial returns a lazily connecting client for the upstream. Interceptors,
 // outermost first: request id, metrics (every attempt the caller made, with
-// the code it got, breaker rejections included), default deadline, breaker,
-// transport-error hygiene.
+// the code it got, breaker rejections included), default deadline, breaker
+// (which also tells the upstream's answers from errors made on this side,
+// and gives the latter client-safe text).
 // gRPC's own retry (service config) runs inside the breaker, so a call that
 // succeeded on retry counts as one success.
 func Dial(cfg ClientConfig, log *slog.Logger, m *Metrics, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
@@ -105,13 +106,15 @@ func Dial(cfg ClientConfig, log *slog.Logger, m *Metrics, opts ...grpc.DialOptio
 			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 2 * time.Second},
 			MinConnectTimeout: 5 * time.Second,
 		}),
+		// Requests over what mesh servers accept fail here, as the
+		// caller's mistake, instead of being sent to be refused.
+		grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(MaxMessageBytes), grpc.MaxCallRecvMsgSize(MaxMessageBytes)),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.WithChainUnaryInterceptor(
 			clientRequestID,
 			m.client.UnaryClientInterceptor(),
 			defaultDeadline(cfg.DefaultTimeout),
 			breakerInterceptor(cfg.Caller, cfg.Name, cb, m, shared),
-			hideTransportErrors(cfg.Name),
 		),
 	}, opts...)
 	all = append(all, clientTracing(cfg.Tracer)...)

@@ -11,7 +11,6 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 )
 
@@ -80,21 +79,4 @@ func InternalError(ctx context.Context) error {
 		msg += " (request id " + id + ")"
 	}
 	return status.Error(codes.Internal, msg)
-}
-
-// hideTransportErrors replaces the text of UNAVAILABLE errors the client
-// transport made up itself ("dial tcp 10.0.0.7:9001: connection refused")
-// with one naming the upstream: addresses and dial errors are for logs,
-// not for clients several hops away. An UNAVAILABLE the upstream server
-// sent keeps its message: mesh servers always attach a trailer (the
-// request id) to errors, the transport never does.
-func hideTransportErrors(upstream string) grpc.UnaryClientInterceptor {
-	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-		var trailer metadata.MD
-		err := invoker(ctx, method, req, reply, cc, append(opts, grpc.Trailer(&trailer))...)
-		if err != nil && len(trailer) == 0 && status.Code(err) == codes.Unavailable {
-			return status.Errorf(codes.Unavailable, "upstream %s unavailable", upstream)
-		}
-		return err
-	}
 }

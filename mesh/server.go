@@ -37,6 +37,19 @@ type ServerConfig struct {
 	// Tracer, when set, traces every call (OpenTelemetry, W3C trace
 	// context). Nil: no tracing and no cost.
 	Tracer trace.TracerProvider
+	// MaxRecvMsgBytes caps a request message. Default 4 MiB.
+	MaxRecvMsgBytes int
+	// MaxSendMsgBytes caps a response message. Default 4 MiB.
+	MaxSendMsgBytes int
+	// MaxConcurrentStreams caps the calls in flight on one connection;
+	// further calls wait for a free stream. With MaxSendMsgBytes it bounds
+	// what one connection can hold in responses its client does not read.
+	// Default 100.
+	MaxConcurrentStreams uint32
+	// MaxHeaderListBytes caps the metadata (HTTP/2 header list) of one
+	// call; larger ones are refused by the transport before any code runs.
+	// Default 16 KiB (gRPC's own default is 16 MiB).
+	MaxHeaderListBytes uint32
 	// Unreachable recognises errors that mean a backing service (the
 	// database) cannot be reached, beyond the network errors the mesh
 	// knows itself; such errors are answered UNAVAILABLE. Optional.
@@ -56,8 +69,24 @@ func (c ServerConfig) withDefaults() ServerConfig {
 	if c.MaxConnectionIdle <= 0 {
 		c.MaxConnectionIdle = 5 * time.Minute
 	}
+	if c.MaxRecvMsgBytes <= 0 {
+		c.MaxRecvMsgBytes = MaxMessageBytes
+	}
+	if c.MaxSendMsgBytes <= 0 {
+		c.MaxSendMsgBytes = MaxMessageBytes
+	}
+	if c.MaxConcurrentStreams == 0 {
+		c.MaxConcurrentStreams = 100
+	}
+	if c.MaxHeaderListBytes == 0 {
+		c.MaxHeaderListBytes = 16 << 10
+	}
 	return c
 }
+
+// MaxMessageBytes is the default cap on one gRPC message, each way, on
+// mesh servers and clients (gRPC's default receive limit, stated).
+const MaxMessageBytes = 4 << 20
 
 // Server is a gRPC server with the mesh chain, health and reflection.
 type Server struct {
@@ -103,6 +132,12 @@ func NewServer(cfg ServerConfig, log *slog.Logger, m *Metrics, opts ...grpc.Serv
 	all := append(serverTracing(cfg.Tracer), chain,
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: cfg.KeepaliveMinTime, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: cfg.MaxConnectionIdle, Time: 2 * time.Minute, Timeout: 20 * time.Second}),
+		// Explicit limits: what one connection may send and hold.
+		grpc.MaxRecvMsgSize(cfg.MaxRecvMsgBytes),
+		grpc.MaxSendMsgSize(cfg.MaxSendMsgBytes),
+		grpc.MaxConcurrentStreams(cfg.MaxConcurrentStreams),
+		grpc.MaxHeaderListSize(cfg.MaxHeaderListBytes),
+		grpc.ForceServerCodecV2(newServerCodec()),
 		// Serve calls on a pool of goroutines instead of a new one per
 		// call: their stacks stay grown, so a handler that goes deep (SQLite
 		// in modernc.org/sqlite does) stops paying for stack copies on every

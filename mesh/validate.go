@@ -29,10 +29,16 @@ func InvalidArgument(violations []*errdetails.BadRequest_FieldViolation) *status
 	return st
 }
 
-// validation runs the validator registered for the called service before
-// the handler sees the request.
+// validation refuses requests that were not valid protobuf (see
+// serverCodec), then runs the validator registered for the called service,
+// before the handler sees the request.
 func validation(validators map[string]Validator) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		if malformed(req) {
+			return nil, InvalidArgument([]*errdetails.BadRequest_FieldViolation{{
+				Field: "(message)", Description: "not a valid protobuf encoding of the request (truncated, wrong wire types or a string that is not UTF-8)",
+			}}).Err()
+		}
 		if v := validators[serviceName(info.FullMethod)]; v != nil {
 			if violations := v(req); len(violations) > 0 {
 				return nil, InvalidArgument(violations).Err()
