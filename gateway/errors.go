@@ -31,6 +31,14 @@ func (g *Gateway) writeError(ctx context.Context, _ *runtime.ServeMux, _ runtime
 		// A body protojson could not decode: say so in words a client
 		// can act on ("proto: (line 1:9): unknown field" is the parser's).
 		st = status.New(codes.InvalidArgument, "invalid JSON body: "+strings.TrimSpace(strings.TrimPrefix(st.Message(), "proto:")))
+	case st.Code() == codes.InvalidArgument && (strings.HasPrefix(st.Message(), "parsing field ") || strings.HasPrefix(st.Message(), "parsing list ")):
+		// grpc-gateway's query parser: `parsing field "page_size":
+		// strconv.ParseInt: parsing "x": invalid syntax`. Name the
+		// parameter; keep Go's internals out.
+		st = badParam(quotedName(st.Message()), "not a valid value for this parameter")
+	case st.Code() == codes.InvalidArgument && strings.HasPrefix(st.Message(), "type mismatch, parameter: "):
+		name, _, _ := strings.Cut(strings.TrimPrefix(st.Message(), "type mismatch, parameter: "), ",")
+		st = badParam(name, "not a valid value for this path parameter")
 	case bodyTooLarge(r):
 		st = status.Newf(codes.InvalidArgument, "request body is larger than %d bytes", g.cfg.MaxBodyBytes)
 		httpStatus = http.StatusRequestEntityTooLarge
@@ -67,4 +75,18 @@ func (g *Gateway) routingError(_ context.Context, _ *runtime.ServeMux, _ runtime
 
 func (g *Gateway) notFound(w http.ResponseWriter, r *http.Request) {
 	g.routingError(r.Context(), nil, nil, w, r, http.StatusNotFound)
+}
+
+// quotedName returns the first "quoted" word of msg (the field a
+// grpc-gateway parse error names), or "query".
+func quotedName(msg string) string {
+	_, rest, ok := strings.Cut(msg, `"`)
+	if !ok {
+		return "query"
+	}
+	name, _, ok := strings.Cut(rest, `"`)
+	if !ok || name == "" {
+		return "query"
+	}
+	return name
 }

@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -66,7 +65,7 @@ func fakeGateway(t *testing.T, fake *fakeUsers, upstreamTimeout time.Duration) c
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	gw, err := gateway.New(gateway.Config{}, conn, conn, testenv.Logger(), reg, prometheus.NewRegistry())
+	gw, err := gateway.New(gateway.Config{}, conn, conn, testenv.Logger(), reg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -19,12 +19,10 @@ import (
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-	"google.golang.org/protobuf/encoding/protojson"
 
 	orderv1 "github.com/trellis-mesh/trellis/gen/trellis/order/v1"
 	userv1 "github.com/trellis-mesh/trellis/gen/trellis/user/v1"
@@ -79,17 +77,10 @@ type Gateway struct {
 //go:embed web openapi/trellis.swagger.json overview.openapi.json
 var assets embed.FS
 
-// marshaler renders and parses JSON like protojson with lowerCamelCase
-// names; unknown fields in a request body are an error, not ignored.
-var marshaler = &runtime.JSONPb{
-	MarshalOptions:   protojson.MarshalOptions{},
-	UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: false},
-}
-
 // New builds the gateway over connections to the user and order services
 // (mesh clients: breaker, default deadline, metrics). HTTP metrics are
-// registered on reg, and /metrics serves gather.
-func New(cfg Config, userConn, orderConn grpc.ClientConnInterface, log *slog.Logger, reg prometheus.Registerer, gather prometheus.Gatherer) (*Gateway, error) {
+// registered on reg; the admin server serves them.
+func New(cfg Config, userConn, orderConn grpc.ClientConnInterface, log *slog.Logger, reg prometheus.Registerer) (*Gateway, error) {
 	cfg = cfg.withDefaults()
 	spec, err := openAPIDocument()
 	if err != nil {
@@ -134,14 +125,13 @@ func New(cfg Config, userConn, orderConn grpc.ClientConnInterface, log *slog.Log
 
 	web, _ := fs.Sub(assets, "web")
 	root := http.NewServeMux()
-	root.Handle("/api/", g.limitBody(g.mux))
+	root.Handle("/api/", g.limitBody(g.apiEdge(g.mux)))
 	root.HandleFunc("GET /api/openapi.json", g.serveOpenAPI)
+	// For load balancers; /metrics, /healthz and /readyz are served on the
+	// admin address only, never on the public port.
 	root.HandleFunc("GET /health", func(w http.ResponseWriter, _ *http.Request) { plain(w, http.StatusOK, "OK") })
-	root.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { plain(w, http.StatusOK, "ok") })
-	root.HandleFunc("GET /readyz", g.serveReady)
-	root.Handle("GET /metrics", promhttp.HandlerFor(gather, promhttp.HandlerOpts{}))
 	root.Handle("GET /{$}", http.FileServerFS(web))
-	root.Handle("GET /static/", http.FileServerFS(web))
+	root.Handle("GET /static/", noDirectoryListing(http.FileServerFS(web)))
 	root.HandleFunc("/", g.notFound)
 	g.handler = g.recoverPanics(g.withRequestID(g.measure(g.cors(root))))
 	if cfg.Tracer != nil {
@@ -173,16 +163,6 @@ func (g *Gateway) Ready(ctx context.Context) error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-func (g *Gateway) serveReady(w http.ResponseWriter, r *http.Request) {
-	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
-	defer cancel()
-	if err := g.Ready(ctx); err != nil {
-		plain(w, http.StatusServiceUnavailable, "not ready: "+err.Error())
-		return
-	}
-	plain(w, http.StatusOK, "ready")
 }
 
 func (g *Gateway) serveOpenAPI(w http.ResponseWriter, _ *http.Request) {

@@ -163,7 +163,8 @@ func TestUpstreamFailures(t *testing.T) {
 	c := s.http
 	uid := s.createUser(t, "u@example.com")
 	wantStatus(t, c.do("POST", "/api/v1/orders", orderBody(uid, "before")), http.StatusCreated)
-	wantStatus(t, c.do("GET", "/readyz", ""), http.StatusOK)
+	admin := client{t: t, base: "http://" + s.gw.Addr("admin")}
+	wantStatus(t, admin.do("GET", "/readyz", ""), http.StatusOK)
 
 	s.order.Stop(t)
 	r := c.do("POST", "/api/v1/orders", orderBody(uid, "during"))
@@ -171,7 +172,7 @@ func TestUpstreamFailures(t *testing.T) {
 	if msg := r.json(t)["message"].(string); strings.Contains(msg, "dial tcp") || strings.Contains(msg, "127.0.0.1") {
 		t.Errorf("503 leaks connection details: %q", msg)
 	}
-	wantStatus(t, c.do("GET", "/readyz", ""), http.StatusServiceUnavailable)
+	wantStatus(t, admin.do("GET", "/readyz", ""), http.StatusServiceUnavailable)
 
 	// The overview still shows the user and says why orders are missing.
 	ov := c.do("GET", "/api/v1/users/"+uid+":overview", "")
@@ -221,6 +222,7 @@ func TestBodyLimit(t *testing.T) {
 	// Without Content-Length (chunked) the limit still holds.
 	req, _ := http.NewRequest("POST", s.http.base+"/api/v1/users", struct{ *strings.Reader }{strings.NewReader(big)})
 	req.ContentLength = -1
+	req.Header.Set("Content-Type", "application/json")
 	wantStatus(t, s.http.send(req), http.StatusRequestEntityTooLarge)
 }
 
@@ -256,7 +258,12 @@ func TestHealthMetricsAndRequestID(t *testing.T) {
 	if strings.TrimSpace(string(h.body)) != "OK" {
 		t.Errorf("/health body %q, want OK", h.body)
 	}
-	wantStatus(t, c.do("GET", "/healthz", ""), http.StatusOK)
+	admin := client{t: t, base: "http://" + s.gw.Addr("admin")}
+	wantStatus(t, admin.do("GET", "/healthz", ""), http.StatusOK)
+	// The process registry and probes are on the admin address only.
+	for _, p := range []string{"/metrics", "/healthz", "/readyz"} {
+		wantStatus(t, c.do("GET", p, ""), http.StatusNotFound)
+	}
 
 	uid := s.createUser(t, "m@example.com")
 	r := c.do("GET", "/api/v1/users/"+uid, "", "X-Request-Id", "trace-me-123")
@@ -267,7 +274,7 @@ func TestHealthMetricsAndRequestID(t *testing.T) {
 		t.Errorf("invalid client id should be replaced, got %q", gen)
 	}
 	c.do("GET", "/api/v1/users/"+uuid.NewString(), "")
-	m := string(c.do("GET", "/metrics", "").body)
+	m := string(admin.do("GET", "/metrics", "").body)
 	for _, want := range []string{
 		`http_requests_total{code="201",method="POST",route="/api/v1/users"} 1`,
 		`http_requests_total{code="200",method="GET",route="/api/v1/users/{id}"} 2`,

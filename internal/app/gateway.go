@@ -16,7 +16,7 @@ func (a *App) addGateway() error {
 	if err != nil {
 		return err
 	}
-	gw, err := gateway.New(gateway.Config{CORSOrigins: a.cfg.CORSOrigins(), Tracer: a.tp}, userConn, orderConn, a.log.With("component", TargetGateway), a.reg, a.reg)
+	gw, err := gateway.New(gateway.Config{CORSOrigins: a.cfg.CORSOrigins(), Tracer: a.tp}, userConn, orderConn, a.log.With("component", TargetGateway), a.reg)
 	if err != nil {
 		return err
 	}

@@ -5,6 +5,7 @@ package validate
 
 import (
 	"github.com/google/uuid"
+	"golang.org/x/text/secure/precis"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 )
 
@@ -36,12 +37,23 @@ func (v *Violations) PageSize(field string, n int32) {
 	}
 }
 
-// Length checks a required string of at most max bytes.
-func (v *Violations) Length(field, s string, max int) {
+// Text checks a string that names or identifies something (a product id,
+// an idempotency key) with the PRECIS OpaqueString profile (RFC 8265):
+// valid UTF-8, no control characters (NUL included), no invisible or
+// bidirectional-override characters. PostgreSQL refuses NUL in text where
+// SQLite stores it, so this also keeps both backends answering alike.
+func (v *Violations) Text(field, s string, max int) {
 	switch {
 	case s == "":
 		v.Add(field, "required")
 	case len(s) > max:
 		v.Add(field, "too long")
+	default:
+		if _, err := precis.OpaqueString.String(s); err != nil {
+			v.Add(field, Unprintable)
+		}
 	}
 }
+
+// Unprintable is the description of a string PRECIS refuses.
+const Unprintable = "must be valid UTF-8 without control, invisible (zero-width) or bidirectional-override characters"

@@ -159,6 +159,12 @@ func TestCreateOrderInvalidInput(t *testing.T) {
 		{"bad currency, no product, no price", &orderv1.CreateOrderRequest{UserId: uid, RequestId: "r",
 			Items: []*orderv1.OrderItem{item("a", 1, 1, "eur"), {Quantity: 1}}},
 			[]string{"items[0].unit_price.currency_code", "items[1].product_id", "items[1].unit_price"}},
+		{"not ISO 4217: ABC, XXX", &orderv1.CreateOrderRequest{UserId: uid, RequestId: "r",
+			Items: []*orderv1.OrderItem{item("a", 1, 1, "ABC"), item("b", 1, 1, "XXX")}},
+			[]string{"items[0].unit_price.currency_code", "items[1].unit_price.currency_code"}},
+		{"NUL and bidi override in ids", &orderv1.CreateOrderRequest{UserId: uid, RequestId: "r\x00",
+			Items: []*orderv1.OrderItem{item("a\u202eb", 1, 1, "EUR"), item("zero\u200bwidth", 1, 1, "EUR")}},
+			[]string{"request_id", "items[0].product_id", "items[1].product_id"}},
 		{"request id too long", &orderv1.CreateOrderRequest{UserId: uid, RequestId: strings.Repeat("r", 101), Items: []*orderv1.OrderItem{item("a", 1, 1, "EUR")}},
 			[]string{"request_id"}},
 	}

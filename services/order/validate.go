@@ -1,8 +1,9 @@
 package order
 
 import (
-	"regexp"
 	"strconv"
+
+	"golang.org/x/text/currency"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 
@@ -23,7 +24,13 @@ const (
 	MaxPage      = 1000
 )
 
-var currencyCode = regexp.MustCompile(`^[A-Z]{3}$`)
+// validCurrency reports whether code is an ISO 4217 currency code, as
+// golang.org/x/text/currency knows them, in upper case. XXX ("no
+// currency") and XTS (reserved for testing) are not money.
+func validCurrency(code string) bool {
+	u, err := currency.ParseISO(code)
+	return err == nil && u.String() == code && code != "XXX" && code != "XTS"
+}
 
 // Validate checks an OrderService request before any handler runs (the
 // mesh server calls it) and returns every bad field.
@@ -32,7 +39,7 @@ func Validate(req any) []*errdetails.BadRequest_FieldViolation {
 	switch r := req.(type) {
 	case *orderv1.CreateOrderRequest:
 		v.ID("user_id", r.GetUserId())
-		v.Length("request_id", r.GetRequestId(), MaxRequestIDLen)
+		v.Text("request_id", r.GetRequestId(), MaxRequestIDLen)
 		checkItems(&v, r.GetItems())
 	case *orderv1.GetOrderRequest:
 		v.ID("id", r.GetId())
@@ -57,7 +64,7 @@ func checkItems(v *validate.Violations, items []*orderv1.OrderItem) {
 	currency := items[0].GetUnitPrice().GetCurrencyCode()
 	for i, it := range items {
 		f := "items[" + strconv.Itoa(i) + "]"
-		v.Length(f+".product_id", it.GetProductId(), MaxProductIDLen)
+		v.Text(f+".product_id", it.GetProductId(), MaxProductIDLen)
 		if q := it.GetQuantity(); q < 1 || q > MaxQuantity {
 			v.Add(f+".quantity", "must be between 1 and 1000")
 		}
@@ -66,8 +73,8 @@ func checkItems(v *validate.Violations, items []*orderv1.OrderItem) {
 		case p == nil:
 			v.Add(f+".unit_price", "required")
 			continue
-		case !currencyCode.MatchString(p.GetCurrencyCode()):
-			v.Add(f+".unit_price.currency_code", "must be an ISO 4217 code such as EUR")
+		case !validCurrency(p.GetCurrencyCode()):
+			v.Add(f+".unit_price.currency_code", "must be an ISO 4217 currency code such as EUR")
 		case p.GetCurrencyCode() != currency:
 			v.Add(f+".unit_price.currency_code", "every item of an order must use the same currency ("+currency+")")
 		}

@@ -25,7 +25,13 @@ import (
 // port and returns a plain client and the store behind it.
 func startUser(t *testing.T) (userv1.UserServiceClient, user.Store) {
 	t.Helper()
-	store, err := user.NewSQLStore(context.Background(), testenv.OpenDB(t, sqldb.SQLite, "user"))
+	return startUserOn(t, sqldb.SQLite)
+}
+
+// startUserOn is startUser on the given backend.
+func startUserOn(t *testing.T, backend sqldb.Dialect) (userv1.UserServiceClient, user.Store) {
+	t.Helper()
+	store, err := user.NewSQLStore(context.Background(), testenv.OpenDB(t, backend, "user"))
 	if err != nil {
 		t.Fatal(err)
 	}

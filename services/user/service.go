@@ -13,6 +13,7 @@ import (
 	eventsv1 "github.com/trellis-mesh/trellis/gen/trellis/events/v1"
 	"github.com/trellis-mesh/trellis/internal/apperr"
 	"github.com/trellis-mesh/trellis/internal/pagetoken"
+	"github.com/trellis-mesh/trellis/internal/validate"
 	"github.com/trellis-mesh/trellis/mesh/eventbus"
 )
 
@@ -53,8 +54,33 @@ func NewService(store Store, cfg Config) *Service {
 
 func (s *Service) timestamp() time.Time { return s.now().UTC().Truncate(time.Microsecond) }
 
-// Create registers a user with a bcrypt hash of password.
+// normalize returns the stored forms of email, name and password (see
+// NormalizeEmail); requests reach here validated, so a refusal is a bug
+// in the validator, reported as a bad argument all the same.
+func normalize(email, name, password *string) error {
+	for _, f := range []struct {
+		field string
+		v     *string
+		fn    func(string) (string, error)
+	}{{"email", email, NormalizeEmail}, {"name", name, NormalizeName}, {"password", password, NormalizePassword}} {
+		if f.v == nil {
+			continue
+		}
+		n, err := f.fn(*f.v)
+		if err != nil {
+			return apperr.Invalid(apperr.Violation(f.field, validate.Unprintable))
+		}
+		*f.v = n
+	}
+	return nil
+}
+
+// Create registers a user with a bcrypt hash of password. Email, name and
+// password are stored (hashed) in their PRECIS-normalised forms.
 func (s *Service) Create(ctx context.Context, email, name, password string) (User, error) {
+	if err := normalize(&email, &name, &password); err != nil {
+		return User{}, err
+	}
 	hash, err := bcrypt.GenerateFromPassword([]byte(password), s.cost)
 	if err != nil {
 		return User{}, fmt.Errorf("hash password: %w", err)
@@ -72,7 +98,8 @@ func (s *Service) Create(ctx context.Context, email, name, password string) (Use
 	}
 	if err := s.store.Create(ctx, u, ev); err != nil {
 		if errors.Is(err, ErrEmailTaken) {
-			return User{}, apperr.AlreadyExists("a user with email %q already exists", email)
+			// No address in the text: messages reach access logs.
+			return User{}, apperr.AlreadyExists("a user with this email already exists")
 		}
 		return User{}, fmt.Errorf("create user: %w", err)
 	}
@@ -138,6 +165,9 @@ type Patch struct {
 
 // Update applies patch to the user and returns the result.
 func (s *Service) Update(ctx context.Context, id string, patch Patch) (User, error) {
+	if err := normalize(patch.Email, patch.Name, nil); err != nil {
+		return User{}, err
+	}
 	u, err := s.Get(ctx, id)
 	if err != nil {
 		return User{}, err
@@ -158,7 +188,7 @@ func (s *Service) Update(ctx context.Context, id string, patch Patch) (User, err
 	case errors.Is(err, ErrNotFound): // deleted since we read it
 		return User{}, apperr.NotFound("user %q not found", id)
 	case errors.Is(err, ErrEmailTaken):
-		return User{}, apperr.AlreadyExists("a user with email %q already exists", u.Email)
+		return User{}, apperr.AlreadyExists("a user with this email already exists")
 	case err != nil:
 		return User{}, fmt.Errorf("update user: %w", err)
 	}

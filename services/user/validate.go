@@ -6,6 +6,7 @@ import (
 	"strings"
 	"unicode/utf8"
 
+	"golang.org/x/text/secure/precis"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 
 	userv1 "github.com/trellis-mesh/trellis/gen/trellis/user/v1"
@@ -72,28 +73,67 @@ func Validate(req any) []*errdetails.BadRequest_FieldViolation {
 	return v
 }
 
+// Emails, names and passwords are checked and normalised with the PRECIS
+// profiles of RFC 8265/8266 (golang.org/x/text/secure/precis), the standard
+// for strings people type to identify themselves, instead of rules of our
+// own:
+//   - email: UsernameCasePreserved — width-mapped (full-width "Ａ" is "A"),
+//     NFC (a decomposed "é" is the composed one), and refused if it holds
+//     spaces, controls, zero-width or bidi characters; uniqueness is then
+//     case-insensitive. Look-alikes either become the same account or are
+//     refused.
+//   - name: Nickname — NFKC, spaces collapsed and trimmed, no controls or
+//     invisible characters.
+//   - password: OpaqueString — NFC, no controls; hashed in that form.
+
+// NormalizeEmail returns the stored form of an email, or an error if PRECIS
+// refuses it.
+func NormalizeEmail(email string) (string, error) {
+	return precis.UsernameCasePreserved.String(email)
+}
+
+// NormalizeName returns the stored form of a display name.
+func NormalizeName(name string) (string, error) { return precis.Nickname.String(name) }
+
+// NormalizePassword returns the form of a password that is hashed.
+func NormalizePassword(pw string) (string, error) { return precis.OpaqueString.String(pw) }
+
 func checkEmail(v *validate.Violations, field, email string) {
 	switch {
 	case email == "":
 		v.Add(field, "required")
+		return
 	case len(email) > MaxEmailLen:
 		v.Add(field, "at most 254 characters")
-	default:
-		a, err := mail.ParseAddress(email)
-		if err != nil || a.Address != email || !strings.Contains(email[strings.LastIndexByte(email, '@')+1:], ".") {
-			v.Add(field, "must be an email address like name@example.com")
-		}
+		return
+	}
+	norm, err := NormalizeEmail(email)
+	if err != nil {
+		v.Add(field, "must be an email address like name@example.com, without spaces, control, invisible or bidirectional characters")
+		return
+	}
+	a, err := mail.ParseAddress(norm)
+	if err != nil || a.Address != norm || !strings.Contains(norm[strings.LastIndexByte(norm, '@')+1:], ".") || len(norm) > MaxEmailLen {
+		v.Add(field, "must be an email address like name@example.com")
 	}
 }
 
 func checkName(v *validate.Violations, field, name string) {
-	n := utf8.RuneCountInString(name)
-	switch {
-	case !utf8.ValidString(name):
+	if !utf8.ValidString(name) {
 		v.Add(field, "must be valid UTF-8")
+		return
+	}
+	if len(name) > 4*MaxNameLen {
+		v.Add(field, "at most 200 characters")
+		return
+	}
+	norm, err := NormalizeName(name)
+	switch {
 	case strings.TrimSpace(name) == "":
 		v.Add(field, "required")
-	case n > MaxNameLen:
+	case err != nil:
+		v.Add(field, validate.Unprintable)
+	case utf8.RuneCountInString(norm) > MaxNameLen:
 		v.Add(field, "at most 200 characters")
 	}
 }
@@ -106,5 +146,11 @@ func checkPassword(v *validate.Violations, field, pw string) {
 		v.Add(field, "at least 8 bytes")
 	case n > MaxPasswordLen:
 		v.Add(field, "at most 72 bytes")
+	default:
+		if norm, err := NormalizePassword(pw); err != nil {
+			v.Add(field, "must be valid UTF-8 without control characters")
+		} else if len(norm) > MaxPasswordLen {
+			v.Add(field, "at most 72 bytes")
+		}
 	}
 }
