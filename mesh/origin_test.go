@@ -117,12 +117,12 @@ func TestMalformedProtobufIsInvalidArgument(t *testing.T) {
 	}}, mesh.ServerConfig{})
 	conn := testenv.Dial(t, addr)
 	for name, body := range map[string][]byte{
-		"truncated varint":     {0x08},
-		"wrong wire type":      {0x0d, 1, 2, 3, 4}, // field 1 (a string) as fixed32
-		"string not UTF-8":     {0x0a, 2, 0xff, 0xfe},
-		"length past the end":  {0x0a, 100, 'a'},
-		"group never closed":   {0x0b},
-		"field number zero":    {0x02, 0},
+		"truncated varint":    {0x08},
+		"wrong wire type":     {0x0d, 1, 2, 3, 4}, // field 1 (a string) as fixed32
+		"string not UTF-8":    {0x0a, 2, 0xff, 0xfe},
+		"length past the end": {0x0a, 100, 'a'},
+		"group never closed":  {0x0b},
+		"field number zero":   {0x02, 0},
 	} {
 		var out []byte
 		var trailer metadata.MD
