@@ -380,3 +380,28 @@ func gaugeValue(t *testing.T, reg interface {
 }
 
 var counterValue = gaugeValue
+
+// TestRequestIDsArePerUser: another user's reuse of a key is a new order,
+// never a conflict that shows the first user's order id.
+func TestRequestIDsArePerUser(t *testing.T) {
+	t.Parallel()
+	s := startStack(t, nil)
+	ctx := context.Background()
+	alice, bob := s.newUser(t), s.newUser(t)
+	a, err := s.orders.CreateOrder(ctx, &orderv1.CreateOrderRequest{UserId: alice, RequestId: "k", Items: []*orderv1.OrderItem{item("a", 1, 100, "EUR")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := s.orders.CreateOrder(ctx, &orderv1.CreateOrderRequest{UserId: bob, RequestId: "k", Items: []*orderv1.OrderItem{item("b", 2, 100, "EUR")}})
+	if err != nil {
+		t.Fatalf("bob reusing alice's key: %v", err)
+	}
+	if a.GetOrder().GetId() == b.GetOrder().GetId() || b.GetOrder().GetUserId() != bob {
+		t.Errorf("bob got %v", b.GetOrder())
+	}
+	_, err = s.orders.CreateOrder(ctx, &orderv1.CreateOrderRequest{UserId: bob, RequestId: "k", Items: []*orderv1.OrderItem{item("c", 1, 100, "EUR")}})
+	wantCode(t, err, codes.AlreadyExists)
+	if strings.Contains(err.Error(), a.GetOrder().GetId()) {
+		t.Errorf("bob's conflict names alice's order: %v", err)
+	}
+}

@@ -91,6 +91,7 @@ var (
 	ErrRequestIDTaken  = errors.New("request id already used")
 	ErrStatusChanged   = errors.New("order status changed concurrently")
 	ErrUnknownUser     = errors.New("user not in the replica")
+	ErrUserDeleted     = errors.New("user deleted")
 	ErrAlreadyApplied  = errors.New("event already applied")
 	errUserNotFound    = errors.New("user not found")
 	errUserUnavailable = errors.New("user service unavailable")

@@ -67,7 +67,7 @@ type CreateInput struct {
 // the replica knows as deleted gets no new orders at all.
 func (s *Service) Create(ctx context.Context, in CreateInput) (Order, error) {
 	hash := requestHash(in.UserID, in.Currency, in.Items)
-	if o, ok, err := s.replay(ctx, in.RequestID, hash); ok || err != nil {
+	if o, ok, err := s.replay(ctx, in.UserID, in.RequestID, hash); ok || err != nil {
 		return o, err
 	}
 	known, err := s.store.KnownUser(ctx, in.UserID)
@@ -106,8 +106,10 @@ func (s *Service) Create(ctx context.Context, in CreateInput) (Order, error) {
 	}
 	switch err := s.store.Create(ctx, o, ev); {
 	case errors.Is(err, ErrRequestIDTaken): // a concurrent retry won the race
-		o, _, err := s.replay(ctx, in.RequestID, hash)
+		o, _, err := s.replay(ctx, in.UserID, in.RequestID, hash)
 		return o, err
+	case errors.Is(err, ErrUserDeleted): // deleted while we asked
+		return Order{}, apperr.NotFound("user %q not found: the user was deleted", in.UserID)
 	case err != nil:
 		return Order{}, fmt.Errorf("create order: %w", err)
 	}
@@ -121,10 +123,11 @@ func cancelledEvent(ctx context.Context, o Order, reason string, at time.Time) (
 		OrderId: o.ID, UserId: o.UserID, Reason: reason, CancelTime: timestamppb.New(at)}, at)
 }
 
-// replay returns the order an earlier request with requestID created, if
-// any, or an error if that request asked for something else.
-func (s *Service) replay(ctx context.Context, requestID, hash string) (Order, bool, error) {
-	o, err := s.store.GetByRequestID(ctx, requestID)
+// replay returns the order an earlier request of the user with requestID
+// created, if any, or an error if that request asked for something else.
+// Keys are per user: another user's key is never found here.
+func (s *Service) replay(ctx context.Context, userID, requestID, hash string) (Order, bool, error) {
+	o, err := s.store.GetByRequestID(ctx, userID, requestID)
 	switch {
 	case errors.Is(err, ErrNotFound):
 		return Order{}, false, nil

@@ -17,10 +17,14 @@ import (
 // its events, atomically.
 type Store interface {
 	// Create inserts o with its items and event; ErrRequestIDTaken if
-	// o.RequestID is already used.
+	// the user already used o.RequestID; ErrUserDeleted if the replica
+	// knows o.UserID as deleted when the order would commit (checked in
+	// the same transaction, serialised with ApplyUser on the replica row,
+	// so an order never survives its user's deletion event).
 	Create(ctx context.Context, o Order, ev eventbus.Event) error
 	Get(ctx context.Context, id string) (Order, error)
-	GetByRequestID(ctx context.Context, requestID string) (Order, error)
+	// GetByRequestID returns the order userID created with requestID.
+	GetByRequestID(ctx context.Context, userID, requestID string) (Order, error)
 	// ListByUser returns up to limit of the user's orders with id < before
 	// ("" for the newest), newest first.
 	ListByUser(ctx context.Context, userID, before string, limit int) ([]Order, error)
@@ -66,6 +70,21 @@ const orderColumns = "id, user_id, status, currency, total_minor, request_id, re
 // Create inserts the order, its items and its event in one transaction.
 func (s *SQLStore) Create(ctx context.Context, o Order, ev eventbus.Event) error {
 	err := s.db.InTx(ctx, func(tx *sql.Tx) error {
+		// Write the user's replica row first (a placeholder when the
+		// replica has not heard of the user yet; events overwrite it). On
+		// PostgreSQL the write takes the row lock that ApplyUser's
+		// tombstone takes too, and on SQLite it takes the database's write
+		// lock, so the two transactions are serialised: either the
+		// deletion commits first and this sees its tombstone, or this
+		// commits first and the deletion's sweep sees this order.
+		var deleted int
+		if err := tx.QueryRowContext(ctx, `INSERT INTO known_users (id, email, name, deleted, version) VALUES ($1, '', '', 0, 0)
+			ON CONFLICT (id) DO UPDATE SET version = known_users.version RETURNING deleted`, o.UserID).Scan(&deleted); err != nil {
+			return err
+		}
+		if deleted != 0 {
+			return ErrUserDeleted
+		}
 		if _, err := tx.ExecContext(ctx, "INSERT INTO orders ("+orderColumns+") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
 			o.ID, o.UserID, int(o.Status), o.Currency, o.Total, o.RequestID, o.RequestHash,
 			o.CreateTime.UnixMicro(), o.UpdateTime.UnixMicro()); err != nil {
@@ -87,16 +106,16 @@ func (s *SQLStore) Create(ctx context.Context, o Order, ev eventbus.Event) error
 
 // Get returns the order with id.
 func (s *SQLStore) Get(ctx context.Context, id string) (Order, error) {
-	return s.getOne(ctx, "id", id)
+	return s.getOne(ctx, "id = $1", id)
 }
 
-// GetByRequestID returns the order created with requestID.
-func (s *SQLStore) GetByRequestID(ctx context.Context, requestID string) (Order, error) {
-	return s.getOne(ctx, "request_id", requestID)
+// GetByRequestID returns the order userID created with requestID.
+func (s *SQLStore) GetByRequestID(ctx context.Context, userID, requestID string) (Order, error) {
+	return s.getOne(ctx, "user_id = $1 AND request_id = $2", userID, requestID)
 }
 
-func (s *SQLStore) getOne(ctx context.Context, column, value string) (Order, error) {
-	os, err := s.query(ctx, "SELECT "+orderColumns+" FROM orders WHERE "+column+" = $1", value)
+func (s *SQLStore) getOne(ctx context.Context, where string, args ...any) (Order, error) {
+	os, err := s.query(ctx, "SELECT "+orderColumns+" FROM orders WHERE "+where, args...)
 	if err != nil {
 		return Order{}, err
 	}

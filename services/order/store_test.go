@@ -3,6 +3,7 @@ package order_test
 import (
 	"context"
 	"errors"
+	"sync"
 	"testing"
 	"time"
 
@@ -33,6 +34,16 @@ func TestStoreConformance(t *testing.T) {
 			}
 		})
 	}
+}
+
+// eventFor is a stand-in event of its own id for an order.
+func eventFor(t *testing.T, orderID string) eventbus.Event {
+	t.Helper()
+	ev, err := eventbus.NewEvent(context.Background(), order.SubjectCreated, order.EventSource, orderID, &eventsv1.OrderCreated{OrderId: orderID}, base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ev
 }
 
 // created is a stand-in event; the store does not look inside payloads.
@@ -77,7 +88,7 @@ var storeTests = map[string]func(t *testing.T, s *order.SQLStore){
 		}
 		for _, get := range []func() (order.Order, error){
 			func() (order.Order, error) { return s.Get(ctx, want.ID) },
-			func() (order.Order, error) { return s.GetByRequestID(ctx, "r1") },
+			func() (order.Order, error) { return s.GetByRequestID(ctx, want.UserID, "r1") },
 		} {
 			got, err := get()
 			if err != nil {
@@ -100,6 +111,14 @@ var storeTests = map[string]func(t *testing.T, s *order.SQLStore){
 		}
 		if _, err := s.Get(ctx, dup.ID); !errors.Is(err, order.ErrNotFound) {
 			t.Errorf("rolled-back order is readable: %v", err)
+		}
+		// Keys are per user: another user may use "r1" too.
+		other := newOrder(uuid.NewString(), "r1")
+		if err := s.Create(ctx, other, created(t)); err != nil {
+			t.Fatalf("another user's r1: %v", err)
+		}
+		if _, err := s.GetByRequestID(ctx, uuid.NewString(), "r1"); !errors.Is(err, order.ErrNotFound) {
+			t.Errorf("a third user finds someone's r1: %v", err)
 		}
 	},
 	"list by user is newest first and pages": func(t *testing.T, s *order.SQLStore) {
@@ -175,6 +194,54 @@ var storeTests = map[string]func(t *testing.T, s *order.SQLStore){
 		}
 		if diff := cmp.Diff(v1, got); diff != "" {
 			t.Errorf("replica after a redelivery and an older event (-want +got):\n%s", diff)
+		}
+	},
+	"no order of a deleted user survives, however Create and the deletion race": func(t *testing.T, s *order.SQLStore) {
+		ctx := context.Background()
+		cancel := func(o order.Order) (eventbus.Event, error) {
+			return eventbus.NewEvent(ctx, order.SubjectCancelled, order.EventSource, o.ID, &eventsv1.OrderCancelled{OrderId: o.ID}, base)
+		}
+		const pairs = 40
+		var wg sync.WaitGroup
+		ids := make([]string, pairs)
+		made := make([]bool, pairs)
+		for i := range pairs {
+			uid := uuid.NewString()
+			if i%2 == 0 { // half the users are in the replica already
+				if _, err := s.ApplyUser(ctx, "c", "created-"+uid, order.KnownUser{ID: uid, Email: "x@example.com", Version: base}, cancel); err != nil {
+					t.Fatal(err)
+				}
+			}
+			o := newOrder(uid, "r")
+			ids[i] = o.ID
+			wg.Add(2)
+			go func() {
+				defer wg.Done()
+				err := s.Create(ctx, o, eventFor(t, o.ID))
+				switch {
+				case err == nil:
+					made[i] = true
+				case errors.Is(err, order.ErrUserDeleted):
+				default:
+					t.Errorf("Create: %v", err)
+				}
+			}()
+			go func() {
+				defer wg.Done()
+				if _, err := s.ApplyUser(ctx, "c", "deleted-"+uid, order.KnownUser{ID: uid, Deleted: true, Version: base.Add(time.Second)}, cancel); err != nil {
+					t.Errorf("ApplyUser(deleted): %v", err)
+				}
+			}()
+		}
+		wg.Wait()
+		for i, id := range ids {
+			o, err := s.Get(ctx, id)
+			switch {
+			case !made[i] && errors.Is(err, order.ErrNotFound):
+			case made[i] && err == nil && o.Status == order.StatusCancelled:
+			default:
+				t.Errorf("pair %d: created %v, order %+v, err %v: want cancelled or absent", i, made[i], o.Status, err)
+			}
 		}
 	},
 	"a deleted user's open orders are cancelled with events, once": func(t *testing.T, s *order.SQLStore) {
