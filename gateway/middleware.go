@@ -34,7 +34,8 @@ const RequestIDHeader = "X-Request-Id"
 // headerPolicy is the deny-by-default header policy: besides
 // Authorization (which grpc-gateway always forwards) and the request id
 // (sent by the mesh client from the context), only W3C trace context
-// reaches the services — as it came when the gateway does not trace, or
+// and If-Match (the etag a change is conditional on) reach the services —
+// trace context as it came when the gateway does not trace, or
 // through the gateway's own spans when it does (the tracing client sends
 // it; passing the raw header too would send it twice). Grpc-Metadata-*,
 // X-User-Id and everything else a client sends stays at the edge.
@@ -43,6 +44,8 @@ func headerPolicy(tracing bool) func(string) (string, bool) {
 		switch k := strings.ToLower(key); k {
 		case "traceparent", "tracestate":
 			return k, !tracing
+		case mesh.IfMatchHeader: // the etag precondition of a change
+			return k, true
 		}
 		return "", false
 	}
@@ -111,12 +114,12 @@ func (g *Gateway) cors(next http.Handler) http.Handler {
 			h := w.Header()
 			h.Set("Access-Control-Allow-Origin", origin)
 			h.Set("Access-Control-Allow-Methods", "GET, POST, PATCH, DELETE")
-			h.Set("Access-Control-Allow-Headers", "Content-Type, Authorization, X-Request-Id, traceparent, tracestate")
+			h.Set("Access-Control-Allow-Headers", "Content-Type, Authorization, If-Match, X-Request-Id, traceparent, tracestate")
 			h.Set("Access-Control-Max-Age", "600")
 			w.WriteHeader(http.StatusNoContent)
 		case allowed:
 			w.Header().Set("Access-Control-Allow-Origin", origin)
-			w.Header().Set("Access-Control-Expose-Headers", "X-Request-Id, Location")
+			w.Header().Set("Access-Control-Expose-Headers", "X-Request-Id, Location, ETag")
 			next.ServeHTTP(w, r)
 		case preflight:
 			g.writeStatus(w, http.StatusForbidden, status.Newf(codes.PermissionDenied, "origin %s is not allowed", origin))
@@ -167,8 +170,16 @@ func bodyTooLarge(r *http.Request) bool {
 }
 
 // httpSemantics gives REST answers their status: 201 with Location for
-// creates, 204 with no body for deletes.
+// creates, 204 with no body for deletes; and an ETag header wherever the
+// answer is one user or order (send it back as If-Match to change it
+// conditionally).
 func httpSemantics(_ context.Context, w http.ResponseWriter, m proto.Message) error {
+	if e, ok := m.(interface{ GetUser() *userv1.User }); ok && e.GetUser().GetEtag() != "" {
+		w.Header().Set("ETag", `"`+e.GetUser().GetEtag()+`"`)
+	}
+	if e, ok := m.(interface{ GetOrder() *orderv1.Order }); ok && e.GetOrder().GetEtag() != "" {
+		w.Header().Set("ETag", `"`+e.GetOrder().GetEtag()+`"`)
+	}
 	switch m := m.(type) {
 	case *userv1.CreateUserResponse:
 		w.Header().Set("Location", "/api/v1/users/"+m.GetUser().GetId())

@@ -78,3 +78,20 @@ func clientRequestID(ctx context.Context, method string, req, reply any, cc *grp
 	}
 	return invoker(ctx, method, req, reply, cc, opts...)
 }
+
+// IfMatchHeader is the metadata key the gateway passes an HTTP If-Match
+// header on as.
+const IfMatchHeader = "if-match"
+
+// Etag returns a request's etag precondition: the request's own etag
+// field when set, else the If-Match the gateway passed on ("*" means no
+// condition).
+func Etag(ctx context.Context, field string) string {
+	if field != "" {
+		return field
+	}
+	if v := metadata.ValueFromIncomingContext(ctx, IfMatchHeader); len(v) > 0 && v[0] != "*" {
+		return v[0]
+	}
+	return ""
+}

@@ -57,6 +57,12 @@ func FailedPrecondition(format string, args ...any) *Error {
 	return newf(codes.FailedPrecondition, format, args...)
 }
 
+// Aborted: a conditional change lost to a concurrent one (a stale etag);
+// read again and retry.
+func Aborted(format string, args ...any) *Error {
+	return newf(codes.Aborted, format, args...)
+}
+
 // Unavailable: a dependency is down; the client may retry.
 func Unavailable(format string, args ...any) *Error {
 	return newf(codes.Unavailable, format, args...)

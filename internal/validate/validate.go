@@ -57,3 +57,19 @@ func (v *Violations) Text(field, s string, max int) {
 
 // Unprintable is the description of a string PRECIS refuses.
 const Unprintable = "must be valid UTF-8 without control, invisible (zero-width) or bidirectional-override characters"
+
+// MaxEtagLen bounds an etag a client sends back.
+const MaxEtagLen = 64
+
+// Etag checks an optional etag: short and printable (it may be echoed in
+// logs); whether it matches is the use case's question.
+func (v *Violations) Etag(field, s string) {
+	if s == "" {
+		return
+	}
+	if len(s) > MaxEtagLen {
+		v.Add(field, "too long: send back the etag of a read")
+		return
+	}
+	v.Text(field, s, MaxEtagLen)
+}

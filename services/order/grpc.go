@@ -6,6 +6,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	orderv1 "github.com/trellis-mesh/trellis/gen/trellis/order/v1"
+	"github.com/trellis-mesh/trellis/mesh"
 )
 
 // GRPC adapts the Service to orderv1.OrderServiceServer.
@@ -35,6 +36,7 @@ func ToProto(o Order) *orderv1.Order {
 		Status:     orderv1.OrderStatus(o.Status),
 		CreateTime: timestamppb.New(o.CreateTime),
 		UpdateTime: timestamppb.New(o.UpdateTime),
+		Etag:       o.Etag(),
 	}
 }
 
@@ -76,7 +78,7 @@ func (g *GRPC) ListOrders(ctx context.Context, req *orderv1.ListOrdersRequest) (
 
 // CancelOrder implements orderv1.OrderServiceServer.
 func (g *GRPC) CancelOrder(ctx context.Context, req *orderv1.CancelOrderRequest) (*orderv1.CancelOrderResponse, error) {
-	o, err := g.svc.Cancel(ctx, req.GetId())
+	o, err := g.svc.Cancel(ctx, req.GetId(), mesh.Etag(ctx, req.GetEtag()))
 	if err != nil {
 		return nil, err
 	}

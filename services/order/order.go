@@ -11,6 +11,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/trellis-mesh/trellis/internal/etag"
 )
 
 // Status is where an order is in its lifecycle; the values match
@@ -83,7 +85,13 @@ type Order struct {
 	RequestHash string
 	CreateTime  time.Time
 	UpdateTime  time.Time
+	// Version counts status changes, starting at 1; the etag is made
+	// from it.
+	Version int64
 }
+
+// Etag is the order's AIP-154 etag.
+func (o Order) Etag() string { return etag.Of(o.Version) }
 
 // Store errors.
 var (

@@ -12,6 +12,7 @@ import (
 
 	eventsv1 "github.com/trellis-mesh/trellis/gen/trellis/events/v1"
 	"github.com/trellis-mesh/trellis/internal/apperr"
+	"github.com/trellis-mesh/trellis/internal/etag"
 	"github.com/trellis-mesh/trellis/internal/pagetoken"
 	"github.com/trellis-mesh/trellis/mesh/eventbus"
 )
@@ -96,7 +97,7 @@ func (s *Service) Create(ctx context.Context, in CreateInput) (Order, error) {
 	now := s.timestamp()
 	o := Order{
 		ID: id.String(), UserID: in.UserID, Items: in.Items, Currency: in.Currency,
-		Total: total(in.Items), Status: status,
+		Total: total(in.Items), Status: status, Version: 1,
 		RequestID: in.RequestID, RequestHash: hash, CreateTime: now, UpdateTime: now,
 	}
 	ev, err := eventbus.NewEvent(ctx, SubjectCreated, EventSource, o.ID, &eventsv1.OrderCreated{
@@ -178,12 +179,22 @@ func (s *Service) List(ctx context.Context, userID string, pageSize int32, token
 }
 
 // Cancel cancels a pending or confirmed order. Cancelling a cancelled order
-// is FAILED_PRECONDITION: the lifecycle has no way back.
-func (s *Service) Cancel(ctx context.Context, id string) (Order, error) {
+// is FAILED_PRECONDITION: the lifecycle has no way back. With a non-empty
+// etag, only the version the client read is cancelled (ABORTED if it
+// changed). The version changes only with the status, so the store's
+// status condition also holds the version.
+func (s *Service) Cancel(ctx context.Context, id, tag string) (Order, error) {
+	ifVersion, err := etag.Condition(tag)
+	if err != nil {
+		return Order{}, err
+	}
 	for range 3 { // retried only if the status changes under us
 		o, err := s.Get(ctx, id)
 		if err != nil {
 			return Order{}, err
+		}
+		if ifVersion != 0 && o.Version != ifVersion {
+			return Order{}, apperr.Aborted("order %q was changed since its etag was read; read it again", id)
 		}
 		if o.Status == StatusCancelled {
 			return Order{}, apperr.FailedPrecondition("order %q is already cancelled", id)
@@ -201,7 +212,7 @@ func (s *Service) Cancel(ctx context.Context, id string) (Order, error) {
 		case err != nil:
 			return Order{}, fmt.Errorf("cancel order: %w", err)
 		}
-		o.Status, o.UpdateTime = StatusCancelled, now
+		o.Status, o.UpdateTime, o.Version = StatusCancelled, now, o.Version+1
 		s.committed()
 		return o, nil
 	}

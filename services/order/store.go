@@ -65,7 +65,7 @@ func NewSQLStore(ctx context.Context, db *sqldb.DB) (*SQLStore, error) {
 	return &SQLStore{Base: base, db: db}, nil
 }
 
-const orderColumns = "id, user_id, status, currency, total_minor, request_id, request_hash, create_time, update_time"
+const orderColumns = "id, user_id, status, currency, total_minor, request_id, request_hash, create_time, update_time, version"
 
 // Create inserts the order, its items and its event in one transaction.
 func (s *SQLStore) Create(ctx context.Context, o Order, ev eventbus.Event) error {
@@ -85,9 +85,9 @@ func (s *SQLStore) Create(ctx context.Context, o Order, ev eventbus.Event) error
 		if deleted != 0 {
 			return ErrUserDeleted
 		}
-		if _, err := tx.ExecContext(ctx, "INSERT INTO orders ("+orderColumns+") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+		if _, err := tx.ExecContext(ctx, "INSERT INTO orders ("+orderColumns+") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
 			o.ID, o.UserID, int(o.Status), o.Currency, o.Total, o.RequestID, o.RequestHash,
-			o.CreateTime.UnixMicro(), o.UpdateTime.UnixMicro()); err != nil {
+			o.CreateTime.UnixMicro(), o.UpdateTime.UnixMicro(), max(o.Version, 1)); err != nil {
 			return err
 		}
 		for i, it := range o.Items {
@@ -154,7 +154,7 @@ func scanOrders(rows *sql.Rows) ([]Order, error) {
 		var o Order
 		var status int
 		var created, updated int64
-		if err := rows.Scan(&o.ID, &o.UserID, &status, &o.Currency, &o.Total, &o.RequestID, &o.RequestHash, &created, &updated); err != nil {
+		if err := rows.Scan(&o.ID, &o.UserID, &status, &o.Currency, &o.Total, &o.RequestID, &o.RequestHash, &created, &updated, &o.Version); err != nil {
 			return nil, err
 		}
 		o.Status = Status(status)
@@ -206,7 +206,7 @@ func (s *SQLStore) SetStatus(ctx context.Context, id string, from, to Status, at
 }
 
 func setStatus(ctx context.Context, tx *sql.Tx, id string, from, to Status, at time.Time, ev *eventbus.Event) error {
-	res, err := tx.ExecContext(ctx, "UPDATE orders SET status = $1, update_time = $2 WHERE id = $3 AND status = $4",
+	res, err := tx.ExecContext(ctx, "UPDATE orders SET status = $1, update_time = $2, version = version + 1 WHERE id = $3 AND status = $4",
 		int(to), at.UnixMicro(), id, int(from))
 	if err := sqldb.AffectedOne(res, err, ErrStatusChanged); err != nil {
 		return err
@@ -279,7 +279,7 @@ func (s *SQLStore) ApplyUser(ctx context.Context, consumer, eventID string, u Kn
 			if err := setStatus(ctx, tx, o.ID, o.Status, StatusCancelled, ev.Time, &ev); err != nil {
 				return err
 			}
-			o.Status, o.UpdateTime = StatusCancelled, ev.Time
+			o.Status, o.UpdateTime, o.Version = StatusCancelled, ev.Time, o.Version+1
 			cancelledOrders = append(cancelledOrders, o)
 		}
 		return nil

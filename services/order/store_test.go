@@ -75,7 +75,7 @@ func newOrder(userID, requestID string) order.Order {
 			{ProductID: "p1", Quantity: 2, UnitPrice: 1250},
 			{ProductID: "p2", Quantity: 1, UnitPrice: 100},
 		},
-		RequestID: requestID, RequestHash: "h-" + requestID, CreateTime: base, UpdateTime: base,
+		RequestID: requestID, RequestHash: "h-" + requestID, CreateTime: base, UpdateTime: base, Version: 1,
 	}
 }
 

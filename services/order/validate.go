@@ -45,6 +45,7 @@ func Validate(req any) []*errdetails.BadRequest_FieldViolation {
 		v.ID("id", r.GetId())
 	case *orderv1.CancelOrderRequest:
 		v.ID("id", r.GetId())
+		v.Etag("etag", r.GetEtag())
 	case *orderv1.ListOrdersRequest:
 		v.ID("user_id", r.GetUserId())
 		v.PageSize("page_size", r.GetPageSize())

@@ -6,6 +6,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	userv1 "github.com/trellis-mesh/trellis/gen/trellis/user/v1"
+	"github.com/trellis-mesh/trellis/mesh"
 )
 
 // GRPC adapts the Service to userv1.UserServiceServer: proto in, domain
@@ -27,6 +28,7 @@ func ToProto(u User) *userv1.User {
 		Name:       u.Name,
 		CreateTime: timestamppb.New(u.CreateTime),
 		UpdateTime: timestamppb.New(u.UpdateTime),
+		Etag:       u.Etag(),
 	}
 }
 
@@ -85,7 +87,7 @@ func (g *GRPC) UpdateUser(ctx context.Context, req *userv1.UpdateUserRequest) (*
 			p.Name = &req.User.Name
 		}
 	}
-	u, err := g.svc.Update(ctx, req.GetUser().GetId(), p)
+	u, err := g.svc.Update(ctx, req.GetUser().GetId(), p, mesh.Etag(ctx, req.GetUser().GetEtag()))
 	if err != nil {
 		return nil, err
 	}
@@ -94,7 +96,7 @@ func (g *GRPC) UpdateUser(ctx context.Context, req *userv1.UpdateUserRequest) (*
 
 // DeleteUser implements userv1.UserServiceServer.
 func (g *GRPC) DeleteUser(ctx context.Context, req *userv1.DeleteUserRequest) (*userv1.DeleteUserResponse, error) {
-	if err := g.svc.Delete(ctx, req.GetId()); err != nil {
+	if err := g.svc.Delete(ctx, req.GetId(), mesh.Etag(ctx, req.GetEtag())); err != nil {
 		return nil, err
 	}
 	return &userv1.DeleteUserResponse{}, nil

@@ -12,6 +12,7 @@ import (
 
 	eventsv1 "github.com/trellis-mesh/trellis/gen/trellis/events/v1"
 	"github.com/trellis-mesh/trellis/internal/apperr"
+	"github.com/trellis-mesh/trellis/internal/etag"
 	"github.com/trellis-mesh/trellis/internal/pagetoken"
 	"github.com/trellis-mesh/trellis/internal/validate"
 	"github.com/trellis-mesh/trellis/mesh/eventbus"
@@ -90,7 +91,7 @@ func (s *Service) Create(ctx context.Context, email, name, password string) (Use
 		return User{}, err
 	}
 	now := s.timestamp()
-	u := User{ID: id.String(), Email: email, Name: name, PasswordHash: string(hash), CreateTime: now, UpdateTime: now}
+	u := User{ID: id.String(), Email: email, Name: name, PasswordHash: string(hash), CreateTime: now, UpdateTime: now, Version: 1}
 	ev, err := eventbus.NewEvent(ctx, SubjectCreated, EventSource, u.ID, &eventsv1.UserCreated{
 		UserId: u.ID, Email: u.Email, Name: u.Name, CreateTime: timestamppb.New(now)}, now)
 	if err != nil {
@@ -163,30 +164,26 @@ type Patch struct {
 	Name  *string
 }
 
-// Update applies patch to the user and returns the result.
-func (s *Service) Update(ctx context.Context, id string, patch Patch) (User, error) {
+// Update applies patch to the user and returns the result. Only the
+// patched fields are written, atomically; with a non-empty etag only if it
+// is still the user's (ABORTED otherwise).
+func (s *Service) Update(ctx context.Context, id string, patch Patch, tag string) (User, error) {
 	if err := normalize(patch.Email, patch.Name, nil); err != nil {
 		return User{}, err
 	}
-	u, err := s.Get(ctx, id)
+	ifVersion, err := etag.Condition(tag)
 	if err != nil {
 		return User{}, err
 	}
-	if patch.Email != nil {
-		u.Email = *patch.Email
-	}
-	if patch.Name != nil {
-		u.Name = *patch.Name
-	}
-	u.UpdateTime = s.timestamp()
-	ev, err := eventbus.NewEvent(ctx, SubjectUpdated, EventSource, u.ID, &eventsv1.UserUpdated{
-		UserId: u.ID, Email: u.Email, Name: u.Name, UpdateTime: timestamppb.New(u.UpdateTime)}, u.UpdateTime)
-	if err != nil {
-		return User{}, err
-	}
-	switch err := s.store.Update(ctx, u, ev); {
-	case errors.Is(err, ErrNotFound): // deleted since we read it
+	u, err := s.store.Update(ctx, id, patch, ifVersion, s.timestamp(), func(u User) (eventbus.Event, error) {
+		return eventbus.NewEvent(ctx, SubjectUpdated, EventSource, u.ID, &eventsv1.UserUpdated{
+			UserId: u.ID, Email: u.Email, Name: u.Name, UpdateTime: timestamppb.New(u.UpdateTime)}, u.UpdateTime)
+	})
+	switch {
+	case errors.Is(err, ErrNotFound):
 		return User{}, apperr.NotFound("user %q not found", id)
+	case errors.Is(err, ErrStale):
+		return User{}, apperr.Aborted("user %q was changed since its etag was read; read it again", id)
 	case errors.Is(err, ErrEmailTaken):
 		return User{}, apperr.AlreadyExists("a user with this email already exists")
 	case err != nil:
@@ -196,16 +193,23 @@ func (s *Service) Update(ctx context.Context, id string, patch Patch) (User, err
 	return u, nil
 }
 
-// Delete removes a user.
-func (s *Service) Delete(ctx context.Context, id string) error {
+// Delete removes a user; with a non-empty etag only if it is still the
+// user's.
+func (s *Service) Delete(ctx context.Context, id, tag string) error {
+	ifVersion, err := etag.Condition(tag)
+	if err != nil {
+		return err
+	}
 	now := s.timestamp()
 	ev, err := eventbus.NewEvent(ctx, SubjectDeleted, EventSource, id, &eventsv1.UserDeleted{UserId: id, DeleteTime: timestamppb.New(now)}, now)
 	if err != nil {
 		return err
 	}
-	switch err := s.store.Delete(ctx, id, ev); {
+	switch err := s.store.Delete(ctx, id, ifVersion, ev); {
 	case errors.Is(err, ErrNotFound):
 		return apperr.NotFound("user %q not found", id)
+	case errors.Is(err, ErrStale):
+		return apperr.Aborted("user %q was changed since its etag was read; read it again", id)
 	case err != nil:
 		return fmt.Errorf("delete user: %w", err)
 	}

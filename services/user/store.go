@@ -23,8 +23,13 @@ type Store interface {
 	GetMany(ctx context.Context, ids []string) ([]User, error)
 	// List returns up to limit users with id > after, ordered by id.
 	List(ctx context.Context, after string, limit int) ([]User, error)
-	Update(ctx context.Context, u User, ev eventbus.Event) error
-	Delete(ctx context.Context, id string, ev eventbus.Event) error
+	// Update writes the fields patch names (and nothing else), bumps the
+	// version and sets the update time, in one statement, only if the
+	// version is still ifVersion (0: any), and stores event(the user after
+	// the change) with it. ErrStale if the version moved on.
+	Update(ctx context.Context, id string, patch Patch, ifVersion int64, at time.Time, event func(User) (eventbus.Event, error)) (User, error)
+	// Delete removes the user if its version is still ifVersion (0: any).
+	Delete(ctx context.Context, id string, ifVersion int64, ev eventbus.Event) error
 	Ping(ctx context.Context) error
 }
 
@@ -48,7 +53,7 @@ func NewSQLStore(ctx context.Context, db *sqldb.DB) (*SQLStore, error) {
 	return &SQLStore{Base: base, db: db}, nil
 }
 
-const userColumns = "id, email, name, password_hash, create_time, update_time"
+const userColumns = "id, email, name, password_hash, create_time, update_time, version"
 
 func emailKey(email string) string { return strings.ToLower(email) }
 
@@ -73,7 +78,7 @@ type scanner interface{ Scan(dest ...any) error }
 func scanUser(row scanner) (User, error) {
 	var u User
 	var created, updated int64
-	if err := row.Scan(&u.ID, &u.Email, &u.Name, &u.PasswordHash, &created, &updated); err != nil {
+	if err := row.Scan(&u.ID, &u.Email, &u.Name, &u.PasswordHash, &created, &updated, &u.Version); err != nil {
 		return User{}, err
 	}
 	u.CreateTime, u.UpdateTime = time.UnixMicro(created).UTC(), time.UnixMicro(updated).UTC()
@@ -125,28 +130,74 @@ func (s *SQLStore) query(ctx context.Context, q string, args ...any) ([]User, er
 	return out, rows.Err()
 }
 
-// Update overwrites email, name and update time of u.ID, with its event.
-func (s *SQLStore) Update(ctx context.Context, u User, ev eventbus.Event) error {
+// Update writes the masked fields of the user, conditionally, with its
+// event. Only the named columns are written, in one UPDATE, so two
+// concurrent updates of different fields both stick (no read-modify-write
+// of the whole row).
+func (s *SQLStore) Update(ctx context.Context, id string, patch Patch, ifVersion int64, at time.Time, event func(User) (eventbus.Event, error)) (User, error) {
+	args := []any{at.UnixMicro()}
+	sets := "version = version + 1, update_time = $1"
+	if patch.Email != nil {
+		args = append(args, *patch.Email, emailKey(*patch.Email))
+		sets += fmt.Sprintf(", email = $%d, email_key = $%d", len(args)-1, len(args))
+	}
+	if patch.Name != nil {
+		args = append(args, *patch.Name)
+		sets += fmt.Sprintf(", name = $%d", len(args))
+	}
+	args = append(args, id)
+	where := fmt.Sprintf("id = $%d", len(args))
+	if ifVersion != 0 {
+		args = append(args, ifVersion)
+		where += fmt.Sprintf(" AND version = $%d", len(args))
+	}
+	var u User
 	err := s.db.InTx(ctx, func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, "UPDATE users SET email = $1, email_key = $2, name = $3, update_time = $4 WHERE id = $5",
-			u.Email, emailKey(u.Email), u.Name, u.UpdateTime.UnixMicro(), u.ID)
+		res, err := tx.ExecContext(ctx, "UPDATE users SET "+sets+" WHERE "+where, args...)
 		if err := sqldb.AffectedOne(res, err, ErrNotFound); err != nil {
+			return s.staleOrMissing(ctx, tx, id, err)
+		}
+		if u, err = scanUser(tx.QueryRowContext(ctx, "SELECT "+userColumns+" FROM users WHERE id = $1", id)); err != nil {
+			return err
+		}
+		ev, err := event(u)
+		if err != nil {
 			return err
 		}
 		return sqldb.Add(ctx, tx, ev)
 	})
 	if sqldb.IsUniqueViolation(err) {
-		return ErrEmailTaken
+		return User{}, ErrEmailTaken
 	}
-	return err
+	return u, err
 }
 
-// Delete removes the user with id, with its event.
-func (s *SQLStore) Delete(ctx context.Context, id string, ev eventbus.Event) error {
+// staleOrMissing tells, after a conditional write matched no row, whether
+// the user is gone (ErrNotFound) or has another version (ErrStale).
+func (s *SQLStore) staleOrMissing(ctx context.Context, tx *sql.Tx, id string, err error) error {
+	if !errors.Is(err, ErrNotFound) {
+		return err
+	}
+	var one int
+	switch err := tx.QueryRowContext(ctx, "SELECT 1 FROM users WHERE id = $1", id).Scan(&one); {
+	case errors.Is(err, sql.ErrNoRows):
+		return ErrNotFound
+	case err != nil:
+		return err
+	}
+	return ErrStale
+}
+
+// Delete removes the user with id, conditionally, with its event.
+func (s *SQLStore) Delete(ctx context.Context, id string, ifVersion int64, ev eventbus.Event) error {
 	return s.db.InTx(ctx, func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, "DELETE FROM users WHERE id = $1", id)
+		q, args := "DELETE FROM users WHERE id = $1", []any{id}
+		if ifVersion != 0 {
+			q, args = q+" AND version = $2", append(args, ifVersion)
+		}
+		res, err := tx.ExecContext(ctx, q, args...)
 		if err := sqldb.AffectedOne(res, err, ErrNotFound); err != nil {
-			return err
+			return s.staleOrMissing(ctx, tx, id, err)
 		}
 		return sqldb.Add(ctx, tx, ev)
 	})

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -70,7 +71,7 @@ func newUser(i int) user.User {
 	id, _ := uuid.NewV7()
 	return user.User{
 		ID: id.String(), Email: fmt.Sprintf("u%d@example.com", i), Name: fmt.Sprintf("User %d", i),
-		PasswordHash: "$2a$04$hash", CreateTime: base, UpdateTime: base,
+		PasswordHash: "$2a$04$hash", CreateTime: base, UpdateTime: base, Version: 1,
 	}
 }
 
@@ -106,12 +107,14 @@ var storeTests = map[string]func(t *testing.T, s *user.SQLStore){
 		if _, err := s.Get(ctx, id); !errors.Is(err, user.ErrNotFound) {
 			t.Errorf("Get: got %v, want ErrNotFound", err)
 		}
-		if err := s.Delete(ctx, id, event(t, user.SubjectDeleted)); !errors.Is(err, user.ErrNotFound) {
+		if err := s.Delete(ctx, id, 0, event(t, user.SubjectDeleted)); !errors.Is(err, user.ErrNotFound) {
 			t.Errorf("Delete: got %v, want ErrNotFound", err)
 		}
-		u := newUser(1)
-		if err := s.Update(ctx, u, event(t, user.SubjectUpdated)); !errors.Is(err, user.ErrNotFound) {
+		if _, err := update(t, s, newUser(1).ID, user.Patch{Name: ptr("x")}, 0); !errors.Is(err, user.ErrNotFound) {
 			t.Errorf("Update: got %v, want ErrNotFound", err)
+		}
+		if _, err := update(t, s, newUser(1).ID, user.Patch{Name: ptr("x")}, 1); !errors.Is(err, user.ErrNotFound) {
+			t.Errorf("conditional Update: got %v, want ErrNotFound", err)
 		}
 	},
 	"list pages by id": func(t *testing.T, s *user.SQLStore) {
@@ -167,20 +170,67 @@ var storeTests = map[string]func(t *testing.T, s *user.SQLStore){
 				t.Fatal(err)
 			}
 		}
-		a.Email, a.Name, a.UpdateTime = "new@example.com", "New", base.Add(time.Hour)
-		if err := s.Update(ctx, a, event(t, user.SubjectUpdated)); err != nil {
+		a.Email, a.Name, a.UpdateTime, a.Version = "new@example.com", "New", base.Add(time.Hour), 2
+		returned, err := update(t, s, a.ID, user.Patch{Email: &a.Email, Name: &a.Name}, 0)
+		if err != nil {
 			t.Fatal(err)
 		}
 		got, err := s.Get(ctx, a.ID)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if diff := cmp.Diff(a, got); diff != "" {
-			t.Errorf("after update (-want +got):\n%s", diff)
+		for _, u := range []user.User{returned, got} {
+			if diff := cmp.Diff(a, u); diff != "" {
+				t.Errorf("after update (-want +got):\n%s", diff)
+			}
 		}
-		b.Email = "NEW@example.com"
-		if err := s.Update(ctx, b, event(t, user.SubjectUpdated)); !errors.Is(err, user.ErrEmailTaken) {
+		if _, err := update(t, s, b.ID, user.Patch{Email: ptr("NEW@example.com")}, 0); !errors.Is(err, user.ErrEmailTaken) {
 			t.Errorf("Update to taken email: got %v, want ErrEmailTaken", err)
+		}
+	},
+	"conditional changes need the current version": func(t *testing.T, s *user.SQLStore) {
+		ctx := context.Background()
+		a := newUser(1)
+		if err := s.Create(ctx, a, event(t, user.SubjectCreated)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := update(t, s, a.ID, user.Patch{Name: ptr("One")}, 1); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := update(t, s, a.ID, user.Patch{Name: ptr("Two")}, 1); !errors.Is(err, user.ErrStale) {
+			t.Errorf("Update at a stale version: got %v, want ErrStale", err)
+		}
+		if err := s.Delete(ctx, a.ID, 1, event(t, user.SubjectDeleted)); !errors.Is(err, user.ErrStale) {
+			t.Errorf("Delete at a stale version: got %v, want ErrStale", err)
+		}
+		if err := s.Delete(ctx, a.ID, 2, event(t, user.SubjectDeleted)); err != nil {
+			t.Errorf("Delete at the current version: %v", err)
+		}
+	},
+	"concurrent updates of different fields both stick": func(t *testing.T, s *user.SQLStore) {
+		ctx := context.Background()
+		for i := range 20 {
+			u := newUser(100 + i)
+			if err := s.Create(ctx, u, event(t, user.SubjectCreated)); err != nil {
+				t.Fatal(err)
+			}
+			email, name := "changed"+u.Email, "Changed"
+			var wg sync.WaitGroup
+			for _, p := range []user.Patch{{Email: &email}, {Name: &name}} {
+				wg.Go(func() {
+					if _, err := update(t, s, u.ID, p, 0); err != nil {
+						t.Error(err)
+					}
+				})
+			}
+			wg.Wait()
+			got, err := s.Get(ctx, u.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.Email != email || got.Name != name || got.Version != 3 {
+				t.Errorf("after concurrent updates: %q %q v%d, want %q %q v3 (a lost update)", got.Email, got.Name, got.Version, email, name)
+			}
 		}
 	},
 	"every change writes its event; failed changes write none": func(t *testing.T, s *user.SQLStore) {
@@ -194,17 +244,19 @@ var storeTests = map[string]func(t *testing.T, s *user.SQLStore){
 		if err := s.Create(ctx, dup, event(t, user.SubjectCreated)); !errors.Is(err, user.ErrEmailTaken) {
 			t.Fatalf("duplicate: %v", err)
 		}
-		if err := s.Update(ctx, newUser(3), event(t, user.SubjectUpdated)); !errors.Is(err, user.ErrNotFound) {
+		if _, err := update(t, s, newUser(3).ID, user.Patch{Name: ptr("x")}, 0); !errors.Is(err, user.ErrNotFound) {
 			t.Fatalf("update missing: %v", err)
 		}
-		if err := s.Delete(ctx, uuid.NewString(), event(t, user.SubjectDeleted)); !errors.Is(err, user.ErrNotFound) {
+		if _, err := update(t, s, a.ID, user.Patch{Name: ptr("x")}, 7); !errors.Is(err, user.ErrStale) {
+			t.Fatalf("update stale: %v", err)
+		}
+		if err := s.Delete(ctx, uuid.NewString(), 0, event(t, user.SubjectDeleted)); !errors.Is(err, user.ErrNotFound) {
 			t.Fatalf("delete missing: %v", err)
 		}
-		a.Name = "Renamed"
-		if err := s.Update(ctx, a, event(t, user.SubjectUpdated)); err != nil {
+		if _, err := update(t, s, a.ID, user.Patch{Name: ptr("Renamed")}, 0); err != nil {
 			t.Fatal(err)
 		}
-		if err := s.Delete(ctx, a.ID, event(t, user.SubjectDeleted)); err != nil {
+		if err := s.Delete(ctx, a.ID, 0, event(t, user.SubjectDeleted)); err != nil {
 			t.Fatal(err)
 		}
 		want := []string{user.SubjectCreated, user.SubjectUpdated, user.SubjectDeleted}
@@ -218,7 +270,7 @@ var storeTests = map[string]func(t *testing.T, s *user.SQLStore){
 		if err := s.Create(ctx, u, event(t, user.SubjectCreated)); err != nil {
 			t.Fatal(err)
 		}
-		if err := s.Delete(ctx, u.ID, event(t, user.SubjectDeleted)); err != nil {
+		if err := s.Delete(ctx, u.ID, 0, event(t, user.SubjectDeleted)); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := s.Get(ctx, u.ID); !errors.Is(err, user.ErrNotFound) {
@@ -229,4 +281,15 @@ var storeTests = map[string]func(t *testing.T, s *user.SQLStore){
 			t.Errorf("re-create with freed email: %v", err)
 		}
 	},
+}
+
+func ptr(s string) *string { return &s }
+
+// update runs a store update with an updated-event and the update time of
+// the tests (base + 1h).
+func update(t *testing.T, s *user.SQLStore, id string, p user.Patch, ifVersion int64) (user.User, error) {
+	t.Helper()
+	return s.Update(context.Background(), id, p, ifVersion, base.Add(time.Hour), func(user.User) (eventbus.Event, error) {
+		return event(t, user.SubjectUpdated), nil
+	})
 }

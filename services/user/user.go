@@ -7,6 +7,8 @@ package user
 import (
 	"errors"
 	"time"
+
+	"github.com/trellis-mesh/trellis/internal/etag"
 )
 
 // User is an account. PasswordHash never leaves the package boundary
@@ -18,7 +20,12 @@ type User struct {
 	PasswordHash string
 	CreateTime   time.Time
 	UpdateTime   time.Time
+	// Version counts changes, starting at 1; the etag is made from it.
+	Version int64
 }
+
+// Etag is the user's AIP-154 etag.
+func (u User) Etag() string { return etag.Of(u.Version) }
 
 // Events the user service publishes (payloads from trellis.events.v1).
 const (
@@ -35,4 +42,6 @@ const (
 var (
 	ErrNotFound   = errors.New("user not found")
 	ErrEmailTaken = errors.New("email already registered")
+	// ErrStale: a conditional change whose version no longer matches.
+	ErrStale = errors.New("user changed since the etag was read")
 )

@@ -40,6 +40,7 @@ func Validate(req any) []*errdetails.BadRequest_FieldViolation {
 		v.ID("id", r.GetId())
 	case *userv1.DeleteUserRequest:
 		v.ID("id", r.GetId())
+		v.Etag("etag", r.GetEtag())
 	case *userv1.BatchGetUsersRequest:
 		switch n := len(r.GetIds()); {
 		case n == 0:
@@ -56,11 +57,21 @@ func Validate(req any) []*errdetails.BadRequest_FieldViolation {
 	case *userv1.UpdateUserRequest:
 		v.ID("user.id", r.GetUser().GetId())
 		paths := r.GetUpdateMask().GetPaths()
-		if len(paths) == 0 {
+		others := 0 // paths other than the etag precondition
+		for _, p := range paths {
+			if p != "etag" {
+				others++
+			}
+		}
+		if others == 0 {
 			v.Add("update_mask", `required: name the fields to change ("email", "name")`)
 		}
+		v.Etag("user.etag", r.GetUser().GetEtag())
 		for _, p := range paths {
 			switch {
+			case p == "etag":
+				// The precondition, not a field to write: the gateway
+				// derives masks from every key of a PATCH body.
 			case !updatablePaths[p]:
 				v.Add("update_mask", "unknown or read-only path "+strconv.Quote(p)+`: allowed are "email" and "name"`)
 			case p == "email":

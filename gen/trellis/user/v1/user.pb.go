@@ -31,14 +31,21 @@ type User struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Server-assigned identifier, a UUIDv7 string.
 	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	// Email address, unique case-insensitively; stored as given.
+	// Email address, unique case-insensitively; stored in its PRECIS
+	// UsernameCasePreserved form (full-width letters mapped, NFC).
 	Email string `protobuf:"bytes,2,opt,name=email,proto3" json:"email,omitempty"`
-	// Display name, 1 to 200 characters.
+	// Display name, 1 to 200 characters; stored in its PRECIS Nickname form
+	// (NFKC, spaces collapsed and trimmed).
 	Name string `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
 	// When the user was created.
 	CreateTime *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
 	// When the user was last changed.
-	UpdateTime    *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	UpdateTime *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=update_time,json=updateTime,proto3" json:"update_time,omitempty"`
+	// Opaque version of the user (AIP-154), changed by every update. Send it
+	// back in UpdateUserRequest.user.etag or DeleteUserRequest.etag to make
+	// the change conditional: a stale etag is ABORTED (HTTP 412 through the
+	// gateway, where it is also the ETag / If-Match header).
+	Etag          string `protobuf:"bytes,6,opt,name=etag,proto3" json:"etag,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -106,6 +113,13 @@ func (x *User) GetUpdateTime() *timestamppb.Timestamp {
 		return x.UpdateTime
 	}
 	return nil
+}
+
+func (x *User) GetEtag() string {
+	if x != nil {
+		return x.Etag
+	}
+	return ""
 }
 
 // CreateUserRequest carries the fields of a new user.
@@ -405,7 +419,9 @@ func (x *BatchGetUsersResponse) GetUsers() []*User {
 // ListUsersRequest asks for one page of users.
 type ListUsersRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Maximum users to return: 0 means the default of 50; at most 1000.
+	// Maximum users to return: 0 means the default of 50; at most 1000. A
+	// page also stops early, with a next_page_token, once its users take
+	// about 1 MiB encoded, so a page always fits in a message.
 	PageSize int32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// Opaque token from a previous response's next_page_token; empty for the
 	// first page.
@@ -517,7 +533,9 @@ func (x *ListUsersResponse) GetNextPageToken() string {
 type UpdateUserRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Required. The user to update; user.id names it. Only the fields named in
-	// update_mask are read.
+	// update_mask are read and written (other fields are left as they are,
+	// even when changed concurrently). When user.etag is set, the update is
+	// applied only if it is still the user's etag, else ABORTED.
 	User *User `protobuf:"bytes,1,opt,name=user,proto3" json:"user,omitempty"`
 	// Required. Paths to update: "email" and/or "name". Any other path is
 	// INVALID_ARGUMENT.
@@ -620,7 +638,10 @@ func (x *UpdateUserResponse) GetUser() *User {
 type DeleteUserRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Required. The user's id.
-	Id            string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Optional. When set, the user is deleted only if this is still its
+	// etag, else ABORTED.
+	Etag          string `protobuf:"bytes,2,opt,name=etag,proto3" json:"etag,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -658,6 +679,13 @@ func (*DeleteUserRequest) Descriptor() ([]byte, []int) {
 func (x *DeleteUserRequest) GetId() string {
 	if x != nil {
 		return x.Id
+	}
+	return ""
+}
+
+func (x *DeleteUserRequest) GetEtag() string {
+	if x != nil {
+		return x.Etag
 	}
 	return ""
 }
@@ -703,7 +731,7 @@ var File_trellis_user_v1_user_proto protoreflect.FileDescriptor
 
 const file_trellis_user_v1_user_proto_rawDesc = "" +
 	"\n" +
-	"\x1atrellis/user/v1/user.proto\x12\x0ftrellis.user.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xba\x01\n" +
+	"\x1atrellis/user/v1/user.proto\x12\x0ftrellis.user.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xce\x01\n" +
 	"\x04User\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05email\x18\x02 \x01(\tR\x05email\x12\x12\n" +
@@ -711,7 +739,8 @@ const file_trellis_user_v1_user_proto_rawDesc = "" +
 	"\vcreate_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\x12;\n" +
 	"\vupdate_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"updateTime\"Y\n" +
+	"updateTime\x12\x12\n" +
+	"\x04etag\x18\x06 \x01(\tR\x04etag\"Y\n" +
 	"\x11CreateUserRequest\x12\x14\n" +
 	"\x05email\x18\x01 \x01(\tR\x05email\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1a\n" +
@@ -738,9 +767,10 @@ const file_trellis_user_v1_user_proto_rawDesc = "" +
 	"\vupdate_mask\x18\x02 \x01(\v2\x1a.google.protobuf.FieldMaskR\n" +
 	"updateMask\"?\n" +
 	"\x12UpdateUserResponse\x12)\n" +
-	"\x04user\x18\x01 \x01(\v2\x15.trellis.user.v1.UserR\x04user\"#\n" +
+	"\x04user\x18\x01 \x01(\v2\x15.trellis.user.v1.UserR\x04user\"7\n" +
 	"\x11DeleteUserRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"\x14\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x12\n" +
+	"\x04etag\x18\x02 \x01(\tR\x04etag\"\x14\n" +
 	"\x12DeleteUserResponse2\xa3\x04\n" +
 	"\vUserService\x12U\n" +
 	"\n" +
