@@ -53,3 +53,31 @@ func Size(requested int32, def, max int) int {
 		return int(requested)
 	}
 }
+
+// MaxPageBytes bounds one page by (approximate) encoded size as well as by
+// count, so that a page of the largest items allowed still fits in a gRPC
+// message (4 MiB) with room to spare: 1000 orders of 100 long lines each
+// would be ~13 MB.
+const MaxPageBytes = 1 << 20
+
+// Page cuts a page from rows, which the store read with a limit of size+1
+// (one extra says whether a next page exists): at most size rows and, past
+// the first row, at most MaxPageBytes by bytesOf. It returns the page and
+// the token of the next one ("" when rows are exhausted); key gives the
+// keyset position a row's successor starts after.
+func Page[T any](rows []T, size int, scope string, bytesOf func(T) int, key func(T) string) ([]T, string) {
+	total := 0
+	for i, r := range rows {
+		if i == size {
+			break
+		}
+		total += bytesOf(r)
+		if i > 0 && total > MaxPageBytes {
+			return rows[:i], Encode(key(rows[i-1]), scope)
+		}
+	}
+	if len(rows) <= size {
+		return rows, ""
+	}
+	return rows[:size], Encode(key(rows[size-1]), scope)
+}

@@ -3,6 +3,7 @@ package order_test
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -13,6 +14,7 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/testing/protocmp"
 
 	orderv1 "github.com/trellis-mesh/trellis/gen/trellis/order/v1"
@@ -20,6 +22,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/app"
 	"github.com/trellis-mesh/trellis/internal/app/apptest"
 	"github.com/trellis-mesh/trellis/internal/testenv"
+	"github.com/trellis-mesh/trellis/services/order"
 )
 
 type stack struct {
@@ -403,5 +406,49 @@ func TestRequestIDsArePerUser(t *testing.T) {
 	wantCode(t, err, codes.AlreadyExists)
 	if strings.Contains(err.Error(), a.GetOrder().GetId()) {
 		t.Errorf("bob's conflict names alice's order: %v", err)
+	}
+}
+
+// TestListPagesAreBoundedByBytes: a page of the largest orders the contract
+// allows stops early with a next_page_token instead of growing past the
+// message limit (which would be RESOURCE_EXHAUSTED and a tripped breaker
+// at the gateway); following the tokens still returns every order once.
+func TestListPagesAreBoundedByBytes(t *testing.T) {
+	t.Parallel()
+	s := startStack(t, nil)
+	ctx := context.Background()
+	uid := s.newUser(t)
+	lines := make([]*orderv1.OrderItem, order.MaxItems)
+	for i := range lines {
+		lines[i] = item(strings.Repeat("p", order.MaxProductIDLen-3)+strconv.Itoa(100+i), 1, 1, "EUR")
+	}
+	const n = 120 // ~1.7 MB of orders
+	for i := range n {
+		if _, err := s.orders.CreateOrder(ctx, &orderv1.CreateOrderRequest{UserId: uid, RequestId: strconv.Itoa(i), Items: lines}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	seen, pages, token := map[string]bool{}, 0, ""
+	for {
+		resp, err := s.orders.ListOrders(ctx, &orderv1.ListOrdersRequest{UserId: uid, PageSize: order.MaxPage, PageToken: token})
+		if err != nil {
+			t.Fatal(err)
+		}
+		pages++
+		if size := proto.Size(resp); size > 1<<20+64<<10 {
+			t.Errorf("page %d is %d bytes, over the 1 MiB bound", pages, size)
+		}
+		for _, o := range resp.GetOrders() {
+			if seen[o.GetId()] {
+				t.Errorf("order %s on two pages", o.GetId())
+			}
+			seen[o.GetId()] = true
+		}
+		if token = resp.GetNextPageToken(); token == "" {
+			break
+		}
+	}
+	if len(seen) != n || pages < 2 {
+		t.Errorf("got %d orders in %d pages, want %d in at least 2", len(seen), pages, n)
 	}
 }

@@ -171,11 +171,18 @@ func (s *Service) List(ctx context.Context, userID string, pageSize int32, token
 	if err != nil {
 		return nil, "", fmt.Errorf("list orders: %w", err)
 	}
-	if len(orders) <= size {
-		return orders, "", nil
+	page, next := pagetoken.Page(orders, size, scope, encodedSize, func(o Order) string { return o.ID })
+	return page, next, nil
+}
+
+// encodedSize is about what an order takes on the wire (protobuf), a
+// little over: field tags, ids, times, per-line overhead.
+func encodedSize(o Order) int {
+	n := 160 + len(o.RequestID)
+	for _, it := range o.Items {
+		n += 40 + len(it.ProductID)
 	}
-	orders = orders[:size]
-	return orders, pagetoken.Encode(orders[size-1].ID, scope), nil
+	return n
 }
 
 // Cancel cancels a pending or confirmed order. Cancelling a cancelled order

@@ -151,11 +151,10 @@ func (s *Service) List(ctx context.Context, pageSize int32, token string) ([]Use
 	if err != nil {
 		return nil, "", fmt.Errorf("list users: %w", err)
 	}
-	if len(users) <= size {
-		return users, "", nil
-	}
-	users = users[:size]
-	return users, pagetoken.Encode(users[size-1].ID, "users"), nil
+	page, next := pagetoken.Page(users, size, "users",
+		func(u User) int { return 120 + len(u.Email) + len(u.Name) }, // about its wire size
+		func(u User) string { return u.ID })
+	return page, next, nil
 }
 
 // Patch names the fields an update changes; nil fields are kept.
