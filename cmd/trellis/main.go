@@ -17,7 +17,10 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/KimMachineGun/automemlimit/memlimit"
+
 	"github.com/trellis-mesh/trellis/internal/app"
+	"github.com/trellis-mesh/trellis/internal/redact"
 	"github.com/trellis-mesh/trellis/mesh"
 )
 
@@ -92,9 +95,14 @@ func runCmd(args []string, stderr io.Writer) int {
 	log = log.With("version", buildVersion())
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	// The Go heap agrees with the container: GOMEMLIMIT at 90% of the
+	// cgroup's memory limit (automemlimit), so the collector works harder
+	// before the kernel kills the process. A GOMEMLIMIT in the environment
+	// wins; no limit (a laptop) leaves it unlimited.
+	_, _ = memlimit.Set(memlimit.WithRatio(0.9), memlimit.WithLogger(log))
 	a, err := app.New(ctx, cfg, log)
 	if err != nil {
-		log.Error("start failed", "error", err.Error())
+		log.Error("start failed", "error", redact.String(err.Error()))
 		return 1
 	}
 	if err := a.Run(ctx); err != nil {

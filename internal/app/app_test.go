@@ -3,9 +3,12 @@ package app_test
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
+	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -203,5 +206,26 @@ func TestPProfOnlyWhenAsked(t *testing.T) {
 		if resp.StatusCode != want {
 			t.Errorf("--pprof=%v: /debug/pprof/cmdline answered %d, want %d", on, resp.StatusCode, want)
 		}
+	}
+}
+
+// TestPProfCmdlineShowsNoSecret: with --pprof, the command line served at
+// /debug/pprof/cmdline has the database password redacted (not parallel:
+// it sets os.Args).
+func TestPProfCmdlineShowsNoSecret(t *testing.T) {
+	saved := os.Args
+	os.Args = []string{"trellis", "run", "--database-url=postgres://trellis:hunter2-secret@db:5432/trellis", "--nats-url", "nats://u:hunter2-secret@nats:4222"}
+	t.Cleanup(func() { os.Args = saved })
+	cfg := apptest.Config(t, app.TargetUser)
+	cfg.PProf = true
+	a := apptest.Start(t, cfg)
+	resp, err := http.Get("http://" + a.Addr("admin") + "/debug/pprof/cmdline")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if strings.Contains(string(b), "hunter2") || !strings.Contains(string(b), "--database-url=postgres://trellis:xxxxx@db:5432/trellis") {
+		t.Errorf("/debug/pprof/cmdline = %q", b)
 	}
 }

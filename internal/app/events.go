@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
+	"github.com/trellis-mesh/trellis/internal/redact"
 	"github.com/trellis-mesh/trellis/mesh/eventbus"
 	"github.com/trellis-mesh/trellis/services/order"
 	"github.com/trellis-mesh/trellis/services/user"
@@ -47,7 +48,7 @@ func (a *App) eventBus() (*eventbus.Bus, error) {
 	}
 	nc, err := nats.Connect(url, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("nats: connect %s: %w", url, err)
+		return nil, fmt.Errorf("nats: connect %s: %w", redact.URL(url), err)
 	}
 	a.closers = append(a.closers, func() error { nc.Close(); return nil })
 	bus, err := eventbus.NewBus(nc, eventbus.Config{Prefix: a.cfg.NATSPrefix, Replicas: a.cfg.NATSReplicas, Tracer: a.tp})

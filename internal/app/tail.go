@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	_ "github.com/trellis-mesh/trellis/gen/trellis/events/v1" // registers the payload types for decoding
+	"github.com/trellis-mesh/trellis/internal/redact"
 	"github.com/trellis-mesh/trellis/mesh/eventbus"
 	"github.com/trellis-mesh/trellis/services/order"
 	"github.com/trellis-mesh/trellis/services/user"
@@ -39,7 +40,7 @@ func (c *TailConfig) RegisterFlags(fs *flag.FlagSet) {
 func Tail(ctx context.Context, cfg TailConfig, w io.Writer) error {
 	nc, err := nats.Connect(cfg.NATSURL, nats.Name("trellis events tail"), nats.Timeout(5*time.Second))
 	if err != nil {
-		return fmt.Errorf("connect to %s: %w", cfg.NATSURL, err)
+		return fmt.Errorf("connect to %s: %w", redact.URL(cfg.NATSURL), err)
 	}
 	defer nc.Close()
 	// Subscribe before replaying, so nothing published in between is
