@@ -108,7 +108,7 @@ func Dial(cfg ClientConfig, log *slog.Logger, m *Metrics, opts ...grpc.DialOptio
 		}),
 		// Requests over what mesh servers accept fail here, as the
 		// caller's mistake, instead of being sent to be refused.
-		grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(MaxMessageBytes), grpc.MaxCallRecvMsgSize(MaxMessageBytes)),
+		grpc.WithDefaultCallOptions(grpc.MaxCallSendMsgSize(MaxRequestBytes), grpc.MaxCallRecvMsgSize(MaxResponseBytes)),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.WithChainUnaryInterceptor(
 			clientRequestID,

@@ -35,7 +35,7 @@ func TestClientSideFailuresNeverTripTheBreaker(t *testing.T) {
 		wantText string
 	}{
 		{"request not encodable (invalid UTF-8)", nil, &userv1.GetUserRequest{Id: "\xff" + validID[1:]}, okUser, codes.InvalidArgument, "not valid UTF-8"},
-		{"request over the send limit", nil, &userv1.GetUserRequest{Id: strings.Repeat("a", mesh.MaxMessageBytes+1)}, okUser, codes.InvalidArgument, "larger than upstream user accepts"},
+		{"request over the send limit", nil, &userv1.GetUserRequest{Id: strings.Repeat("a", mesh.MaxRequestBytes+1)}, okUser, codes.InvalidArgument, "larger than upstream user accepts"},
 		{"answer over the receive limit", []grpc.DialOption{grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(1024))}, &userv1.GetUserRequest{Id: validID}, big, codes.ResourceExhausted, "larger than this caller accepts"},
 	}
 	for _, tt := range tests {

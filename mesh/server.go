@@ -37,14 +37,17 @@ type ServerConfig struct {
 	// Tracer, when set, traces every call (OpenTelemetry, W3C trace
 	// context). Nil: no tracing and no cost.
 	Tracer trace.TracerProvider
-	// MaxRecvMsgBytes caps a request message. Default 4 MiB.
+	// MaxRecvMsgBytes caps a request message. Default MaxRequestBytes
+	// (256 KiB).
 	MaxRecvMsgBytes int
-	// MaxSendMsgBytes caps a response message. Default 4 MiB.
+	// MaxSendMsgBytes caps a response message. Default MaxResponseBytes
+	// (4 MiB).
 	MaxSendMsgBytes int
 	// MaxConcurrentStreams caps the calls in flight on one connection;
-	// further calls wait for a free stream. With MaxSendMsgBytes it bounds
-	// what one connection can hold in responses its client does not read.
-	// Default 100.
+	// further calls wait for a free stream. It bounds what one connection
+	// can make the server hold: requests it sends slowly (each at most
+	// MaxRecvMsgBytes) and answers it does not read (each at most a page,
+	// 256 KiB): 64 × 512 KiB = 32 MiB. Default 64.
 	MaxConcurrentStreams uint32
 	// MaxHeaderListBytes caps the metadata (HTTP/2 header list) of one
 	// call; larger ones are refused by the transport before any code runs.
@@ -70,13 +73,13 @@ func (c ServerConfig) withDefaults() ServerConfig {
 		c.MaxConnectionIdle = 5 * time.Minute
 	}
 	if c.MaxRecvMsgBytes <= 0 {
-		c.MaxRecvMsgBytes = MaxMessageBytes
+		c.MaxRecvMsgBytes = MaxRequestBytes
 	}
 	if c.MaxSendMsgBytes <= 0 {
-		c.MaxSendMsgBytes = MaxMessageBytes
+		c.MaxSendMsgBytes = MaxResponseBytes
 	}
 	if c.MaxConcurrentStreams == 0 {
-		c.MaxConcurrentStreams = 100
+		c.MaxConcurrentStreams = 64
 	}
 	if c.MaxHeaderListBytes == 0 {
 		c.MaxHeaderListBytes = 16 << 10
@@ -84,9 +87,16 @@ func (c ServerConfig) withDefaults() ServerConfig {
 	return c
 }
 
-// MaxMessageBytes is the default cap on one gRPC message, each way, on
-// mesh servers and clients (gRPC's default receive limit, stated).
-const MaxMessageBytes = 4 << 20
+// Message limits of mesh servers and clients, each explicit (gRPC's own
+// defaults are 4 MiB received and 2 GiB sent).
+const (
+	// MaxRequestBytes caps a request: the largest any Trellis RPC needs
+	// (CreateOrder with 100 lines of 100-byte product ids) is ~15 KiB.
+	MaxRequestBytes = 256 << 10
+	// MaxResponseBytes caps a response; list pages stay under 256 KiB
+	// (pagetoken.MaxPageBytes), so this is only a backstop.
+	MaxResponseBytes = 4 << 20
+)
 
 // Server is a gRPC server with the mesh chain, health and reflection.
 type Server struct {

@@ -55,10 +55,11 @@ func Size(requested int32, def, max int) int {
 }
 
 // MaxPageBytes bounds one page by (approximate) encoded size as well as by
-// count, so that a page of the largest items allowed still fits in a gRPC
-// message (4 MiB) with room to spare: 1000 orders of 100 long lines each
-// would be ~13 MB.
-const MaxPageBytes = 1 << 20
+// count, so that a page of the largest items allowed fits in a gRPC
+// message with room to spare (1000 orders of 100 long lines each would be
+// ~13 MB), and so that what a client that never reads its answers can make
+// a server hold stays small (see mesh.ServerConfig.MaxConcurrentStreams).
+const MaxPageBytes = 256 << 10
 
 // Page cuts a page from rows, which the store read with a limit of size+1
 // (one extra says whether a next page exists): at most size rows and, past

@@ -21,6 +21,7 @@ import (
 	userv1 "github.com/trellis-mesh/trellis/gen/trellis/user/v1"
 	"github.com/trellis-mesh/trellis/internal/app"
 	"github.com/trellis-mesh/trellis/internal/app/apptest"
+	"github.com/trellis-mesh/trellis/internal/pagetoken"
 	"github.com/trellis-mesh/trellis/internal/testenv"
 	"github.com/trellis-mesh/trellis/services/order"
 )
@@ -422,7 +423,7 @@ func TestListPagesAreBoundedByBytes(t *testing.T) {
 	for i := range lines {
 		lines[i] = item(strings.Repeat("p", order.MaxProductIDLen-3)+strconv.Itoa(100+i), 1, 1, "EUR")
 	}
-	const n = 120 // ~1.7 MB of orders
+	const n = 40 // ~560 KB of orders
 	for i := range n {
 		if _, err := s.orders.CreateOrder(ctx, &orderv1.CreateOrderRequest{UserId: uid, RequestId: strconv.Itoa(i), Items: lines}); err != nil {
 			t.Fatal(err)
@@ -435,8 +436,8 @@ func TestListPagesAreBoundedByBytes(t *testing.T) {
 			t.Fatal(err)
 		}
 		pages++
-		if size := proto.Size(resp); size > 1<<20+64<<10 {
-			t.Errorf("page %d is %d bytes, over the 1 MiB bound", pages, size)
+		if size := proto.Size(resp); size > pagetoken.MaxPageBytes+16<<10 {
+			t.Errorf("page %d is %d bytes, over the 256 KiB bound", pages, size)
 		}
 		for _, o := range resp.GetOrders() {
 			if seen[o.GetId()] {

@@ -421,7 +421,7 @@ type ListUsersRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Maximum users to return: 0 means the default of 50; at most 1000. A
 	// page also stops early, with a next_page_token, once its users take
-	// about 1 MiB encoded, so a page always fits in a message.
+	// about 256 KiB encoded, so a page always fits in a message.
 	PageSize int32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	// Opaque token from a previous response's next_page_token; empty for the
 	// first page.
