@@ -1,0 +1,192 @@
+package hostile
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+var trellisBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "hostile")
+	if err != nil {
+		panic(err)
+	}
+	trellisBin = filepath.Join(dir, "trellis")
+	if bin := os.Getenv("HOSTILE_TRELLIS_BIN"); bin != "" {
+		trellisBin = bin // attack another build (e.g. an older one, to see a test fail)
+	} else if out, err := exec.Command("go", "build", "-o", trellisBin, "../../cmd/trellis").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "build trellis: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// system is one `trellis run` process (all components, SQLite, embedded
+// NATS) in its default configuration but for the ports and a fast hash.
+type system struct {
+	cmd                    *exec.Cmd
+	http, user, order, adm string
+	logs                   *syncBuffer
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+func start(t *testing.T, extra ...string) *system {
+	t.Helper()
+	s := &system{http: freeAddr(t), user: freeAddr(t), order: freeAddr(t), adm: freeAddr(t), logs: &syncBuffer{}}
+	args := append([]string{"run", "--http-addr", s.http, "--user-addr", s.user, "--order-addr", s.order,
+		"--admin-addr", s.adm, "--bcrypt-cost", "4"}, extra...)
+	s.cmd = exec.Command(trellisBin, args...)
+	s.cmd.Dir = t.TempDir()
+	s.cmd.Stdout, s.cmd.Stderr = s.logs, s.logs
+	if err := s.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = s.cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { _ = s.cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(20 * time.Second):
+			_ = s.cmd.Process.Kill()
+			<-done
+		}
+		if t.Failed() {
+			t.Logf("trellis log (last 4 KiB):\n%s", tail(s.logs.String(), 4096))
+		}
+	})
+	deadline := time.Now().Add(30 * time.Second)
+	for !s.ready() {
+		if time.Now().After(deadline) {
+			t.Fatalf("trellis not ready in 30s:\n%s", s.logs.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return s
+}
+
+func tail(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
+}
+
+func (s *system) ready() bool {
+	resp, err := http.Get("http://" + s.adm + "/readyz")
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == http.StatusOK
+}
+
+// rss is the process's resident set size in bytes, from /proc.
+func (s *system) rss(t *testing.T) int64 {
+	t.Helper()
+	f, err := os.Open("/proc/" + strconv.Itoa(s.cmd.Process.Pid) + "/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return kb << 10
+		}
+	}
+	t.Fatal("no VmRSS in /proc status")
+	return 0
+}
+
+// peakRSS samples the process's RSS every 20 ms until stop is closed and
+// returns the highest value seen.
+func (s *system) peakRSS(t *testing.T, stop <-chan struct{}) <-chan int64 {
+	out := make(chan int64, 1)
+	go func() {
+		var peak int64
+		tick := time.NewTicker(20 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			if r := s.rss(t); r > peak {
+				peak = r
+			}
+			select {
+			case <-stop:
+				out <- peak
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	return out
+}
+
+var breakerOpened = regexp.MustCompile(`trellis_breaker_transitions_total\{[^}]*to="open"[^}]*\} ([0-9.e+]+)`)
+
+// healthy fails the test if the process is not ready or any breaker has
+// ever opened.
+func (s *system) healthy(t *testing.T) {
+	t.Helper()
+	if !s.ready() {
+		t.Error("/readyz is not ready")
+	}
+	resp, err := http.Get("http://" + s.adm + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	for _, m := range breakerOpened.FindAllStringSubmatch(string(b), -1) {
+		if m[1] != "0" {
+			t.Errorf("a breaker opened: %s", m[0])
+		}
+	}
+}
