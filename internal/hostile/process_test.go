@@ -63,7 +63,7 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-func freeAddr(t *testing.T) string {
+func freeAddr(t testing.TB) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -73,7 +73,7 @@ func freeAddr(t *testing.T) string {
 	return l.Addr().String()
 }
 
-func start(t *testing.T, extra ...string) *system {
+func start(t testing.TB, extra ...string) *system {
 	t.Helper()
 	s := &system{http: freeAddr(t), user: freeAddr(t), order: freeAddr(t), adm: freeAddr(t), logs: &syncBuffer{}}
 	args := append([]string{"run", "--http-addr", s.http, "--user-addr", s.user, "--order-addr", s.order,
@@ -125,7 +125,7 @@ func (s *system) ready() bool {
 }
 
 // rss is the process's resident set size in bytes, from /proc.
-func (s *system) rss(t *testing.T) int64 {
+func (s *system) rss(t testing.TB) int64 {
 	t.Helper()
 	f, err := os.Open("/proc/" + strconv.Itoa(s.cmd.Process.Pid) + "/status")
 	if err != nil {
@@ -148,7 +148,7 @@ func (s *system) rss(t *testing.T) int64 {
 
 // peakRSS samples the process's RSS every 20 ms until stop is closed and
 // returns the highest value seen.
-func (s *system) peakRSS(t *testing.T, stop <-chan struct{}) <-chan int64 {
+func (s *system) peakRSS(t testing.TB, stop <-chan struct{}) <-chan int64 {
 	out := make(chan int64, 1)
 	go func() {
 		var peak int64
@@ -173,7 +173,7 @@ var breakerOpened = regexp.MustCompile(`trellis_breaker_transitions_total\{[^}]*
 
 // healthy fails the test if the process is not ready or any breaker has
 // ever opened.
-func (s *system) healthy(t *testing.T) {
+func (s *system) healthy(t testing.TB) {
 	t.Helper()
 	if !s.ready() {
 		t.Error("/readyz is not ready")

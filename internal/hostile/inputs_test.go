@@ -1,0 +1,420 @@
+package hostile
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"math/rand/v2"
+	"net/http"
+	"net/url"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/mem"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/types/dynamicpb"
+
+	orderv1 "github.com/trellis-mesh/trellis/gen/trellis/order/v1"
+	userv1 "github.com/trellis-mesh/trellis/gen/trellis/user/v1"
+)
+
+// route is one REST route of gateway/http.yaml (and the overview).
+type route struct{ method, template string }
+
+var ruleRe = regexp.MustCompile(`(?m)^\s*-?\s*(get|post|patch|delete): (/api/\S+)`)
+
+// routes reads every route from gateway/http.yaml, so a new route is
+// attacked without anyone remembering to add it here.
+func routes(t testing.TB) []route {
+	t.Helper()
+	b, err := os.ReadFile("../../gateway/http.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []route
+	for _, m := range ruleRe.FindAllStringSubmatch(string(b), -1) {
+		out = append(out, route{strings.ToUpper(m[1]), m[2]})
+	}
+	if len(out) < 10 {
+		t.Fatalf("found %d routes in http.yaml", len(out))
+	}
+	return append(out, route{"GET", "/api/v1/users/{id}:overview"}, route{"HEAD", "/api/v1/users/{id}"})
+}
+
+var paramRe = regexp.MustCompile(`\{[^}]+\}`)
+
+// The classes of bad input the issue found, and their siblings. Path
+// values are as they go on the wire (percent-encoded where needed).
+var (
+	pathValues = []string{
+		"", "%ff", "%ff%fe", "%00", "%c0%af", "%c3%28", "%ed%a0%80", "%e2%80%ae", "%e2%80%8b", "%ef%bb%bf",
+		"%0d%0aX-Injected:%201", "..%2f..%2fetc%2fpasswd", "a", "1", "-1", "0192f7a4-7c4e-7d1a-9b7e-2f5c3a1d8e90",
+		"0192F7A4-7C4E-7D1A-9B7E-2F5C3A1D8E90", "%7Bid%7D", "'%20OR%201=1--", strings.Repeat("a", 4000), "%25", "%",
+	}
+	queries = []string{
+		"", "pageSize=-1", "pageSize=abc", "pageSize=99999999999999999999", "pageSize=1e3", "pageSize=%ff",
+		"pageToken=%ff", "pageToken=garbage", "pageToken=eyJ4IjoxfQ", "page_token=%00", "userId=%00", "userId=%e2%80%ae",
+		"ids=x&ids=%ff", "ids=" + strings.Repeat("0192f7a4-7c4e-7d1a-9b7e-2f5c3a1d8e90&ids=", 150) + "x", "unknown=1",
+		"%ff=1", "pageSize=1&pageSize=2", "user.id=x", "etag=%ff", "a=%zz",
+	}
+	bodies = []string{
+		"", "{", "}", "[]", "null", "1", `"s"`, "{}{}", `{} garbage`, `{"a":1}`, `{"email":1}`, `{"email":null}`,
+		`{"name":"\u0000"}`, `{"name":"a\u202eb"}`, `{"email":"\ud800@example.com"}`, "{\"name\":\"\xff\xfe\"}",
+		`{"email":"ada@example.com","name":"Ada","password":"correct-horse"}`,
+		`{"email":"ａｄａ@example.com","name":"Ada","password":"correct-horse"}`,
+		`{"userId":"0192f7a4-7c4e-7d1a-9b7e-2f5c3a1d8e90","requestId":"r","items":[{"productId":"p","quantity":1e400,"unitPrice":{"currencyCode":"EUR","amountMinor":"1"}}]}`,
+		`{"userId":"0192f7a4-7c4e-7d1a-9b7e-2f5c3a1d8e90","requestId":"r","items":[{"productId":"p","quantity":1,"unitPrice":{"currencyCode":"ABC","amountMinor":"99999999999999999999"}}]}`,
+		`{"items":[` + strings.Repeat(`{"productId":"p"},`, 5000) + `{}]}`,
+		strings.Repeat("[", 100000), `{"etag":"` + strings.Repeat("v", 1000) + `"}`, `{"updateMask":"email,password"}`,
+		"\x1f\x8b\x08\x00\x00\x00\x00\x00", `{"name":"` + strings.Repeat("\\u0000", 5000) + `"}`,
+	}
+	// Leaks that must never reach a client.
+	leaks = []string{"proto:", "grpc:", "strconv", "sql", "SQL", "panic", "goroutine", "runtime error", "utf8", "invalid syntax", "127.0.0.1", "dial tcp"}
+)
+
+// restClient sends requests without Go's client tidying them: the path
+// goes out as written.
+var restClient = &http.Client{Timeout: 10 * time.Second}
+
+// checkREST sends one request and fails the test if the answer is a 5xx,
+// an error without the JSON error shape, or leaks internals.
+func checkREST(t testing.TB, s *system, method, path, body string) {
+	t.Helper()
+	req, err := http.NewRequest(method, "http://"+s.http+"/", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.URL.Opaque = "//" + s.http + path // raw: keep the client's encoding
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := restClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	what := fmt.Sprintf("%s %.200s body %.200q", method, path, body)
+	if resp.StatusCode >= 500 {
+		t.Errorf("%s: %d %s", what, resp.StatusCode, b)
+		return
+	}
+	for _, l := range leaks {
+		if bytes.Contains(b, []byte(l)) {
+			t.Errorf("%s: answer leaks %q: %.300s", what, l, b)
+		}
+	}
+	_, unparsable := url.ParseRequestURI(path)
+	if resp.StatusCode >= 400 && method != http.MethodHead && unparsable == nil { // net/http itself answers a request-URI it cannot parse
+		var e struct {
+			Code    *int    `json:"code"`
+			Message *string `json:"message"`
+		}
+		if err := json.Unmarshal(b, &e); err != nil || e.Code == nil || e.Message == nil {
+			t.Errorf("%s: %d without the JSON error shape: %.300s", what, resp.StatusCode, b)
+		}
+	}
+}
+
+// fill replaces each {param} of a route template.
+func fill(template string, value func() string) string {
+	return paramRe.ReplaceAllStringFunc(template, func(string) string { return value() })
+}
+
+// services are the gRPC services and where they listen.
+func services(s *system) map[string]protoreflect.ServiceDescriptor {
+	return map[string]protoreflect.ServiceDescriptor{
+		s.user:  userv1.File_trellis_user_v1_user_proto.Services().Get(0),
+		s.order: orderv1.File_trellis_order_v1_order_proto.Services().Get(0),
+	}
+}
+
+// rawCodec sends bytes as they are: malformed protobuf on the wire.
+type rawCodec struct{}
+
+func (rawCodec) Marshal(v any) (mem.BufferSlice, error) {
+	return mem.BufferSlice{mem.SliceBuffer(*v.(*[]byte))}, nil
+}
+func (rawCodec) Unmarshal(data mem.BufferSlice, v any) error {
+	*v.(*[]byte) = data.Materialize()
+	return nil
+}
+func (rawCodec) Name() string { return "proto" }
+
+// serverFaults are the codes a client's mistake must never produce.
+var serverFaults = map[codes.Code]bool{codes.Internal: true, codes.Unknown: true, codes.DataLoss: true,
+	codes.Unavailable: true, codes.DeadlineExceeded: true, codes.ResourceExhausted: true}
+
+// checkGRPC sends raw bytes as the request of method and fails the test
+// if the answer is a server fault or leaks internals.
+func checkGRPC(t testing.TB, conn *grpc.ClientConn, method string, raw []byte) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var out []byte
+	err := conn.Invoke(ctx, method, &raw, &out, grpc.ForceCodecV2(rawCodec{}))
+	st := status.Convert(err)
+	if serverFaults[st.Code()] {
+		t.Errorf("%s with %.120x: %v", method, raw, err)
+	}
+	for _, l := range leaks {
+		if strings.Contains(st.Message(), l) {
+			t.Errorf("%s: message leaks %q: %s", method, l, st.Message())
+		}
+	}
+}
+
+// nastyStrings are valid UTF-8 (protobuf can encode them) but every
+// class of trouble; invalid UTF-8 goes in as raw bytes.
+var nastyStrings = []string{"", "a", "\x00", "a\x00b", "\u202e", "\u200b", "\ufeff", "ａｄａ@example.com", "e\u0301", "\U0001F600",
+	"0192f7a4-7c4e-7d1a-9b7e-2f5c3a1d8e90", "ada@example.com", "EUR", "XXX", "eur", "email", "name", "password", "etag", "v1", "v0",
+	strings.Repeat("x", 300), strings.Repeat("é", 201), "' OR 1=1--", "%ff", "\r\n", "*"}
+
+// randomMessage fills a message of descriptor md with random, often
+// boundary, values, recursing at most depth levels.
+func randomMessage(rng *rand.Rand, md protoreflect.MessageDescriptor, depth int) *dynamicpb.Message {
+	m := dynamicpb.NewMessage(md)
+	fields := md.Fields()
+	for i := range fields.Len() {
+		fd := fields.Get(i)
+		if rng.IntN(4) == 0 {
+			continue // leave some fields unset
+		}
+		if fd.IsList() {
+			l := m.Mutable(fd).List()
+			n := []int{0, 1, 2, 3, 101, 1001}[rng.IntN(6)]
+			if fd.Kind() == protoreflect.MessageKind && n > 101 {
+				n = 101
+			}
+			for range n {
+				if v, ok := randomValue(rng, fd, depth); ok {
+					l.Append(v)
+				}
+			}
+			continue
+		}
+		if v, ok := randomValue(rng, fd, depth); ok {
+			m.Set(fd, v)
+		}
+	}
+	return m
+}
+
+func randomValue(rng *rand.Rand, fd protoreflect.FieldDescriptor, depth int) (protoreflect.Value, bool) {
+	ints := []int64{0, 1, -1, 2, 999, 1000, 1001, math.MaxInt32, math.MinInt32, math.MaxInt64, math.MinInt64, 1_000_000_000_000, 1_000_000_000_001}
+	switch fd.Kind() {
+	case protoreflect.StringKind:
+		return protoreflect.ValueOfString(nastyStrings[rng.IntN(len(nastyStrings))]), true
+	case protoreflect.Int32Kind, protoreflect.Sint32Kind, protoreflect.Sfixed32Kind:
+		return protoreflect.ValueOfInt32(int32(ints[rng.IntN(len(ints))])), true
+	case protoreflect.Int64Kind, protoreflect.Sint64Kind, protoreflect.Sfixed64Kind:
+		return protoreflect.ValueOfInt64(ints[rng.IntN(len(ints))]), true
+	case protoreflect.EnumKind:
+		return protoreflect.ValueOfEnum(protoreflect.EnumNumber(ints[rng.IntN(len(ints))])), true
+	case protoreflect.BoolKind:
+		return protoreflect.ValueOfBool(rng.IntN(2) == 0), true
+	case protoreflect.MessageKind:
+		if depth <= 0 {
+			return protoreflect.Value{}, false
+		}
+		return protoreflect.ValueOfMessage(randomMessage(rng, fd.Message(), depth-1)), true
+	}
+	return protoreflect.Value{}, false
+}
+
+// mutate damages an encoding: truncation, a flipped byte, invalid UTF-8
+// spliced into a string field, a huge length, bytes appended.
+func mutate(rng *rand.Rand, b []byte) []byte {
+	b = append([]byte(nil), b...)
+	switch rng.IntN(6) {
+	case 0:
+		if len(b) > 0 {
+			b = b[:rng.IntN(len(b))]
+		}
+	case 1:
+		if len(b) > 0 {
+			b[rng.IntN(len(b))] ^= byte(1 + rng.IntN(255))
+		}
+	case 2:
+		b = protowire.AppendTag(b, protowire.Number(1+rng.IntN(4)), protowire.BytesType)
+		b = protowire.AppendBytes(b, []byte{0xff, 0xfe, 'a'})
+	case 3:
+		b = protowire.AppendTag(b, protowire.Number(1+rng.IntN(4)), protowire.BytesType)
+		b = protowire.AppendVarint(b, 1<<40)
+	case 4:
+		for range rng.IntN(64) {
+			b = append(b, byte(rng.IntN(256)))
+		}
+	}
+	return b
+}
+
+// seed is the generator's seed: HOSTILE_SEED to replay a failure, else
+// the clock (logged).
+func seed(t testing.TB) uint64 {
+	if v, err := strconv.ParseUint(os.Getenv("HOSTILE_SEED"), 10, 64); err == nil {
+		return v
+	}
+	v := uint64(time.Now().UnixNano())
+	t.Logf("HOSTILE_SEED=%d", v)
+	return v
+}
+
+// TestGeneratedInputsNeverFaultTheServer sends, through REST and gRPC,
+// every class of bad input above to every route and every RPC, then
+// hundreds of generated ones; no answer is a server fault, no breaker
+// opens, /readyz stays ready and the process stays within GrowthBound.
+func TestGeneratedInputsNeverFaultTheServer(t *testing.T) {
+	s := start(t)
+	rng := rand.New(rand.NewPCG(seed(t), 7))
+	time.Sleep(200 * time.Millisecond)
+	base := s.rss(t)
+	stop := make(chan struct{})
+	peak := s.peakRSS(t, stop)
+
+	// REST: every route with every class of path value, query and body.
+	for _, r := range routes(t) {
+		for _, v := range pathValues {
+			checkREST(t, s, r.method, fill(r.template, func() string { return v }), "")
+		}
+		for _, q := range queries {
+			checkREST(t, s, r.method, fill(r.template, func() string { return "0192f7a4-7c4e-7d1a-9b7e-2f5c3a1d8e90" })+"?"+q, "")
+		}
+		if r.method == "POST" || r.method == "PATCH" {
+			for _, b := range bodies {
+				checkREST(t, s, r.method, fill(r.template, func() string { return "0192f7a4-7c4e-7d1a-9b7e-2f5c3a1d8e90" }), b)
+			}
+		}
+	}
+	// REST, generated: random combinations, from several clients at once.
+	rs := routes(t)
+	var wg sync.WaitGroup
+	var mu sync.Mutex // rng
+	for range 4 {
+		wg.Go(func() {
+			for range 150 {
+				mu.Lock()
+				r := rs[rng.IntN(len(rs))]
+				path := fill(r.template, func() string { return pathValues[rng.IntN(len(pathValues))] })
+				if rng.IntN(2) == 0 {
+					path += "?" + queries[rng.IntN(len(queries))] + "&" + queries[rng.IntN(len(queries))]
+				}
+				body := ""
+				if r.method == "POST" || r.method == "PATCH" {
+					body = bodies[rng.IntN(len(bodies))]
+					if rng.IntN(3) == 0 && len(body) > 2 {
+						cut := rng.IntN(len(body))
+						body = body[:cut] + string(rune(rng.IntN(0x3000))) + body[cut:]
+					}
+				}
+				mu.Unlock()
+				checkREST(t, s, r.method, path, body)
+			}
+		})
+	}
+	wg.Wait()
+
+	// gRPC: every RPC, generated messages and damaged encodings of them.
+	for addr, sd := range services(s) {
+		conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		methods := sd.Methods()
+		for i := range methods.Len() {
+			md := methods.Get(i)
+			name := "/" + string(sd.FullName()) + "/" + string(md.Name())
+			for range 60 {
+				msg := randomMessage(rng, md.Input(), 3)
+				b, err := proto.Marshal(msg)
+				if err != nil {
+					t.Fatal(err)
+				}
+				checkGRPC(t, conn, name, b)
+				checkGRPC(t, conn, name, mutate(rng, b))
+			}
+		}
+	}
+	close(stop)
+	if grew := <-peak - base; grew > GrowthBound {
+		t.Errorf("the process grew by %.1f MiB, over the %d MiB bound", float64(grew)/(1<<20), GrowthBound>>20)
+	}
+	s.healthy(t)
+}
+
+// FuzzREST lets `go test -fuzz FuzzREST ./internal/hostile` search for
+// a request the gateway answers with a 5xx; the seeds are the classes
+// above, so plain `go test` runs them all as a regression suite.
+func FuzzREST(f *testing.F) {
+	for i := range max(len(pathValues), len(queries), len(bodies)) {
+		f.Add(uint8(i), pathValues[i%len(pathValues)], queries[i%len(queries)], bodies[i%len(bodies)])
+	}
+	s := start(f)
+	rs := routes(f)
+	f.Fuzz(func(t *testing.T, ri uint8, value, query, body string) {
+		r := rs[int(ri)%len(rs)]
+		path := fill(r.template, func() string { return escapeSome(value) })
+		if query != "" {
+			path += "?" + escapeSome(query)
+		}
+		checkREST(t, s, r.method, path, body)
+	})
+}
+
+// FuzzGRPC does the same for raw request bytes of every RPC.
+func FuzzGRPC(f *testing.F) {
+	f.Add(uint8(0), []byte{0x0a, 2, 0xff, 0xfe})
+	f.Add(uint8(1), []byte{0x08})
+	f.Add(uint8(2), []byte{0x0b})
+	f.Add(uint8(3), []byte{0x0a, 100, 'a'})
+	s := start(f)
+	conns := map[string]*grpc.ClientConn{}
+	var all, at []string
+	for addr, sd := range services(s) {
+		c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Cleanup(func() { c.Close() })
+		conns[addr] = c
+		for i := range sd.Methods().Len() {
+			all = append(all, "/"+string(sd.FullName())+"/"+string(sd.Methods().Get(i).Name()))
+			at = append(at, addr)
+		}
+	}
+	f.Fuzz(func(t *testing.T, mi uint8, raw []byte) {
+		i := int(mi) % len(all)
+		checkGRPC(t, conns[at[i]], all[i], raw)
+	})
+}
+
+// escapeSome percent-encodes bytes a URL cannot carry as they are, so the
+// fuzzer's strings reach the server as values, not as broken requests.
+func escapeSome(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c <= ' ' || c >= 0x7f || c == '#' || c == '?' || c == '/' && i == 0 {
+			fmt.Fprintf(&b, "%%%02x", c)
+			continue
+		}
+		b.WriteByte(c)
+	}
+	return b.String()
+}
+
