@@ -417,4 +417,3 @@ func escapeSome(s string) string {
 	}
 	return b.String()
 }
-
