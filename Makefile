@@ -16,8 +16,9 @@ help: ## list the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
 .PHONY: run
-run: ## run the whole system in one process (SQLite in ./data)
-	go run ./cmd/trellis run
+run: ## run the whole system in one process (SQLite in ./data); Ctrl-C stops it cleanly
+	@go build -o bin/trellis ./cmd/trellis
+	@exec bin/trellis run
 
 .PHONY: build
 build: ## build bin/trellis

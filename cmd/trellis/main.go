@@ -159,7 +159,7 @@ func tailCmd(args []string, stdout, stderr io.Writer) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := app.Tail(ctx, cfg, stdout); err != nil {
+	if err := app.Tail(ctx, cfg, stdout, stderr); err != nil {
 		fmt.Fprintln(stderr, "trellis events tail:", err)
 		return 1
 	}

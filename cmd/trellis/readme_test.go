@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"flag"
 	"net/http"
 	"os"
@@ -167,5 +168,34 @@ func TestVersionAndUsage(t *testing.T) {
 	errOut.Reset()
 	if code := run([]string{"run", "--target", "nope"}, &out, &errOut); code == 0 {
 		t.Errorf("bad target accepted")
+	}
+}
+
+// TestReadmeSeparateProcesses runs the README's "separate processes"
+// block as written, with the built trellis on PATH, in an empty directory:
+// three processes, one embedded NATS they share, a user created through
+// the gateway, all stopped again.
+func TestReadmeSeparateProcesses(t *testing.T) {
+	m := regexp.MustCompile("(?s)<!-- readme-test separate-processes -->\\s*```sh\\n(.*?)```").FindStringSubmatch(readme(t))
+	if m == nil {
+		t.Fatal("README has no separate-processes block")
+	}
+	dir := t.TempDir()
+	if out, err := exec.Command("go", "build", "-o", filepath.Join(dir, "trellis"), ".").CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	sh := exec.CommandContext(ctx, "bash", "-euo", "pipefail", "-c", m[1])
+	sh.Dir = t.TempDir()
+	sh.Env = append(os.Environ(), "PATH="+dir+string(os.PathListSeparator)+os.Getenv("PATH"))
+	sh.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	sh.Cancel = func() error { return syscall.Kill(-sh.Process.Pid, syscall.SIGKILL) }
+	out, err := sh.CombinedOutput()
+	if err != nil {
+		t.Fatalf("README separate-processes block failed: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), `"email":"sep@example.com"`) {
+		t.Errorf("no user created through the gateway:\n%s", out)
 	}
 }

@@ -178,8 +178,10 @@ func (c *Config) Validate() error {
 		return err
 	}
 	var errs []error
-	if (t[TargetUser] != t[TargetOrder]) && c.NATSURL == "" {
-		errs = append(errs, errors.New("user and order in separate processes need a shared NATS: set --nats-url"))
+	if (t[TargetUser] != t[TargetOrder]) && c.NATSURL == "" && c.NATSListen == "" {
+		// One of them alone with an in-process NATS nobody else can reach
+		// would publish events the other never sees.
+		errs = append(errs, errors.New("user and order in separate processes need a shared NATS: set --nats-url, or --nats-listen on one of them and --nats-url on the other"))
 	}
 	if c.NATSURL != "" && c.NATSListen != "" {
 		errs = append(errs, errors.New("--nats-listen is for the embedded server; it cannot be used with --nats-url"))

@@ -56,7 +56,16 @@ func (a *App) eventBus() (*eventbus.Bus, error) {
 		return nil, err
 	}
 	a.bus = bus
-	a.log.Info("event bus ready", "nats", nc.ConnectedUrlRedacted(), "embedded", a.cfg.NATSURL == "")
+	where := nc.ConnectedUrlRedacted()
+	if a.cfg.NATSURL == "" {
+		// In process: the URL the client library reports (0.0.0.0:4222)
+		// is not an address anything listens on.
+		where = "in-process (no TCP listener; --nats-listen exposes it)"
+		if addr := a.addrs["nats"]; addr != "" {
+			where = "nats://" + addr
+		}
+	}
+	a.log.Info("event bus ready", "nats", where, "embedded", a.cfg.NATSURL == "")
 	return bus, nil
 }
 

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -34,10 +35,12 @@ func (c *TailConfig) RegisterFlags(fs *flag.FlagSet) {
 	fs.BoolVar(&c.All, "all", false, "first print the events JetStream still holds, then follow new ones")
 }
 
-// Tail prints events matching the subject as JSON lines until ctx ends.
-// The ids printed are remembered for the session, so it is a debugging
-// tool, not something to leave running for days.
-func Tail(ctx context.Context, cfg TailConfig, w io.Writer) error {
+// Tail prints events matching the subject as JSON lines on w until ctx
+// ends, and on status what it follows and whether Trellis's streams are
+// there at all (so a wrong URL or prefix does not look like a quiet
+// system). The ids printed are remembered for the session, so it is a
+// debugging tool, not something to leave running for days.
+func Tail(ctx context.Context, cfg TailConfig, w, status io.Writer) error {
 	nc, err := nats.Connect(cfg.NATSURL, nats.Name("trellis events tail"), nats.Timeout(5*time.Second))
 	if err != nil {
 		return fmt.Errorf("connect to %s: %w", redact.URL(cfg.NATSURL), err)
@@ -51,6 +54,22 @@ func Tail(ctx context.Context, cfg TailConfig, w io.Writer) error {
 		return err
 	}
 	defer sub.Unsubscribe()
+	bus, err := eventbus.NewBus(nc, eventbus.Config{Prefix: cfg.NATSPrefix})
+	if err != nil {
+		return err
+	}
+	var missing []string
+	for _, stream := range []string{user.Stream, order.Stream} {
+		if _, err := bus.JetStream().Stream(ctx, bus.StreamName(stream)); errors.Is(err, jetstream.ErrStreamNotFound) || errors.Is(err, jetstream.ErrJetStreamNotEnabled) {
+			missing = append(missing, bus.StreamName(stream))
+		}
+	}
+	where := redact.URL(nc.ConnectedUrl())
+	if len(missing) > 0 {
+		fmt.Fprintf(status, "no stream %s on %s (prefix %q): no Trellis has published there yet; is trellis running with this --nats-url and --nats-prefix? Waiting for events anyway.\n",
+			strings.Join(missing, ", "), where, cfg.NATSPrefix)
+	}
+	fmt.Fprintf(status, "following %s on %s; Ctrl-C stops\n", cfg.NATSPrefix+cfg.Subject, where)
 	printed := map[string]bool{}
 	print := func(msg *nats.Msg) {
 		if id := msg.Header.Get(eventbus.HeaderID); id != "" {
@@ -64,10 +83,6 @@ func Tail(ctx context.Context, cfg TailConfig, w io.Writer) error {
 		}
 	}
 	if cfg.All {
-		bus, err := eventbus.NewBus(nc, eventbus.Config{Prefix: cfg.NATSPrefix})
-		if err != nil {
-			return err
-		}
 		for _, stream := range []string{user.Stream, order.Stream} {
 			if err := replay(ctx, bus, stream, cfg, print); err != nil {
 				return err

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
 	"strings"
 	"testing"
 	"time"
@@ -48,7 +49,7 @@ func TestEventsTail(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- app.Tail(ctx, app.TailConfig{NATSURL: cfg.NATSURL, Subject: "trellis.user.v1.*", All: true}, out)
+		done <- app.Tail(ctx, app.TailConfig{NATSURL: cfg.NATSURL, Subject: "trellis.user.v1.*", All: true}, out, io.Discard)
 	}()
 	deadline := time.Now().Add(10 * time.Second)
 	for !strings.Contains(out.String(), "trellis.user.v1.created") && time.Now().Before(deadline) {
@@ -100,6 +101,25 @@ func TestMatch(t *testing.T) {
 	} {
 		if got := eventbus.Match(tt.pattern, tt.subject); got != tt.want {
 			t.Errorf("Match(%q, %q) = %v, want %v", tt.pattern, tt.subject, got, tt.want)
+		}
+	}
+}
+
+// TestEventsTailSaysWhatIsNotThere: against a NATS without Trellis's
+// streams (a wrong URL or prefix), tail says so instead of waiting
+// silently.
+func TestEventsTailSaysWhatIsNotThere(t *testing.T) {
+	t.Parallel()
+	url, _ := testenv.NATS(t)
+	status := &syncBuf{mu: make(chan struct{}, 1)}
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	if err := app.Tail(ctx, app.TailConfig{NATSURL: url, Subject: "trellis.>", NATSPrefix: "nope."}, io.Discard, status); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"no stream NOPE_TRELLIS_USER, NOPE_TRELLIS_ORDER", "following nope.trellis.>"} {
+		if !strings.Contains(status.String(), want) {
+			t.Errorf("status %q lacks %q", status.String(), want)
 		}
 	}
 }
