@@ -22,9 +22,14 @@ const browser = await chromium.launch({
 let failed = false;
 const page = await browser.newPage({ viewport: { width: 1100, height: 900 } });
 try {
-  page.on("pageerror", (e) => { throw e; });
+  page.on("pageerror", (e) => { failed = true; console.error("FAIL: page error:", e.message); });
+  // Off localhost over plain HTTP the page is not a secure context and
+  // crypto.randomUUID does not exist: take it away to be that page.
+  await page.addInitScript(() => { Object.defineProperty(Crypto.prototype, "randomUUID", { value: undefined }); });
   await page.goto(base + "/");
   check((await page.title()) === "Trellis", "page loads");
+  const icon = await page.getAttribute("link[rel=icon]", "href");
+  check(icon && (await page.request.get(base + icon)).ok(), "the page has a favicon that loads: " + icon);
 
   // A bad sign-up shows the API's field violations.
   await page.fill("#email", "not-an-email");
@@ -33,7 +38,7 @@ try {
   await page.click("#create-user");
   await page.waitForSelector("#error", { state: "visible" });
   const err1 = await page.textContent("#error");
-  check(err1.includes("400") && err1.includes("email") && err1.includes("password"), "invalid sign-up shows the field errors: " + JSON.stringify(err1));
+  check(err1.includes("400") && err1.includes("• Email:") && err1.includes("• Password:"), "invalid sign-up shows the field errors by the form's labels: " + JSON.stringify(err1));
 
   const email = `ada+${Date.now()}@example.com`;
   await page.fill("#email", email);
@@ -52,16 +57,15 @@ try {
   await page.fill("#quantity", "0");
   await page.click("#place-order");
   await page.waitForSelector("#error", { state: "visible" });
-  check((await page.textContent("#error")).includes("quantity"), "an invalid order shows the error");
+  const err2 = await page.textContent("#error");
+  check(err2.includes("• Quantity:") && !err2.includes("items[0]"), "an invalid order shows the error by the form's label: " + JSON.stringify(err2));
 
   await page.click("#orders tr button.cancel");
   await page.waitForFunction(() => document.querySelector("#orders tr").textContent.includes("CANCELLED"));
   row = await page.textContent("#orders tr");
   check(row.includes("CANCELLED"), "cancelled order is shown as CANCELLED");
 
-  await page.click("#orders tr button.cancel");
-  await page.waitForSelector("#error", { state: "visible" });
-  check((await page.textContent("#error")).includes("already cancelled"), "cancelling twice shows the error");
+  check((await page.$("#orders tr button.cancel")) === null, "a cancelled order has no Cancel button");
 } catch (e) {
   failed = true;
   console.error("FAIL:", e.message);

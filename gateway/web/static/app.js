@@ -13,6 +13,32 @@ function showError(text) {
   box.style.display = text ? "block" : "none";
 }
 
+// labels names a request field the way the form does: the API reports
+// proto field paths ("items[0].unit_price.currency_code"), people read
+// the labels they typed into.
+const labels = {
+  email: "Email", name: "Name", password: "Password", user_id: "User", request_id: "Request id",
+  product_id: "Product", quantity: "Quantity", amount_minor: "Unit price", currency_code: "Currency",
+  unit_price: "Unit price", items: "Items", id: "Order",
+};
+
+function label(field) {
+  const last = field.split(".").pop().replace(/\[\d+\]$/, "");
+  return labels[last] || field;
+}
+
+// newRequestId makes an idempotency key. crypto.randomUUID exists only in
+// secure contexts (HTTPS or localhost); over plain HTTP elsewhere the page
+// builds a version-4 UUID from crypto.getRandomValues, which is everywhere.
+function newRequestId() {
+  if (crypto.randomUUID) return crypto.randomUUID();
+  const b = crypto.getRandomValues(new Uint8Array(16));
+  b[6] = (b[6] & 0x0f) | 0x40;
+  b[8] = (b[8] & 0x3f) | 0x80;
+  const h = [...b].map((x) => x.toString(16).padStart(2, "0")).join("");
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+}
+
 async function api(method, path, body) {
   const res = await fetch(path, {
     method,
@@ -22,10 +48,12 @@ async function api(method, path, body) {
   const text = await res.text();
   const data = text ? JSON.parse(text) : {};
   if (!res.ok) {
-    let msg = `${res.status}: ${data.message || res.statusText}`;
-    for (const d of data.details || []) {
-      for (const v of d.fieldViolations || []) msg += `\n• ${v.field}: ${v.description}`;
-    }
+    const violations = (data.details || []).flatMap((d) => d.fieldViolations || []);
+    // With field violations, the list says it all, by the form's labels.
+    let msg = violations.length
+      ? `${res.status}: please correct ${violations.length === 1 ? "this field" : "these fields"}`
+      : `${res.status}: ${data.message || res.statusText}`;
+    for (const v of violations) msg += `\n• ${label(v.field)}: ${v.description}`;
     const rid = res.headers.get("X-Request-Id");
     if (rid) msg += `\n(request id ${rid})`;
     throw new Error(msg);
@@ -54,6 +82,9 @@ async function refresh() {
       tr.appendChild(td);
     }
     const td = document.createElement("td");
+    tr.appendChild(td);
+    rows.appendChild(tr);
+    if (status === "CANCELLED") continue; // nothing left to do with it
     const btn = document.createElement("button");
     btn.textContent = "Cancel";
     btn.className = "secondary cancel";
@@ -62,8 +93,6 @@ async function refresh() {
       await refresh();
     }));
     td.appendChild(btn);
-    tr.appendChild(td);
-    rows.appendChild(tr);
   }
 }
 
@@ -90,7 +119,7 @@ $("order-form").addEventListener("submit", (ev) => {
     if (!userId) throw new Error("Create a user first.");
     await api("POST", "/api/v1/orders", {
       userId,
-      requestId: crypto.randomUUID(),
+      requestId: newRequestId(),
       items: [{
         productId: $("product").value,
         quantity: Number($("quantity").value),
