@@ -74,7 +74,7 @@ func TestBreakingChangesAreCaught(t *testing.T) {
 	cases := []struct {
 		name, file, from, to, rule string
 	}{
-		{"field removed", "trellis/user/v1/user.proto", "  // Display name, 1 to 200 characters.\n  string name = 3;\n", "  reserved 3;\n", "FIELD_NO_DELETE"},
+		{"field removed", "trellis/user/v1/user.proto", "  string name = 3;\n", "  reserved 3;\n", "FIELD_NO_DELETE"},
 		{"field renumbered", "trellis/order/v1/order.proto", "string request_id = 3;", "string request_id = 30;", "FIELD_NO_DELETE"},
 		{"field type changed", "trellis/order/v1/order.proto", "int32 quantity = 2;", "int64 quantity = 2;", "FIELD_SAME_TYPE"},
 		{"rpc removed", "trellis/order/v1/order.proto", "  rpc CancelOrder(CancelOrderRequest) returns (CancelOrderResponse);\n", "", "RPC_NO_DELETE"},
