@@ -171,31 +171,54 @@ func TestVersionAndUsage(t *testing.T) {
 	}
 }
 
-// TestReadmeSeparateProcesses runs the README's "separate processes"
-// block as written, with the built trellis on PATH, in an empty directory:
-// three processes, one embedded NATS they share, a user created through
-// the gateway, all stopped again.
-func TestReadmeSeparateProcesses(t *testing.T) {
-	m := regexp.MustCompile("(?s)<!-- readme-test separate-processes -->\\s*```sh\\n(.*?)```").FindStringSubmatch(readme(t))
+// runReadmeBlock runs the README block marked <!-- readme-test name -->
+// in an empty directory with the built trellis on PATH, killing everything
+// it started after timeout, and returns its output and error.
+func runReadmeBlock(t *testing.T, name string, timeout time.Duration) (string, error) {
+	t.Helper()
+	m := regexp.MustCompile("(?s)<!-- readme-test " + name + " -->\\s*```sh\\n(.*?)```").FindStringSubmatch(readme(t))
 	if m == nil {
-		t.Fatal("README has no separate-processes block")
+		t.Fatalf("README has no %s block", name)
 	}
 	dir := t.TempDir()
 	if out, err := exec.Command("go", "build", "-o", filepath.Join(dir, "trellis"), ".").CombinedOutput(); err != nil {
 		t.Fatalf("build: %v\n%s", err, out)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	sh := exec.CommandContext(ctx, "bash", "-euo", "pipefail", "-c", m[1])
 	sh.Dir = t.TempDir()
 	sh.Env = append(os.Environ(), "PATH="+dir+string(os.PathListSeparator)+os.Getenv("PATH"))
 	sh.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	sh.Cancel = func() error { return syscall.Kill(-sh.Process.Pid, syscall.SIGKILL) }
-	out, err := sh.CombinedOutput()
+	sh.WaitDelay = 5 * time.Second // then stop waiting for whatever holds the output open
+	var out bytes.Buffer
+	sh.Stdout, sh.Stderr = &out, &out
+	err := sh.Run()
+	_ = syscall.Kill(-sh.Process.Pid, syscall.SIGKILL) // anything left in the background
+	return out.String(), err
+}
+
+// TestReadmeEventsTail runs the events-tail block: a trellis exposing its
+// NATS and a tail of it, which says what it follows (it runs until
+// stopped, so the test stops it).
+func TestReadmeEventsTail(t *testing.T) {
+	out, _ := runReadmeBlock(t, "events-tail", 15*time.Second)
+	if !strings.Contains(out, "following trellis.user.v1.* on nats://127.0.0.1:4223") {
+		t.Errorf("events tail did not start following:\n%s", out)
+	}
+}
+
+// TestReadmeSeparateProcesses runs the README's "separate processes"
+// block as written, with the built trellis on PATH, in an empty directory:
+// three processes, one embedded NATS they share, a user created through
+// the gateway, all stopped again.
+func TestReadmeSeparateProcesses(t *testing.T) {
+	out, err := runReadmeBlock(t, "separate-processes", 90*time.Second)
 	if err != nil {
 		t.Fatalf("README separate-processes block failed: %v\n%s", err, out)
 	}
-	if !strings.Contains(string(out), `"email":"sep@example.com"`) {
+	if !strings.Contains(out, `"email":"sep@example.com"`) {
 		t.Errorf("no user created through the gateway:\n%s", out)
 	}
 }
