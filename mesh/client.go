@@ -46,7 +46,7 @@ type ClientConfig struct {
 	// Credentials secure the connection; nil means plaintext (loopback).
 	Credentials credentials.TransportCredentials
 	// Shared, when set, shares the breaker's open state with the caller's
-	// other replicas (e.g. RedisBreakerState): they open and close
+	// other replicas (e.g. redisbreaker.State): they open and close
 	// together.
 	Shared SharedBreakerState
 	// SharedRefresh is how often the shared state is read. Default 250ms.

@@ -2,7 +2,6 @@ package mesh
 
 import (
 	"context"
-	"database/sql/driver"
 	"errors"
 	"io"
 	"log/slog"
@@ -61,11 +60,12 @@ func publicError(ctx context.Context, log *slog.Logger, method string, err error
 
 // unreachable reports whether err is a failure to reach something over the
 // network (connection refused or reset, a dropped connection), as opposed
-// to a bug or a bad query.
+// to a bug or a bad query. What a database driver says (driver.ErrBadConn,
+// PostgreSQL's connection errors) is ServerConfig.Unreachable's to add:
+// the mesh links no SQL.
 func unreachable(err error) bool {
 	var netErr *net.OpError
 	return errors.As(err, &netErr) ||
-		errors.Is(err, driver.ErrBadConn) ||
 		errors.Is(err, io.ErrUnexpectedEOF) ||
 		errors.Is(err, syscall.ECONNREFUSED) ||
 		errors.Is(err, syscall.ECONNRESET)

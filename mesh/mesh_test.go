@@ -29,6 +29,7 @@ import (
 	userv1 "github.com/trellis-mesh/trellis/gen/trellis/user/v1"
 	"github.com/trellis-mesh/trellis/internal/testenv"
 	"github.com/trellis-mesh/trellis/mesh"
+	"github.com/trellis-mesh/trellis/mesh/redisbreaker"
 	"github.com/trellis-mesh/trellis/services/user"
 )
 
@@ -473,7 +474,7 @@ func TestSharedBreakerOpensEveryReplica(t *testing.T) {
 		return nil, status.Error(codes.Internal, "boom")
 	}}, mesh.ServerConfig{})
 	replica := func() userv1.UserServiceClient {
-		shared, err := mesh.NewRedisBreakerState(redisURL, prefix)
+		shared, err := redisbreaker.New(redisURL, prefix)
 		if err != nil {
 			t.Fatal(err)
 		}

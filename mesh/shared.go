@@ -5,8 +5,6 @@ import (
 	"log/slog"
 	"sync/atomic"
 	"time"
-
-	"github.com/redis/go-redis/v9"
 )
 
 // SharedBreakerState lets the replicas of a caller share an upstream's
@@ -20,7 +18,8 @@ import (
 // serialises every call of every replica through one Redis key. Sharing
 // only the open state keeps calls concurrent and costs no Redis round trip
 // per call: one call in each refresh interval reads it, the others use
-// the copy in memory.
+// the copy in memory. The Redis implementation is mesh/redisbreaker, its
+// own package so that the mesh core links no Redis client.
 type SharedBreakerState interface {
 	// MarkOpen marks the upstream open for every replica until until.
 	MarkOpen(ctx context.Context, upstream string, until time.Time) error
@@ -28,54 +27,6 @@ type SharedBreakerState interface {
 	MarkClosed(ctx context.Context, upstream string) error
 	// OpenUntil returns when the shared open state ends (zero: closed).
 	OpenUntil(ctx context.Context, upstream string) (time.Time, error)
-}
-
-// RedisBreakerState keeps shared breaker state in Redis: one key per
-// upstream, expiring with the open period.
-type RedisBreakerState struct {
-	client *redis.Client
-	prefix string
-}
-
-// NewRedisBreakerState connects to Redis at url (redis://host:6379/0).
-// prefix namespaces the keys (several installations, or tests, on one
-// Redis).
-func NewRedisBreakerState(url, prefix string) (*RedisBreakerState, error) {
-	opts, err := redis.ParseURL(url)
-	if err != nil {
-		return nil, err
-	}
-	opts.DialTimeout, opts.ReadTimeout, opts.WriteTimeout = time.Second, 500*time.Millisecond, 500*time.Millisecond
-	return &RedisBreakerState{client: redis.NewClient(opts), prefix: prefix + "trellis:breaker:"}, nil
-}
-
-// Close releases the Redis connections.
-func (r *RedisBreakerState) Close() error { return r.client.Close() }
-
-// MarkOpen implements SharedBreakerState.
-func (r *RedisBreakerState) MarkOpen(ctx context.Context, upstream string, until time.Time) error {
-	ttl := time.Until(until)
-	if ttl <= 0 {
-		return nil
-	}
-	return r.client.Set(ctx, r.prefix+upstream, until.UnixMilli(), ttl).Err()
-}
-
-// MarkClosed implements SharedBreakerState.
-func (r *RedisBreakerState) MarkClosed(ctx context.Context, upstream string) error {
-	return r.client.Del(ctx, r.prefix+upstream).Err()
-}
-
-// OpenUntil implements SharedBreakerState.
-func (r *RedisBreakerState) OpenUntil(ctx context.Context, upstream string) (time.Time, error) {
-	ms, err := r.client.Get(ctx, r.prefix+upstream).Int64()
-	if err == redis.Nil {
-		return time.Time{}, nil
-	}
-	if err != nil {
-		return time.Time{}, err
-	}
-	return time.UnixMilli(ms), nil
 }
 
 // sharedOpen mirrors the shared state of one upstream in memory. The

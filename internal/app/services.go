@@ -7,6 +7,7 @@ import (
 	orderv1 "github.com/trellis-mesh/trellis/gen/trellis/order/v1"
 	userv1 "github.com/trellis-mesh/trellis/gen/trellis/user/v1"
 	"github.com/trellis-mesh/trellis/mesh"
+	"github.com/trellis-mesh/trellis/mesh/redisbreaker"
 	"github.com/trellis-mesh/trellis/services/order"
 	"github.com/trellis-mesh/trellis/services/user"
 )
@@ -47,7 +48,7 @@ func (a *App) addOrder(ctx context.Context, srvCfg mesh.ServerConfig) error {
 	}
 	var shared mesh.SharedBreakerState
 	if a.cfg.RedisURL != "" {
-		rs, err := mesh.NewRedisBreakerState(a.cfg.RedisURL, a.cfg.NATSPrefix)
+		rs, err := redisbreaker.New(a.cfg.RedisURL, a.cfg.NATSPrefix)
 		if err != nil {
 			return fmt.Errorf("--redis-url: %w", err)
 		}

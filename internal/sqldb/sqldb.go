@@ -8,6 +8,7 @@ package sqldb
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -339,7 +340,7 @@ func Unreachable(err error) bool {
 	switch {
 	case err == nil:
 		return false
-	case errors.As(err, &connectErr), errors.Is(err, pgconn.ErrConnClosed), pgconn.SafeToRetry(err):
+	case errors.Is(err, driver.ErrBadConn), errors.As(err, &connectErr), errors.Is(err, pgconn.ErrConnClosed), pgconn.SafeToRetry(err):
 		return true
 	case errors.As(err, &pgErr):
 		// Class 08: connection exception; 57P01-03: shutting down, cannot

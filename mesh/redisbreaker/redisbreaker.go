@@ -1,0 +1,64 @@
+// Package redisbreaker keeps the mesh's shared circuit-breaker state in
+// Redis (mesh.SharedBreakerState): the replicas of a caller open and close
+// their breaker on an upstream together. It is its own package so that a
+// service using mesh links no Redis client unless it asks for this.
+package redisbreaker
+
+import (
+	"context"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/trellis-mesh/trellis/mesh"
+)
+
+var _ mesh.SharedBreakerState = (*State)(nil)
+
+// State keeps shared breaker state in Redis: one key per
+// upstream, expiring with the open period.
+type State struct {
+	client *redis.Client
+	prefix string
+}
+
+// New connects to Redis at url (redis://host:6379/0).
+// prefix namespaces the keys (several installations, or tests, on one
+// Redis).
+func New(url, prefix string) (*State, error) {
+	opts, err := redis.ParseURL(url)
+	if err != nil {
+		return nil, err
+	}
+	opts.DialTimeout, opts.ReadTimeout, opts.WriteTimeout = time.Second, 500*time.Millisecond, 500*time.Millisecond
+	return &State{client: redis.NewClient(opts), prefix: prefix + "trellis:breaker:"}, nil
+}
+
+// Close releases the Redis connections.
+func (r *State) Close() error { return r.client.Close() }
+
+// MarkOpen implements mesh.SharedBreakerState.
+func (r *State) MarkOpen(ctx context.Context, upstream string, until time.Time) error {
+	ttl := time.Until(until)
+	if ttl <= 0 {
+		return nil
+	}
+	return r.client.Set(ctx, r.prefix+upstream, until.UnixMilli(), ttl).Err()
+}
+
+// MarkClosed implements mesh.SharedBreakerState.
+func (r *State) MarkClosed(ctx context.Context, upstream string) error {
+	return r.client.Del(ctx, r.prefix+upstream).Err()
+}
+
+// OpenUntil implements mesh.SharedBreakerState.
+func (r *State) OpenUntil(ctx context.Context, upstream string) (time.Time, error) {
+	ms, err := r.client.Get(ctx, r.prefix+upstream).Int64()
+	if err == redis.Nil {
+		return time.Time{}, nil
+	}
+	if err != nil {
+		return time.Time{}, err
+	}
+	return time.UnixMilli(ms), nil
+}
