@@ -25,6 +25,7 @@ import (
 
 	orderv1 "github.com/trellis-mesh/trellis/gen/trellis/order/v1"
 	userv1 "github.com/trellis-mesh/trellis/gen/trellis/user/v1"
+	"github.com/trellis-mesh/trellis/internal/apperr"
 	"github.com/trellis-mesh/trellis/mesh"
 )
 
@@ -368,7 +369,7 @@ func (g *Gateway) apiEdge(next http.Handler) http.Handler {
 // badParam is the INVALID_ARGUMENT of one bad request parameter, in the
 // same shape as the services' field violations.
 func badParam(field, desc string) *status.Status {
-	return mesh.InvalidArgument([]*errdetails.BadRequest_FieldViolation{{Field: field, Description: desc}})
+	return apperr.InvalidArgument([]*errdetails.BadRequest_FieldViolation{{Field: field, Description: desc}})
 }
 
 // noDirectoryListing answers 404 for directories: the file server would

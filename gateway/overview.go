@@ -11,6 +11,7 @@ import (
 
 	orderv1 "github.com/trellis-mesh/trellis/gen/trellis/order/v1"
 	userv1 "github.com/trellis-mesh/trellis/gen/trellis/user/v1"
+	"github.com/trellis-mesh/trellis/internal/apperr"
 	"github.com/trellis-mesh/trellis/internal/validate"
 	"github.com/trellis-mesh/trellis/mesh"
 )
@@ -36,7 +37,7 @@ func (g *Gateway) overview(w http.ResponseWriter, r *http.Request, params map[st
 	var v validate.Violations
 	v.ID("id", id)
 	if len(v) > 0 {
-		g.writeError(r.Context(), nil, nil, w, r, mesh.InvalidArgument(v).Err())
+		g.writeError(r.Context(), nil, nil, w, r, apperr.InvalidArgument(v).Err())
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), g.cfg.OverviewTimeout)

@@ -6,12 +6,11 @@ package apperr
 
 import (
 	"fmt"
+	"strconv"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-
-	"github.com/trellis-mesh/trellis/mesh"
 )
 
 // Error is a domain error with a client-safe message.
@@ -29,7 +28,7 @@ func (e *Error) Code() codes.Code { return e.code }
 // GRPCStatus is how the error leaves the process.
 func (e *Error) GRPCStatus() *status.Status {
 	if e.code == codes.InvalidArgument && len(e.violations) > 0 {
-		return mesh.InvalidArgument(e.violations)
+		return InvalidArgument(e.violations)
 	}
 	return status.New(e.code, e.msg)
 }
@@ -75,6 +74,22 @@ func Invalid(violations ...*errdetails.BadRequest_FieldViolation) *Error {
 		msg = "invalid request: " + violations[0].GetField() + ": " + violations[0].GetDescription()
 	}
 	return &Error{code: codes.InvalidArgument, msg: msg, violations: violations}
+}
+
+// InvalidArgument builds the INVALID_ARGUMENT status with a
+// google.rpc.BadRequest detail listing every violation: the one shape of a
+// bad request, whether the mesh's validation, a use case or the gateway's
+// edge found it.
+func InvalidArgument(violations []*errdetails.BadRequest_FieldViolation) *status.Status {
+	msg := "invalid request: " + violations[0].GetField() + ": " + violations[0].GetDescription()
+	if n := len(violations); n > 1 {
+		msg += " (and " + strconv.Itoa(n-1) + " more)"
+	}
+	st, err := status.New(codes.InvalidArgument, msg).WithDetails(&errdetails.BadRequest{FieldViolations: violations})
+	if err != nil { // only fails when a detail cannot be marshalled
+		return status.New(codes.InvalidArgument, msg)
+	}
+	return st
 }
 
 // Violation is shorthand for one field violation.
