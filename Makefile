@@ -36,6 +36,8 @@ lint: ## buf lint, buf format check, gofmt, go vet
 	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	go vet ./...
 	cd deploy && go vet ./...
+	cd cmd/trellis-bench && go vet ./...
+	cd internal/chaos && go vet -tags chaos ./...
 
 .PHONY: breaking
 breaking: ## fail if proto/ breaks the previous version of the contracts
@@ -56,6 +58,7 @@ check-generated: generate ## fail if gen/ or the OpenAPI document differ from wh
 test: ## run the test suite with the race detector (needs PostgreSQL, NATS and Redis as in README)
 	$(GOTEST) -race -count=1 -timeout 15m ./...
 	cd deploy && $(GOTEST) -count=1 -timeout 10m ./...
+	cd cmd/trellis-bench && $(GOTEST) -race -count=1 ./...
 
 .PHONY: bench
 bench: bench-bins ## Go benchmarks, then the load harness's full profile (bench/results.json, bench/report.html)
@@ -69,7 +72,7 @@ bench-quick: bench-bins ## the load harness's quick profile (<2 min), checked ag
 .PHONY: bench-bins
 bench-bins:
 	go build -trimpath -o bin/trellis ./cmd/trellis
-	go build -trimpath -o bin/trellis-bench ./cmd/trellis-bench
+	cd cmd/trellis-bench && go build -trimpath -o ../../bin/trellis-bench .
 	go test -c -o bin/events-bench.test ./internal/sqldb/
 
 # Throughput floor of the mesh chain against bare grpc-go on a handler that
@@ -89,7 +92,7 @@ sdk-es: ## generate a JavaScript/TypeScript SDK from proto/ with protoc-gen-es (
 .PHONY: chaos
 chaos: ## fault injection under load, each component its own process (~3 min); results in docs/resilience.md
 	rm -f chaos-results.txt
-	CHAOS_RESULTS=$(CURDIR)/chaos-results.txt $(GOTEST) -tags chaos -count=1 -timeout 15m -v ./internal/chaos/ 2>&1 | grep -E '^(chaos|--- |FAIL|ok|PASS)|_test.go'
+	cd internal/chaos && CHAOS_RESULTS=$(CURDIR)/chaos-results.txt $(GOTEST) -tags chaos -count=1 -timeout 15m -v . 2>&1 | grep -E '^(chaos|--- |FAIL|ok|PASS)|_test.go'
 	@cat chaos-results.txt
 
 .PHONY: e2e

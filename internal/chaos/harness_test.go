@@ -40,7 +40,9 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	trellisBin = filepath.Join(dir, "trellis")
-	if out, err := exec.Command("go", "build", "-o", trellisBin, "../../cmd/trellis").CombinedOutput(); err != nil {
+	build := exec.Command("go", "build", "-o", trellisBin, "./cmd/trellis")
+	build.Dir = "../.." // the product module: this suite is a module of its own
+	if out, err := build.CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "build trellis: %v\n%s", err, out)
 		os.Exit(1)
 	}
