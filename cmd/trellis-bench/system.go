@@ -67,11 +67,6 @@ func (p *proc) stop() {
 	}
 }
 
-func (p *proc) kill() {
-	_ = p.cmd.Process.Kill()
-	_ = p.cmd.Wait()
-}
-
 // usage is a process's CPU time and peak resident memory, read from /proc.
 type usage struct {
 	CPUSeconds float64 `json:"cpu_seconds"`
@@ -157,9 +152,9 @@ func runTrellis(bin, name, dataDir string, extra ...string) (*trellis, error) {
 // split is the system with one process per component, PostgreSQL and a
 // NATS server of its own: the deployment shape, on one machine.
 type split struct {
-	procs                    map[string]*proc
-	user, order, http, admin string
-	dropDB                   func()
+	procs             map[string]*proc
+	user, order, http string
+	dropDB            func()
 }
 
 func (s *split) stop() {

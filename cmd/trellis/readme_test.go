@@ -18,12 +18,6 @@ import (
 	"github.com/trellis-mesh/trellis/internal/app"
 )
 
-// readmeBlock is a shell block of README.md marked for testing.
-type readmeBlock struct {
-	expect string
-	script string
-}
-
 var blockRe = regexp.MustCompile("(?s)<!-- readme-test expect=\"([^\"]+)\" -->\\s*```sh\\n(.*?)```")
 
 func readme(t *testing.T) string {

@@ -136,25 +136,6 @@ func natsServerBin() string {
 	return "/usr/sbin/nats-server"
 }
 
-// waitHTTP polls url until it answers 200.
-func waitHTTP(t *testing.T, url string, within time.Duration) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		resp, err := http.Get(url)
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s not ready within %v", url, within)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 // system is the processes of one scenario.
 type system struct {
 	t        *testing.T
