@@ -1,7 +1,6 @@
 package mesh_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -10,7 +9,6 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -57,30 +55,13 @@ const validID = "0192f7a4-7c4e-7d1a-9b7e-2f5c3a1d8e90"
 
 // serve runs fake behind a mesh server and returns its address, the server
 // and everything it logged.
-func serve(t *testing.T, fake *fakeUsers, cfg mesh.ServerConfig) (string, *mesh.Server, *syncBuffer) {
+func serve(t *testing.T, fake *fakeUsers, cfg mesh.ServerConfig) (string, *mesh.Server, *testenv.SyncBuffer) {
 	t.Helper()
-	logs := &syncBuffer{}
+	logs := &testenv.SyncBuffer{}
 	m, _ := testenv.Metrics()
 	srv := mesh.NewServer(cfg, slog.New(slog.NewJSONHandler(logs, nil)), m)
 	srv.Register(&userv1.UserService_ServiceDesc, fake, user.Validate)
 	return testenv.Serve(t, srv), srv, logs
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 func TestPanicBecomesInternalWithStackOnlyInLog(t *testing.T) {
@@ -540,7 +521,7 @@ func TestTracedCallsLogTraceAndSpanIDs(t *testing.T) {
 // The process logger batches INFO lines (one write per batch, not per
 // call) but lets no warning wait, and loses nothing it was given by stop.
 func TestBufferedLoggerBatchesInfoAndFlushesWarnings(t *testing.T) {
-	out := &syncBuffer{}
+	out := &testenv.SyncBuffer{}
 	log, stop, err := mesh.NewBufferedLogger(out, "info", "json")
 	if err != nil {
 		t.Fatal(err)

@@ -9,8 +9,6 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/encoding"
-	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
@@ -91,20 +89,6 @@ func TestServerFaultsStillTripTheBreaker(t *testing.T) {
 	}
 }
 
-// rawCodec sends bytes as they are, to put malformed protobuf on the wire.
-type rawCodec struct{}
-
-func (rawCodec) Marshal(v any) (mem.BufferSlice, error) {
-	return mem.BufferSlice{mem.SliceBuffer(*v.(*[]byte))}, nil
-}
-func (rawCodec) Unmarshal(data mem.BufferSlice, v any) error {
-	*v.(*[]byte) = data.Materialize()
-	return nil
-}
-func (rawCodec) Name() string { return "proto" }
-
-var _ encoding.CodecV2 = rawCodec{}
-
 // TestMalformedProtobufIsInvalidArgument sends bytes that are not a valid
 // GetUserRequest; the answer is INVALID_ARGUMENT from the mesh chain (with
 // the request id trailer), never INTERNAL with the parser's text.
@@ -126,7 +110,7 @@ func TestMalformedProtobufIsInvalidArgument(t *testing.T) {
 	} {
 		var out []byte
 		var trailer metadata.MD
-		err := conn.Invoke(context.Background(), "/trellis.user.v1.UserService/GetUser", &body, &out, grpc.ForceCodecV2(rawCodec{}), grpc.Trailer(&trailer))
+		err := conn.Invoke(context.Background(), "/trellis.user.v1.UserService/GetUser", &body, &out, grpc.ForceCodecV2(testenv.RawCodec{}), grpc.Trailer(&trailer))
 		if status.Code(err) != codes.InvalidArgument {
 			t.Errorf("%s: got %v, want InvalidArgument", name, err)
 			continue

@@ -3,17 +3,14 @@
 package chaos_test
 
 import (
-	"bytes"
 	"database/sql"
 	"encoding/json"
 	"fmt"
 	"io"
 	"math/rand/v2"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"sort"
 	"strconv"
@@ -39,27 +36,13 @@ func TestMain(m *testing.M) {
 	if err != nil {
 		panic(err)
 	}
-	trellisBin = filepath.Join(dir, "trellis")
-	build := exec.Command("go", "build", "-o", trellisBin, "./cmd/trellis")
-	build.Dir = "../.." // the product module: this suite is a module of its own
-	if out, err := build.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "build trellis: %v\n%s", err, out)
+	if trellisBin, err = testenv.BuildTrellis(dir); err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
-}
-
-// freeAddr returns a loopback address nothing listens on (yet).
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
 }
 
 // proc is one OS process of the system under test.
@@ -68,7 +51,7 @@ type proc struct {
 	name string
 	args []string
 	cmd  *exec.Cmd
-	log  *bytes.Buffer
+	log  *testenv.SyncBuffer
 	done chan struct{}
 }
 
@@ -81,10 +64,9 @@ func startProc(t *testing.T, name, bin string, args ...string) *proc {
 }
 
 func (p *proc) start() {
-	p.log = &bytes.Buffer{}
+	p.log = &testenv.SyncBuffer{}
 	p.cmd = exec.Command(p.binary(), p.args...)
-	lw := &lockedWriter{w: p.log}
-	p.cmd.Stdout, p.cmd.Stderr = lw, lw
+	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
 	if err := p.cmd.Start(); err != nil {
 		p.t.Fatalf("%s: %v", p.name, err)
 	}
@@ -116,17 +98,6 @@ func (p *proc) term() {
 		p.t.Errorf("%s did not exit within 20s of SIGTERM", p.name)
 		p.kill()
 	}
-}
-
-type lockedWriter struct {
-	mu sync.Mutex
-	w  io.Writer
-}
-
-func (l *lockedWriter) Write(b []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.w.Write(b)
 }
 
 func natsServerBin() string {
@@ -178,9 +149,6 @@ func (c *component) ready(t *testing.T) {
 
 // logs returns what the process printed.
 func (p *proc) logs() string {
-	lw := p.cmd.Stdout.(*lockedWriter)
-	lw.mu.Lock()
-	defer lw.mu.Unlock()
 	return p.log.String()
 }
 
@@ -242,7 +210,7 @@ func startSystem(t *testing.T, o options) *system {
 	if o.replicas == 0 {
 		o.replicas = 1
 	}
-	s := &system{t: t, dbURL: newDatabase(t), natsDir: t.TempDir(), natsAddr: freeAddr(t)}
+	s := &system{t: t, dbURL: newDatabase(t), natsDir: t.TempDir(), natsAddr: testenv.FreeAddr(t)}
 	s.natsURL = "nats://" + s.natsAddr
 	s.startNATS()
 	dbURL := s.dbURL
@@ -252,7 +220,7 @@ func startSystem(t *testing.T, o options) *system {
 	common := []string{"--database-url", dbURL, "--nats-url", s.natsURL, "--log-level", "warn", "--bcrypt-cost", "4",
 		"--breaker-timeout", "2s", "--reconcile-interval", "500ms", "--drain-timeout", "10s"}
 	start := func(name string, args ...string) *component {
-		c := &component{addr: freeAddr(t), admin: freeAddr(t)}
+		c := &component{addr: testenv.FreeAddr(t), admin: testenv.FreeAddr(t)}
 		all := append([]string{"run", "--target", name, "--admin-addr", c.admin}, common...)
 		switch name {
 		case "user":

@@ -245,7 +245,7 @@ func TestKillOrderService(t *testing.T) {
 func newProxy(t *testing.T, upstream string) *toxiproxy.Proxy {
 	t.Helper()
 	srv := toxiproxy.NewServer(toxiproxy.NewMetricsContainer(prometheus.NewRegistry()), zerolog.Nop())
-	p := toxiproxy.NewProxy(srv, "p-"+uuid.NewString()[:6], freeAddr(t), upstream)
+	p := toxiproxy.NewProxy(srv, "p-"+uuid.NewString()[:6], testenv.FreeAddr(t), upstream)
 	if err := p.Start(); err != nil {
 		t.Fatal(err)
 	}

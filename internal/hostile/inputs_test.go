@@ -21,7 +21,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
@@ -30,6 +29,7 @@ import (
 
 	orderv1 "github.com/trellis-mesh/trellis/gen/trellis/order/v1"
 	userv1 "github.com/trellis-mesh/trellis/gen/trellis/user/v1"
+	"github.com/trellis-mesh/trellis/internal/testenv"
 )
 
 // route is one REST route of gateway/http.yaml (and the overview).
@@ -143,18 +143,6 @@ func services(s *system) map[string]protoreflect.ServiceDescriptor {
 	}
 }
 
-// rawCodec sends bytes as they are: malformed protobuf on the wire.
-type rawCodec struct{}
-
-func (rawCodec) Marshal(v any) (mem.BufferSlice, error) {
-	return mem.BufferSlice{mem.SliceBuffer(*v.(*[]byte))}, nil
-}
-func (rawCodec) Unmarshal(data mem.BufferSlice, v any) error {
-	*v.(*[]byte) = data.Materialize()
-	return nil
-}
-func (rawCodec) Name() string { return "proto" }
-
 // serverFaults are the codes a client's mistake must never produce.
 var serverFaults = map[codes.Code]bool{codes.Internal: true, codes.Unknown: true, codes.DataLoss: true,
 	codes.Unavailable: true, codes.DeadlineExceeded: true, codes.ResourceExhausted: true}
@@ -166,7 +154,7 @@ func checkGRPC(t testing.TB, conn *grpc.ClientConn, method string, raw []byte) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	var out []byte
-	err := conn.Invoke(ctx, method, &raw, &out, grpc.ForceCodecV2(rawCodec{}))
+	err := conn.Invoke(ctx, method, &raw, &out, grpc.ForceCodecV2(testenv.RawCodec{}))
 	st := status.Convert(err)
 	if serverFaults[st.Code()] {
 		t.Errorf("%s with %.120x: %v", method, raw, err)

@@ -2,21 +2,19 @@ package hostile
 
 import (
 	"bufio"
-	"bytes"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/trellis-mesh/trellis/internal/testenv"
 )
 
 var trellisBin string
@@ -26,11 +24,10 @@ func TestMain(m *testing.M) {
 	if err != nil {
 		panic(err)
 	}
-	trellisBin = filepath.Join(dir, "trellis")
 	if bin := os.Getenv("HOSTILE_TRELLIS_BIN"); bin != "" {
 		trellisBin = bin // attack another build (e.g. an older one, to see a test fail)
-	} else if out, err := exec.Command("go", "build", "-o", trellisBin, "../../cmd/trellis").CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "build trellis: %v\n%s", err, out)
+	} else if trellisBin, err = testenv.BuildTrellis(dir); err != nil {
+		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
 	code := m.Run()
@@ -43,41 +40,16 @@ func TestMain(m *testing.M) {
 type system struct {
 	cmd                    *exec.Cmd
 	http, user, order, adm string
-	logs                   *syncBuffer
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-func freeAddr(t testing.TB) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
+	logs                   *testenv.SyncBuffer
 }
 
 func start(t testing.TB, extra ...string) *system {
 	t.Helper()
-	s := &system{http: freeAddr(t), user: freeAddr(t), order: freeAddr(t), adm: freeAddr(t), logs: &syncBuffer{}}
-	args := append([]string{"run", "--http-addr", s.http, "--user-addr", s.user, "--order-addr", s.order,
-		"--admin-addr", s.adm, "--bcrypt-cost", "4"}, extra...)
+	s := &system{logs: &testenv.SyncBuffer{}}
+	// Port 0 everywhere: trellis picks free ports and logs them, so no
+	// other test can take a port between choosing and binding it.
+	args := append([]string{"run", "--http-addr", "127.0.0.1:0", "--user-addr", "127.0.0.1:0", "--order-addr", "127.0.0.1:0",
+		"--admin-addr", "127.0.0.1:0", "--bcrypt-cost", "4"}, extra...)
 	s.cmd = exec.Command(trellisBin, args...)
 	s.cmd.Dir = t.TempDir()
 	s.cmd.Stdout, s.cmd.Stderr = s.logs, s.logs
@@ -99,7 +71,7 @@ func start(t testing.TB, extra ...string) *system {
 		}
 	})
 	deadline := time.Now().Add(30 * time.Second)
-	for !s.ready() {
+	for !s.listening() || !s.ready() {
 		if time.Now().After(deadline) {
 			t.Fatalf("trellis not ready in 30s:\n%s", s.logs.String())
 		}
@@ -113,6 +85,25 @@ func tail(s string, n int) string {
 		return s[len(s)-n:]
 	}
 	return s
+}
+
+var listeningRe = regexp.MustCompile(`"msg":"listening".*?"component":"(\w+)","addr":"([^"]+)"`)
+
+// listening reads the addresses trellis chose from its log.
+func (s *system) listening() bool {
+	for _, m := range listeningRe.FindAllStringSubmatch(s.logs.String(), -1) {
+		switch m[1] {
+		case "gateway":
+			s.http = m[2]
+		case "user":
+			s.user = m[2]
+		case "order":
+			s.order = m[2]
+		case "admin":
+			s.adm = m[2]
+		}
+	}
+	return s.http != "" && s.user != "" && s.order != "" && s.adm != ""
 }
 
 func (s *system) ready() bool {
