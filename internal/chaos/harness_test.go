@@ -31,19 +31,7 @@ import (
 
 var trellisBin string
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "chaos")
-	if err != nil {
-		panic(err)
-	}
-	if trellisBin, err = testenv.BuildTrellis(dir); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { testenv.RunWithTrellis(m, &trellisBin) }
 
 // proc is one OS process of the system under test.
 type proc struct {

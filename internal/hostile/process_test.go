@@ -2,7 +2,6 @@ package hostile
 
 import (
 	"bufio"
-	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -19,21 +18,7 @@ import (
 
 var trellisBin string
 
-func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "hostile")
-	if err != nil {
-		panic(err)
-	}
-	if bin := os.Getenv("HOSTILE_TRELLIS_BIN"); bin != "" {
-		trellisBin = bin // attack another build (e.g. an older one, to see a test fail)
-	} else if trellisBin, err = testenv.BuildTrellis(dir); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { testenv.RunWithTrellis(m, &trellisBin) }
 
 // system is one `trellis run` process (all components, SQLite, embedded
 // NATS) in its default configuration but for the ports and a fast hash.

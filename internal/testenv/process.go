@@ -100,3 +100,24 @@ func (RawCodec) Unmarshal(data mem.BufferSlice, v any) error {
 
 // Name is "proto": the server decodes what it receives as protobuf.
 func (RawCodec) Name() string { return "proto" }
+
+// RunWithTrellis is a TestMain for suites that run trellis as a process:
+// it builds cmd/trellis (or takes $TRELLIS_TEST_BIN, e.g. an older build,
+// to see a test fail against it), stores the binary's path in *bin, runs
+// the tests and exits with their status.
+func RunWithTrellis(m *testing.M, bin *string) {
+	dir, err := os.MkdirTemp("", "trellis-bin")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	if *bin = os.Getenv("TRELLIS_TEST_BIN"); *bin == "" {
+		if *bin, err = BuildTrellis(dir); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
