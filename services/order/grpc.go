@@ -42,7 +42,7 @@ func ToProto(o Order) *orderv1.Order {
 
 // CreateOrder implements orderv1.OrderServiceServer.
 func (g *GRPC) CreateOrder(ctx context.Context, req *orderv1.CreateOrderRequest) (*orderv1.CreateOrderResponse, error) {
-	in := CreateInput{UserID: req.GetUserId(), RequestID: req.GetRequestId()}
+	in := CreateInput{UserID: req.GetUserId(), IdempotencyKey: req.GetRequestId()}
 	for _, it := range req.GetItems() {
 		in.Currency = it.GetUnitPrice().GetCurrencyCode()
 		in.Items = append(in.Items, Item{ProductID: it.GetProductId(), Quantity: it.GetQuantity(), UnitPrice: it.GetUnitPrice().GetAmountMinor()})

@@ -385,9 +385,9 @@ func gaugeValue(t *testing.T, reg interface {
 
 var counterValue = gaugeValue
 
-// TestRequestIDsArePerUser: another user's reuse of a key is a new order,
+// TestIdempotencyKeysArePerUser: another user's reuse of a key is a new order,
 // never a conflict that shows the first user's order id.
-func TestRequestIDsArePerUser(t *testing.T) {
+func TestIdempotencyKeysArePerUser(t *testing.T) {
 	t.Parallel()
 	s := startStack(t, nil)
 	ctx := context.Background()

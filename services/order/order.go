@@ -75,16 +75,16 @@ type Item struct {
 
 // Order is a placed order.
 type Order struct {
-	ID          string
-	UserID      string
-	Items       []Item
-	Currency    string
-	Total       int64
-	Status      Status
-	RequestID   string
-	RequestHash string
-	CreateTime  time.Time
-	UpdateTime  time.Time
+	ID             string
+	UserID         string
+	Items          []Item
+	Currency       string
+	Total          int64
+	Status         Status
+	IdempotencyKey string
+	PayloadHash    string
+	CreateTime     time.Time
+	UpdateTime     time.Time
 	// Version counts status changes, starting at 1; the etag is made
 	// from it.
 	Version int64
@@ -95,19 +95,19 @@ func (o Order) Etag() string { return etag.Of(o.Version) }
 
 // Store errors.
 var (
-	ErrNotFound        = errors.New("order not found")
-	ErrRequestIDTaken  = errors.New("request id already used")
-	ErrStatusChanged   = errors.New("order status changed concurrently")
-	ErrUnknownUser     = errors.New("user not in the replica")
-	ErrUserDeleted     = errors.New("user deleted")
-	ErrAlreadyApplied  = errors.New("event already applied")
-	errUserNotFound    = errors.New("user not found")
-	errUserUnavailable = errors.New("user service unavailable")
+	ErrNotFound            = errors.New("order not found")
+	ErrIdempotencyKeyTaken = errors.New("idempotency key already used")
+	ErrStatusChanged       = errors.New("order status changed concurrently")
+	ErrUnknownUser         = errors.New("user not in the replica")
+	ErrUserDeleted         = errors.New("user deleted")
+	ErrAlreadyApplied      = errors.New("event already applied")
+	errUserNotFound        = errors.New("user not found")
+	errUserUnavailable     = errors.New("user service unavailable")
 )
 
 // requestHash fingerprints what a request asks for, so a retried request
 // id can be told apart from a reused one.
-func requestHash(userID, currency string, items []Item) string {
+func payloadHash(userID, currency string, items []Item) string {
 	h := sha256.New()
 	fmt.Fprintf(h, "%q|%q", userID, currency)
 	for _, it := range items {

@@ -50,13 +50,13 @@ func (s *Service) timestamp() time.Time { return s.now().UTC().Truncate(time.Mic
 
 // CreateInput is what a client asks to order.
 type CreateInput struct {
-	UserID    string
-	Items     []Item
-	Currency  string
-	RequestID string
+	UserID         string
+	Items          []Item
+	Currency       string
+	IdempotencyKey string
 }
 
-// Create places an order, idempotently on in.RequestID: a retry with the
+// Create places an order, idempotently on in.IdempotencyKey: a retry with the
 // same payload returns the order the first attempt created; a reuse with a
 // different payload is refused.
 //
@@ -67,8 +67,8 @@ type CreateInput struct {
 // once the user service answers; an unknown user gets UNAVAILABLE. A user
 // the replica knows as deleted gets no new orders at all.
 func (s *Service) Create(ctx context.Context, in CreateInput) (Order, error) {
-	hash := requestHash(in.UserID, in.Currency, in.Items)
-	if o, ok, err := s.replay(ctx, in.UserID, in.RequestID, hash); ok || err != nil {
+	hash := payloadHash(in.UserID, in.Currency, in.Items)
+	if o, ok, err := s.replay(ctx, in.UserID, in.IdempotencyKey, hash); ok || err != nil {
 		return o, err
 	}
 	known, err := s.store.KnownUser(ctx, in.UserID)
@@ -98,7 +98,7 @@ func (s *Service) Create(ctx context.Context, in CreateInput) (Order, error) {
 	o := Order{
 		ID: id.String(), UserID: in.UserID, Items: in.Items, Currency: in.Currency,
 		Total: total(in.Items), Status: status, Version: 1,
-		RequestID: in.RequestID, RequestHash: hash, CreateTime: now, UpdateTime: now,
+		IdempotencyKey: in.IdempotencyKey, PayloadHash: hash, CreateTime: now, UpdateTime: now,
 	}
 	ev, err := eventbus.NewEvent(ctx, SubjectCreated, EventSource, o.ID, &eventsv1.OrderCreated{
 		OrderId: o.ID, UserId: o.UserID, TotalAmountMinor: o.Total, CurrencyCode: o.Currency, CreateTime: timestamppb.New(now)}, now)
@@ -106,8 +106,8 @@ func (s *Service) Create(ctx context.Context, in CreateInput) (Order, error) {
 		return Order{}, err
 	}
 	switch err := s.store.Create(ctx, o, ev); {
-	case errors.Is(err, ErrRequestIDTaken): // a concurrent retry won the race
-		o, _, err := s.replay(ctx, in.UserID, in.RequestID, hash)
+	case errors.Is(err, ErrIdempotencyKeyTaken): // a concurrent retry won the race
+		o, _, err := s.replay(ctx, in.UserID, in.IdempotencyKey, hash)
 		return o, err
 	case errors.Is(err, ErrUserDeleted): // deleted while we asked
 		return Order{}, apperr.NotFound("user %q not found: the user was deleted", in.UserID)
@@ -124,19 +124,19 @@ func cancelledEvent(ctx context.Context, o Order, reason string, at time.Time) (
 		OrderId: o.ID, UserId: o.UserID, Reason: reason, CancelTime: timestamppb.New(at)}, at)
 }
 
-// replay returns the order an earlier request of the user with requestID
+// replay returns the order an earlier request of the user with idempotency key key
 // created, if any, or an error if that request asked for something else.
 // Keys are per user: another user's key is never found here.
-func (s *Service) replay(ctx context.Context, userID, requestID, hash string) (Order, bool, error) {
-	o, err := s.store.GetByRequestID(ctx, userID, requestID)
+func (s *Service) replay(ctx context.Context, userID, key, hash string) (Order, bool, error) {
+	o, err := s.store.GetByIdempotencyKey(ctx, userID, key)
 	switch {
 	case errors.Is(err, ErrNotFound):
 		return Order{}, false, nil
 	case err != nil:
 		return Order{}, false, fmt.Errorf("look up request id: %w", err)
-	case o.RequestHash != hash:
+	case o.PayloadHash != hash:
 		return Order{}, false, apperr.AlreadyExists(
-			"request_id %q was already used for order %s with a different payload; use a new request_id for a new order", requestID, o.ID)
+			"request_id %q was already used for order %s with a different payload; use a new request_id for a new order", key, o.ID)
 	}
 	return o, true, nil
 }
@@ -178,7 +178,7 @@ func (s *Service) List(ctx context.Context, userID string, pageSize int32, token
 // encodedSize is about what an order takes on the wire (protobuf), a
 // little over: field tags, ids, times, per-line overhead.
 func encodedSize(o Order) int {
-	n := 160 + len(o.RequestID)
+	n := 160 + len(o.IdempotencyKey)
 	for _, it := range o.Items {
 		n += 40 + len(it.ProductID)
 	}

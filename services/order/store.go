@@ -16,15 +16,15 @@ import (
 // Store keeps orders and the replica of users. Every change is stored with
 // its events, atomically.
 type Store interface {
-	// Create inserts o with its items and event; ErrRequestIDTaken if
-	// the user already used o.RequestID; ErrUserDeleted if the replica
+	// Create inserts o with its items and event; ErrIdempotencyKeyTaken if
+	// the user already used o.IdempotencyKey; ErrUserDeleted if the replica
 	// knows o.UserID as deleted when the order would commit (checked in
 	// the same transaction, serialised with ApplyUser on the replica row,
 	// so an order never survives its user's deletion event).
 	Create(ctx context.Context, o Order, ev eventbus.Event) error
 	Get(ctx context.Context, id string) (Order, error)
-	// GetByRequestID returns the order userID created with requestID.
-	GetByRequestID(ctx context.Context, userID, requestID string) (Order, error)
+	// GetByIdempotencyKey returns the order userID created with idempotency key key.
+	GetByIdempotencyKey(ctx context.Context, userID, key string) (Order, error)
 	// ListByUser returns up to limit of the user's orders with id < before
 	// ("" for the newest), newest first.
 	ListByUser(ctx context.Context, userID, before string, limit int) ([]Order, error)
@@ -65,7 +65,7 @@ func NewSQLStore(ctx context.Context, db *sqldb.DB) (*SQLStore, error) {
 	return &SQLStore{Base: base, db: db}, nil
 }
 
-const orderColumns = "id, user_id, status, currency, total_minor, request_id, request_hash, create_time, update_time, version"
+const orderColumns = "id, user_id, status, currency, total_minor, idempotency_key, payload_hash, create_time, update_time, version"
 
 // Create inserts the order, its items and its event in one transaction.
 func (s *SQLStore) Create(ctx context.Context, o Order, ev eventbus.Event) error {
@@ -86,7 +86,7 @@ func (s *SQLStore) Create(ctx context.Context, o Order, ev eventbus.Event) error
 			return ErrUserDeleted
 		}
 		if _, err := tx.ExecContext(ctx, "INSERT INTO orders ("+orderColumns+") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-			o.ID, o.UserID, int(o.Status), o.Currency, o.Total, o.RequestID, o.RequestHash,
+			o.ID, o.UserID, int(o.Status), o.Currency, o.Total, o.IdempotencyKey, o.PayloadHash,
 			o.CreateTime.UnixMicro(), o.UpdateTime.UnixMicro(), max(o.Version, 1)); err != nil {
 			return err
 		}
@@ -99,7 +99,7 @@ func (s *SQLStore) Create(ctx context.Context, o Order, ev eventbus.Event) error
 		return sqldb.Add(ctx, tx, ev)
 	})
 	if sqldb.IsUniqueViolation(err) {
-		return ErrRequestIDTaken
+		return ErrIdempotencyKeyTaken
 	}
 	return err
 }
@@ -109,9 +109,9 @@ func (s *SQLStore) Get(ctx context.Context, id string) (Order, error) {
 	return s.getOne(ctx, "id = $1", id)
 }
 
-// GetByRequestID returns the order userID created with requestID.
-func (s *SQLStore) GetByRequestID(ctx context.Context, userID, requestID string) (Order, error) {
-	return s.getOne(ctx, "user_id = $1 AND request_id = $2", userID, requestID)
+// GetByIdempotencyKey returns the order userID created with idempotency key key.
+func (s *SQLStore) GetByIdempotencyKey(ctx context.Context, userID, key string) (Order, error) {
+	return s.getOne(ctx, "user_id = $1 AND idempotency_key = $2", userID, key)
 }
 
 func (s *SQLStore) getOne(ctx context.Context, where string, args ...any) (Order, error) {
@@ -154,7 +154,7 @@ func scanOrders(rows *sql.Rows) ([]Order, error) {
 		var o Order
 		var status int
 		var created, updated int64
-		if err := rows.Scan(&o.ID, &o.UserID, &status, &o.Currency, &o.Total, &o.RequestID, &o.RequestHash, &created, &updated, &o.Version); err != nil {
+		if err := rows.Scan(&o.ID, &o.UserID, &status, &o.Currency, &o.Total, &o.IdempotencyKey, &o.PayloadHash, &created, &updated, &o.Version); err != nil {
 			return nil, err
 		}
 		o.Status = Status(status)

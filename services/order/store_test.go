@@ -67,7 +67,7 @@ func pending(t *testing.T, s *order.SQLStore) []eventbus.Event {
 
 var base = time.Date(2026, 11, 1, 12, 0, 0, 654321000, time.UTC)
 
-func newOrder(userID, requestID string) order.Order {
+func newOrder(userID, key string) order.Order {
 	id, _ := uuid.NewV7()
 	return order.Order{
 		ID: id.String(), UserID: userID, Currency: "EUR", Total: 2600, Status: order.StatusConfirmed,
@@ -75,7 +75,7 @@ func newOrder(userID, requestID string) order.Order {
 			{ProductID: "p1", Quantity: 2, UnitPrice: 1250},
 			{ProductID: "p2", Quantity: 1, UnitPrice: 100},
 		},
-		RequestID: requestID, RequestHash: "h-" + requestID, CreateTime: base, UpdateTime: base, Version: 1,
+		IdempotencyKey: key, PayloadHash: "h-" + key, CreateTime: base, UpdateTime: base, Version: 1,
 	}
 }
 
@@ -88,7 +88,7 @@ var storeTests = map[string]func(t *testing.T, s *order.SQLStore){
 		}
 		for _, get := range []func() (order.Order, error){
 			func() (order.Order, error) { return s.Get(ctx, want.ID) },
-			func() (order.Order, error) { return s.GetByRequestID(ctx, want.UserID, "r1") },
+			func() (order.Order, error) { return s.GetByIdempotencyKey(ctx, want.UserID, "r1") },
 		} {
 			got, err := get()
 			if err != nil {
@@ -106,8 +106,8 @@ var storeTests = map[string]func(t *testing.T, s *order.SQLStore){
 			t.Fatal(err)
 		}
 		dup := newOrder(first.UserID, "r1")
-		if err := s.Create(ctx, dup, created(t)); !errors.Is(err, order.ErrRequestIDTaken) {
-			t.Fatalf("Create with used request id: got %v, want ErrRequestIDTaken", err)
+		if err := s.Create(ctx, dup, created(t)); !errors.Is(err, order.ErrIdempotencyKeyTaken) {
+			t.Fatalf("Create with used request id: got %v, want ErrIdempotencyKeyTaken", err)
 		}
 		if _, err := s.Get(ctx, dup.ID); !errors.Is(err, order.ErrNotFound) {
 			t.Errorf("rolled-back order is readable: %v", err)
@@ -117,7 +117,7 @@ var storeTests = map[string]func(t *testing.T, s *order.SQLStore){
 		if err := s.Create(ctx, other, created(t)); err != nil {
 			t.Fatalf("another user's r1: %v", err)
 		}
-		if _, err := s.GetByRequestID(ctx, uuid.NewString(), "r1"); !errors.Is(err, order.ErrNotFound) {
+		if _, err := s.GetByIdempotencyKey(ctx, uuid.NewString(), "r1"); !errors.Is(err, order.ErrNotFound) {
 			t.Errorf("a third user finds someone's r1: %v", err)
 		}
 	},
@@ -163,7 +163,7 @@ var storeTests = map[string]func(t *testing.T, s *order.SQLStore){
 		if err := s.Create(ctx, o, created(t)); err != nil {
 			t.Fatal(err)
 		}
-		if err := s.Create(ctx, newOrder(o.UserID, "r1"), created(t)); !errors.Is(err, order.ErrRequestIDTaken) {
+		if err := s.Create(ctx, newOrder(o.UserID, "r1"), created(t)); !errors.Is(err, order.ErrIdempotencyKeyTaken) {
 			t.Fatal(err)
 		}
 		if n := len(pending(t, s)); n != 1 {

@@ -13,10 +13,10 @@ import (
 
 // Limits of the order contract.
 const (
-	MaxItems        = 100
-	MaxQuantity     = 1000
-	MaxProductIDLen = 100
-	MaxRequestIDLen = 100
+	MaxItems             = 100
+	MaxQuantity          = 1000
+	MaxProductIDLen      = 100
+	MaxIdempotencyKeyLen = 100
 	// MaxUnitPrice keeps every total far from int64 overflow:
 	// 1e12 * 1000 * 100 = 1e17 < 9.2e18.
 	MaxUnitPrice = 1_000_000_000_000
@@ -39,7 +39,7 @@ func Validate(req any) []*errdetails.BadRequest_FieldViolation {
 	switch r := req.(type) {
 	case *orderv1.CreateOrderRequest:
 		v.ID("user_id", r.GetUserId())
-		v.Text("request_id", r.GetRequestId(), MaxRequestIDLen)
+		v.Text("request_id", r.GetRequestId(), MaxIdempotencyKeyLen)
 		checkItems(&v, r.GetItems())
 	case *orderv1.GetOrderRequest:
 		v.ID("id", r.GetId())

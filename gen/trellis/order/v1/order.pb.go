@@ -320,8 +320,9 @@ type CreateOrderRequest struct {
 	UserId string `protobuf:"bytes,1,opt,name=user_id,json=userId,proto3" json:"user_id,omitempty"`
 	// Required. 1 to 100 items, all priced in the same currency.
 	Items []*OrderItem `protobuf:"bytes,2,rep,name=items,proto3" json:"items,omitempty"`
-	// Required. Client-chosen idempotency key, 1 to 100 characters; retries of
-	// the same order must reuse it.
+	// Required. Client-chosen idempotency key (not the x-request-id that
+	// correlates logs), 1 to 100 bytes; retries of the same order must reuse
+	// it. Keys are per user: another user's key never collides with it.
 	RequestId     string `protobuf:"bytes,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
