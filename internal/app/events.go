@@ -12,6 +12,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
+	"github.com/trellis-mesh/trellis/internal/eventcontract"
 	"github.com/trellis-mesh/trellis/internal/redact"
 	"github.com/trellis-mesh/trellis/mesh/eventbus"
 	"github.com/trellis-mesh/trellis/services/order"
@@ -135,7 +136,7 @@ func (a *App) addUserConsumer(svc *order.Service) error {
 	a.workers = append(a.workers, func(ctx context.Context) {
 		backoff := 100 * time.Millisecond
 		for {
-			err := bus.EnsureStream(ctx, user.Stream, "trellis.user.v1.>")
+			err := bus.EnsureStream(ctx, user.Stream, eventcontract.StreamSubjects(user.Stream))
 			var stop func()
 			if err == nil {
 				stop, err = bus.Consume(ctx, eventbus.ConsumerConfig{

@@ -6,6 +6,7 @@ import (
 
 	orderv1 "github.com/trellis-mesh/trellis/gen/trellis/order/v1"
 	userv1 "github.com/trellis-mesh/trellis/gen/trellis/user/v1"
+	"github.com/trellis-mesh/trellis/internal/eventcontract"
 	"github.com/trellis-mesh/trellis/mesh"
 	"github.com/trellis-mesh/trellis/mesh/redisbreaker"
 	"github.com/trellis-mesh/trellis/services/order"
@@ -23,7 +24,7 @@ func (a *App) addUser(ctx context.Context, srvCfg mesh.ServerConfig) error {
 	if err != nil {
 		return err
 	}
-	relay, err := a.addRelay(TargetUser, store.Outbox(), user.Stream, "trellis.user.v1.>")
+	relay, err := a.addRelay(TargetUser, store.Outbox(), user.Stream, eventcontract.StreamSubjects(user.Stream))
 	if err != nil {
 		return err
 	}
@@ -60,7 +61,7 @@ func (a *App) addOrder(ctx context.Context, srvCfg mesh.ServerConfig) error {
 		return err
 	}
 	users := order.NewUserClient(userv1.NewUserServiceClient(conn))
-	relay, err := a.addRelay(TargetOrder, store.Outbox(), order.Stream, "trellis.order.v1.>")
+	relay, err := a.addRelay(TargetOrder, store.Outbox(), order.Stream, eventcontract.StreamSubjects(order.Stream))
 	if err != nil {
 		return err
 	}

@@ -7,43 +7,36 @@ import (
 	"log/slog"
 	"time"
 
-	"google.golang.org/protobuf/proto"
-
 	eventsv1 "github.com/trellis-mesh/trellis/gen/trellis/events/v1"
+	"github.com/trellis-mesh/trellis/internal/eventcontract"
 	"github.com/trellis-mesh/trellis/mesh/eventbus"
 )
 
 // UserSubjects are the events the order service consumes: every user
-// event (created, updated, deleted).
-var UserSubjects = []string{"trellis.user.v1.>"}
+// event (created, updated, deleted), as the contract routes them.
+var UserSubjects = []string{eventcontract.StreamSubjects(eventcontract.Of(&eventsv1.UserCreated{}).Stream)}
 
 // HandleUserEvent applies one user event to the replica, exactly once: the
 // event id is recorded in the transaction of the change, so a redelivery
-// changes nothing (and is reported as eventbus.ErrDuplicate). A deleted user's open orders are cancelled in that same
-// transaction, each with its order.cancelled event.
+// changes nothing (and is reported as eventbus.ErrDuplicate). A deleted
+// user's open orders are cancelled in that same transaction, each with its
+// order.cancelled event. Events are decoded by their type (ce-type), which
+// must be the one the contract routes to the subject they came on.
 func (s *Service) HandleUserEvent(ctx context.Context, d eventbus.Delivery) error {
+	msg, err := eventcontract.Decode(d.Type, d.Subject, d.Data)
+	if err != nil {
+		return fmt.Errorf("%w: %v", eventbus.ErrPermanent, err)
+	}
 	var u KnownUser
-	switch d.Subject {
-	case "trellis.user.v1.created":
-		var ev eventsv1.UserCreated
-		if err := proto.Unmarshal(d.Data, &ev); err != nil {
-			return fmt.Errorf("%w: decode %s: %v", eventbus.ErrPermanent, d.Subject, err)
-		}
+	switch ev := msg.(type) {
+	case *eventsv1.UserCreated:
 		u = KnownUser{ID: ev.GetUserId(), Email: ev.GetEmail(), Name: ev.GetName(), Version: ev.GetCreateTime().AsTime()}
-	case "trellis.user.v1.updated":
-		var ev eventsv1.UserUpdated
-		if err := proto.Unmarshal(d.Data, &ev); err != nil {
-			return fmt.Errorf("%w: decode %s: %v", eventbus.ErrPermanent, d.Subject, err)
-		}
+	case *eventsv1.UserUpdated:
 		u = KnownUser{ID: ev.GetUserId(), Email: ev.GetEmail(), Name: ev.GetName(), Version: ev.GetUpdateTime().AsTime()}
-	case "trellis.user.v1.deleted":
-		var ev eventsv1.UserDeleted
-		if err := proto.Unmarshal(d.Data, &ev); err != nil {
-			return fmt.Errorf("%w: decode %s: %v", eventbus.ErrPermanent, d.Subject, err)
-		}
+	case *eventsv1.UserDeleted:
 		u = KnownUser{ID: ev.GetUserId(), Deleted: true, Version: ev.GetDeleteTime().AsTime()}
 	default:
-		return fmt.Errorf("%w: unexpected subject %s", eventbus.ErrPermanent, d.Subject)
+		return fmt.Errorf("%w: %s is not a user event", eventbus.ErrPermanent, d.Type)
 	}
 	if u.ID == "" {
 		return fmt.Errorf("%w: %s without a user id", eventbus.ErrPermanent, d.Subject)

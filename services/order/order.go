@@ -12,7 +12,9 @@ import (
 	"fmt"
 	"time"
 
+	eventsv1 "github.com/trellis-mesh/trellis/gen/trellis/events/v1"
 	"github.com/trellis-mesh/trellis/internal/etag"
+	"github.com/trellis-mesh/trellis/internal/eventcontract"
 )
 
 // Status is where an order is in its lifecycle; the values match
@@ -38,14 +40,18 @@ func (s Status) String() string {
 	return fmt.Sprintf("Status(%d)", int(s))
 }
 
-// Events the order service publishes (payloads from trellis.events.v1).
+// Events the order service publishes: payloads, subjects and stream are
+// the contract's (proto/trellis/events/v1, read by eventcontract).
+var (
+	SubjectCreated   = eventcontract.Of(&eventsv1.OrderCreated{}).Subject
+	SubjectCancelled = eventcontract.Of(&eventsv1.OrderCancelled{}).Subject
+	// Stream is the JetStream stream of order events.
+	Stream = eventcontract.Of(&eventsv1.OrderCreated{}).Stream
+)
+
 const (
-	SubjectCreated   = "trellis.order.v1.created"
-	SubjectCancelled = "trellis.order.v1.cancelled"
 	// EventSource is the CloudEvents source of order events.
 	EventSource = "/trellis/order"
-	// Stream is the JetStream stream of order events.
-	Stream = "TRELLIS_ORDER"
 	// UsersConsumer is the durable consumer keeping the user replica.
 	UsersConsumer = "order-users"
 )

@@ -8,7 +8,9 @@ import (
 	"errors"
 	"time"
 
+	eventsv1 "github.com/trellis-mesh/trellis/gen/trellis/events/v1"
 	"github.com/trellis-mesh/trellis/internal/etag"
+	"github.com/trellis-mesh/trellis/internal/eventcontract"
 )
 
 // User is an account. PasswordHash never leaves the package boundary
@@ -27,16 +29,18 @@ type User struct {
 // Etag is the user's AIP-154 etag.
 func (u User) Etag() string { return etag.Of(u.Version) }
 
-// Events the user service publishes (payloads from trellis.events.v1).
-const (
-	SubjectCreated = "trellis.user.v1.created"
-	SubjectUpdated = "trellis.user.v1.updated"
-	SubjectDeleted = "trellis.user.v1.deleted"
-	// EventSource is the CloudEvents source of user events.
-	EventSource = "/trellis/user"
+// Events the user service publishes: payloads, subjects and stream are the
+// contract's (proto/trellis/events/v1, read by eventcontract).
+var (
+	SubjectCreated = eventcontract.Of(&eventsv1.UserCreated{}).Subject
+	SubjectUpdated = eventcontract.Of(&eventsv1.UserUpdated{}).Subject
+	SubjectDeleted = eventcontract.Of(&eventsv1.UserDeleted{}).Subject
 	// Stream is the JetStream stream of user events.
-	Stream = "TRELLIS_USER"
+	Stream = eventcontract.Of(&eventsv1.UserCreated{}).Stream
 )
+
+// EventSource is the CloudEvents source of user events.
+const EventSource = "/trellis/user"
 
 // Store errors; the use cases turn them into client-facing errors.
 var (

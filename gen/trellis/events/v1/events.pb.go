@@ -389,36 +389,36 @@ var File_trellis_events_v1_events_proto protoreflect.FileDescriptor
 
 const file_trellis_events_v1_events_proto_rawDesc = "" +
 	"\n" +
-	"\x1etrellis/events/v1/events.proto\x12\x11trellis.events.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8d\x01\n" +
+	"\x1etrellis/events/v1/events.proto\x12\x11trellis.events.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1ftrellis/events/v1/options.proto\"\xba\x01\n" +
 	"\vUserCreated\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x14\n" +
 	"\x05email\x18\x02 \x01(\tR\x05email\x12;\n" +
 	"\vcreate_time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\x12\x12\n" +
-	"\x04name\x18\x04 \x01(\tR\x04name\"\x8d\x01\n" +
+	"\x04name\x18\x04 \x01(\tR\x04name:+\x8a\xb5\x18\x17trellis.user.v1.created\x92\xb5\x18\fTRELLIS_USER\"\xba\x01\n" +
 	"\vUserUpdated\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12\x14\n" +
 	"\x05email\x18\x02 \x01(\tR\x05email\x12\x12\n" +
 	"\x04name\x18\x03 \x01(\tR\x04name\x12;\n" +
 	"\vupdate_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"updateTime\"c\n" +
+	"updateTime:+\x8a\xb5\x18\x17trellis.user.v1.updated\x92\xb5\x18\fTRELLIS_USER\"\x90\x01\n" +
 	"\vUserDeleted\x12\x17\n" +
 	"\auser_id\x18\x01 \x01(\tR\x06userId\x12;\n" +
 	"\vdelete_time\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"deleteTime\"\xd2\x01\n" +
+	"deleteTime:+\x8a\xb5\x18\x17trellis.user.v1.deleted\x92\xb5\x18\fTRELLIS_USER\"\x81\x02\n" +
 	"\fOrderCreated\x12\x19\n" +
 	"\border_id\x18\x01 \x01(\tR\aorderId\x12\x17\n" +
 	"\auser_id\x18\x02 \x01(\tR\x06userId\x12,\n" +
 	"\x12total_amount_minor\x18\x03 \x01(\x03R\x10totalAmountMinor\x12#\n" +
 	"\rcurrency_code\x18\x04 \x01(\tR\fcurrencyCode\x12;\n" +
 	"\vcreate_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"createTime\"\x99\x01\n" +
+	"createTime:-\x8a\xb5\x18\x18trellis.order.v1.created\x92\xb5\x18\rTRELLIS_ORDER\"\xca\x01\n" +
 	"\x0eOrderCancelled\x12\x19\n" +
 	"\border_id\x18\x01 \x01(\tR\aorderId\x12\x17\n" +
 	"\auser_id\x18\x02 \x01(\tR\x06userId\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\x12;\n" +
 	"\vcancel_time\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"cancelTimeB@Z>github.com/trellis-mesh/trellis/gen/trellis/events/v1;eventsv1b\x06proto3"
+	"cancelTime:/\x8a\xb5\x18\x1atrellis.order.v1.cancelled\x92\xb5\x18\rTRELLIS_ORDERB@Z>github.com/trellis-mesh/trellis/gen/trellis/events/v1;eventsv1b\x06proto3"
 
 var (
 	file_trellis_events_v1_events_proto_rawDescOnce sync.Once
@@ -459,6 +459,7 @@ func file_trellis_events_v1_events_proto_init() {
 	if File_trellis_events_v1_events_proto != nil {
 		return
 	}
+	file_trellis_events_v1_options_proto_init()
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
