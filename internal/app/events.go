@@ -134,28 +134,8 @@ func (a *App) addUserConsumer(svc *order.Service) error {
 	}
 	log := a.log.With("component", TargetOrder, "consumer", order.UsersConsumer)
 	a.workers = append(a.workers, func(ctx context.Context) {
-		backoff := 100 * time.Millisecond
-		for {
-			err := bus.EnsureStream(ctx, user.Stream, eventcontract.StreamSubjects(user.Stream))
-			var stop func()
-			if err == nil {
-				stop, err = bus.Consume(ctx, eventbus.ConsumerConfig{
-					Stream: user.Stream, Durable: order.UsersConsumer, Subjects: order.UserSubjects,
-				}, svc.HandleUserEvent, log, a.eventMetrics())
-			}
-			if err == nil {
-				<-ctx.Done()
-				stop()
-				return
-			}
-			log.Warn("user event consumer not started, retrying", "error", err.Error(), "backoff", backoff.String())
-			select {
-			case <-ctx.Done():
-				return
-			case <-time.After(backoff):
-			}
-			backoff = min(2*backoff, 5*time.Second)
-		}
+		bus.RunConsumer(ctx, eventbus.ConsumerConfig{Stream: user.Stream, Durable: order.UsersConsumer, Subjects: order.UserSubjects},
+			eventcontract.StreamSubjects(user.Stream), svc.HandleUserEvent, log, a.eventMetrics())
 	})
 	return nil
 }

@@ -115,7 +115,7 @@ func (r *Relay) Notify() {
 
 // Run relays until ctx ends.
 func (r *Relay) Run(ctx context.Context) {
-	backoff := time.Duration(0)
+	wait := backoff{max: r.cfg.MaxBackoff}
 	lastPrune := time.Time{}
 	timer := time.NewTimer(0)
 	defer timer.Stop()
@@ -132,8 +132,8 @@ func (r *Relay) Run(ctx context.Context) {
 				}
 			}
 		}
-		if backoff > 0 { // a notification does not cut a backoff short
-			if !sleep(ctx, backoff) {
+		if wait.cur > 0 { // a notification does not cut a backoff short
+			if !sleep(ctx, wait.cur) {
 				return
 			}
 		}
@@ -141,10 +141,10 @@ func (r *Relay) Run(ctx context.Context) {
 		switch {
 		case err != nil && ctx.Err() == nil:
 			r.m.errors.WithLabelValues(r.cfg.Service).Inc()
-			backoff = min(max(2*backoff, 100*time.Millisecond), r.cfg.MaxBackoff)
-			r.log.Warn("outbox relay: pass failed, backing off", "service", r.cfg.Service, "error", err.Error(), "backoff", backoff.String())
+			d := wait.next()
+			r.log.Warn("outbox relay: pass failed, backing off", "service", r.cfg.Service, "error", err.Error(), "backoff", d.String())
 		default:
-			backoff = 0
+			wait.reset()
 		}
 		if r.now().Sub(lastPrune) > time.Minute {
 			if pruned, err := r.outbox.Prune(ctx, r.now().Add(-r.cfg.Retention)); err == nil {
@@ -162,17 +162,6 @@ func (r *Relay) Run(ctx context.Context) {
 			next = 0 // a full batch: more are waiting
 		}
 		timer.Reset(next)
-	}
-}
-
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
 	}
 }
 
