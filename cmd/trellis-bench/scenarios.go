@@ -96,7 +96,7 @@ type runner struct {
 	rounds   int
 	dur      time.Duration
 	requests int64
-	// eventsBench is the compiled internal/sqldb test binary.
+	// eventsBench is the compiled internal/outbox test binary.
 	eventsBench string
 	rep         *report
 	conc        int

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/trellis-mesh/trellis/internal/outbox"
 	"github.com/trellis-mesh/trellis/internal/sqldb"
 	"github.com/trellis-mesh/trellis/mesh/eventbus"
 )
@@ -51,14 +52,14 @@ var migrations embed.FS
 // SQLStore is the Store on SQLite or PostgreSQL, with the outbox in the
 // same database.
 type SQLStore struct {
-	*sqldb.Base
+	*outbox.Base
 	db *sqldb.DB
 }
 
 // NewSQLStore applies the order and outbox migrations to db and returns the
 // store.
 func NewSQLStore(ctx context.Context, db *sqldb.DB) (*SQLStore, error) {
-	base, err := sqldb.NewBase(ctx, db, "order", migrations, "migrations")
+	base, err := outbox.NewBase(ctx, db, "order", migrations, "migrations")
 	if err != nil {
 		return nil, err
 	}
@@ -96,7 +97,7 @@ func (s *SQLStore) Create(ctx context.Context, o Order, ev eventbus.Event) error
 				return err
 			}
 		}
-		return sqldb.Add(ctx, tx, ev)
+		return outbox.Add(ctx, tx, ev)
 	})
 	if sqldb.IsUniqueViolation(err) {
 		return ErrIdempotencyKeyTaken
@@ -212,7 +213,7 @@ func setStatus(ctx context.Context, tx *sql.Tx, id string, from, to Status, at t
 		return err
 	}
 	if ev != nil {
-		return sqldb.Add(ctx, tx, *ev)
+		return outbox.Add(ctx, tx, *ev)
 	}
 	return nil
 }

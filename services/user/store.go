@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/trellis-mesh/trellis/internal/outbox"
 	"github.com/trellis-mesh/trellis/internal/sqldb"
 	"github.com/trellis-mesh/trellis/mesh/eventbus"
 )
@@ -39,14 +40,14 @@ var migrations embed.FS
 // SQLStore is the Store on SQLite or PostgreSQL, with the outbox in the
 // same database.
 type SQLStore struct {
-	*sqldb.Base
+	*outbox.Base
 	db *sqldb.DB
 }
 
 // NewSQLStore applies the user and outbox migrations to db and returns the
 // store.
 func NewSQLStore(ctx context.Context, db *sqldb.DB) (*SQLStore, error) {
-	base, err := sqldb.NewBase(ctx, db, "user", migrations, "migrations")
+	base, err := outbox.NewBase(ctx, db, "user", migrations, "migrations")
 	if err != nil {
 		return nil, err
 	}
@@ -65,7 +66,7 @@ func (s *SQLStore) Create(ctx context.Context, u User, ev eventbus.Event) error 
 			u.ID, u.Email, emailKey(u.Email), u.Name, u.PasswordHash, u.CreateTime.UnixMicro(), u.UpdateTime.UnixMicro()); err != nil {
 			return err
 		}
-		return sqldb.Add(ctx, tx, ev)
+		return outbox.Add(ctx, tx, ev)
 	})
 	if sqldb.IsUniqueViolation(err) {
 		return ErrEmailTaken
@@ -164,7 +165,7 @@ func (s *SQLStore) Update(ctx context.Context, id string, patch Patch, ifVersion
 		if err != nil {
 			return err
 		}
-		return sqldb.Add(ctx, tx, ev)
+		return outbox.Add(ctx, tx, ev)
 	})
 	if sqldb.IsUniqueViolation(err) {
 		return User{}, ErrEmailTaken
@@ -199,6 +200,6 @@ func (s *SQLStore) Delete(ctx context.Context, id string, ifVersion int64, ev ev
 		if err := sqldb.AffectedOne(res, err, ErrNotFound); err != nil {
 			return s.staleOrMissing(ctx, tx, id, err)
 		}
-		return sqldb.Add(ctx, tx, ev)
+		return outbox.Add(ctx, tx, ev)
 	})
 }

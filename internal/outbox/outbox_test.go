@@ -1,4 +1,4 @@
-package sqldb_test
+package outbox_test
 
 import (
 	"context"
@@ -11,7 +11,7 @@ import (
 	"github.com/google/uuid"
 	"google.golang.org/protobuf/types/known/emptypb"
 
-	"github.com/trellis-mesh/trellis/internal/sqldb"
+	"github.com/trellis-mesh/trellis/internal/outbox"
 	"github.com/trellis-mesh/trellis/internal/testenv"
 	"github.com/trellis-mesh/trellis/mesh/eventbus"
 )
@@ -24,11 +24,11 @@ func TestOutboxConformance(t *testing.T) {
 			t.Parallel()
 			ctx := context.Background()
 			db := testenv.OpenDB(t, d, "outbox")
-			o, err := sqldb.NewOutbox(ctx, db)
+			o, err := outbox.New(ctx, db)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if _, err := sqldb.NewOutbox(ctx, db); err != nil { // migrations are idempotent
+			if _, err := outbox.New(ctx, db); err != nil { // migrations are idempotent
 				t.Fatal(err)
 			}
 			at := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
@@ -40,7 +40,7 @@ func TestOutboxConformance(t *testing.T) {
 				}
 				ev.Payload = []byte{0, 1, 2, byte(i)}
 				want = append(want, ev.ID)
-				if err := db.InTx(ctx, func(tx *sql.Tx) error { return sqldb.Add(ctx, tx, ev) }); err != nil {
+				if err := db.InTx(ctx, func(tx *sql.Tx) error { return outbox.Add(ctx, tx, ev) }); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -48,7 +48,7 @@ func TestOutboxConformance(t *testing.T) {
 			ev, _ := eventbus.NewEvent(ctx, "s.created", "/src", "x", &emptypb.Empty{}, at)
 			rollback := errors.New("rollback")
 			if err := db.InTx(ctx, func(tx *sql.Tx) error {
-				if err := sqldb.Add(ctx, tx, ev); err != nil {
+				if err := outbox.Add(ctx, tx, ev); err != nil {
 					return err
 				}
 				return rollback

@@ -1,4 +1,4 @@
-package sqldb_test
+package outbox_test
 
 import (
 	"context"
@@ -15,7 +15,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	eventsv1 "github.com/trellis-mesh/trellis/gen/trellis/events/v1"
-	"github.com/trellis-mesh/trellis/internal/sqldb"
+	"github.com/trellis-mesh/trellis/internal/outbox"
 	"github.com/trellis-mesh/trellis/internal/testenv"
 	"github.com/trellis-mesh/trellis/mesh/eventbus"
 )
@@ -81,7 +81,7 @@ func BenchmarkPublish(b *testing.B) {
 		bus := benchBus(b)
 		ctx := context.Background()
 		db := testenv.OpenDB(b, "sqlite", "bench")
-		o, err := sqldb.NewOutbox(ctx, db)
+		o, err := outbox.New(ctx, db)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -90,7 +90,7 @@ func BenchmarkPublish(b *testing.B) {
 			n := min(1000, b.N-done)
 			if err := db.InTx(ctx, func(tx *sql.Tx) error {
 				for range n {
-					if err := sqldb.Add(ctx, tx, benchEvent(b)); err != nil {
+					if err := outbox.Add(ctx, tx, benchEvent(b)); err != nil {
 						return err
 					}
 				}
@@ -120,7 +120,7 @@ func BenchmarkCommitToConsumerLag(b *testing.B) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	db := testenv.OpenDB(b, "sqlite", "lag")
-	o, err := sqldb.NewOutbox(ctx, db)
+	o, err := outbox.New(ctx, db)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -152,7 +152,7 @@ func BenchmarkCommitToConsumerLag(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		<-tick.C
 		ev := benchEvent(b)
-		if err := db.InTx(ctx, func(tx *sql.Tx) error { return sqldb.Add(ctx, tx, ev) }); err != nil {
+		if err := db.InTx(ctx, func(tx *sql.Tx) error { return outbox.Add(ctx, tx, ev) }); err != nil {
 			b.Fatal(err)
 		}
 		r.Notify()

@@ -1,4 +1,9 @@
-package sqldb
+// Package outbox is the transactional outbox of a service store: Add
+// writes an event in the transaction of the change it describes, so it is
+// published if and only if the change commits; Table is what the
+// eventbus relay reads, marks sent and prunes; Base is what every service
+// store embeds (its database, its migrations and its outbox).
+package outbox
 
 import (
 	"context"
@@ -9,26 +14,28 @@ import (
 	"strings"
 	"time"
 
+	"github.com/trellis-mesh/trellis/internal/sqldb"
 	"github.com/trellis-mesh/trellis/mesh/eventbus"
 )
 
-//go:embed outbox
-var outboxMigrations embed.FS
+//go:embed migrations
+var migrations embed.FS
 
-// Outbox is a service's outbox table; it implements eventbus.Outbox for
-// the relay, and Add writes an event inside the caller's transaction.
-type Outbox struct{ db *DB }
+// Table is a service's outbox table; it implements eventbus.Outbox for
+// the relay.
+type Table struct{ db *sqldb.DB }
 
-// NewOutbox creates the outbox tables in db if needed.
-func NewOutbox(ctx context.Context, db *DB) (*Outbox, error) {
-	sub, err := fs.Sub(outboxMigrations, "outbox")
+// New creates the outbox tables in db if needed (the migration set
+// "outbox").
+func New(ctx context.Context, db *sqldb.DB) (*Table, error) {
+	sub, err := fs.Sub(migrations, "migrations")
 	if err != nil {
 		return nil, err
 	}
 	if err := db.Migrate(ctx, "outbox", sub); err != nil {
 		return nil, fmt.Errorf("outbox: migrate: %w", err)
 	}
-	return &Outbox{db: db}, nil
+	return &Table{db: db}, nil
 }
 
 // Add writes ev in tx: it is published if and only if tx commits.
@@ -43,7 +50,7 @@ func Add(ctx context.Context, tx *sql.Tx, ev eventbus.Event) error {
 }
 
 // Pending returns up to limit unsent events in commit order.
-func (o *Outbox) Pending(ctx context.Context, limit int) ([]eventbus.Event, error) {
+func (o *Table) Pending(ctx context.Context, limit int) ([]eventbus.Event, error) {
 	rows, err := o.db.QueryContext(ctx, `SELECT id, aggregate_id, subject, type, source, payload, traceparent, create_time
 		FROM outbox WHERE sent_time IS NULL ORDER BY seq LIMIT $1`, limit)
 	if err != nil {
@@ -64,7 +71,7 @@ func (o *Outbox) Pending(ctx context.Context, limit int) ([]eventbus.Event, erro
 }
 
 // MarkSent records the acknowledged events.
-func (o *Outbox) MarkSent(ctx context.Context, ids []string, at time.Time) error {
+func (o *Table) MarkSent(ctx context.Context, ids []string, at time.Time) error {
 	if len(ids) == 0 {
 		return nil
 	}
@@ -80,14 +87,14 @@ func (o *Outbox) MarkSent(ctx context.Context, ids []string, at time.Time) error
 }
 
 // CountPending returns the number of unsent events.
-func (o *Outbox) CountPending(ctx context.Context) (int64, error) {
+func (o *Table) CountPending(ctx context.Context) (int64, error) {
 	var n int64
 	err := o.db.QueryRowContext(ctx, "SELECT count(*) FROM outbox WHERE sent_time IS NULL").Scan(&n)
 	return n, err
 }
 
 // Prune deletes events sent before sentBefore.
-func (o *Outbox) Prune(ctx context.Context, sentBefore time.Time) (int64, error) {
+func (o *Table) Prune(ctx context.Context, sentBefore time.Time) (int64, error) {
 	res, err := o.db.ExecContext(ctx, "DELETE FROM outbox WHERE sent_time IS NOT NULL AND sent_time < $1", sentBefore.UnixMicro())
 	if err != nil {
 		return 0, err
@@ -97,7 +104,7 @@ func (o *Outbox) Prune(ctx context.Context, sentBefore time.Time) (int64, error)
 
 // AcquireLease takes or renews the relay lease: one upsert that succeeds
 // only for the current holder or once the previous lease expired.
-func (o *Outbox) AcquireLease(ctx context.Context, holder string, ttl time.Duration, now time.Time) (bool, error) {
+func (o *Table) AcquireLease(ctx context.Context, holder string, ttl time.Duration, now time.Time) (bool, error) {
 	res, err := o.db.ExecContext(ctx, `INSERT INTO outbox_lease (name, holder, expires) VALUES ('relay', $1, $2)
 		ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, expires = excluded.expires
 		WHERE outbox_lease.holder = excluded.holder OR outbox_lease.expires < $3`,
@@ -112,13 +119,13 @@ func (o *Outbox) AcquireLease(ctx context.Context, holder string, ttl time.Durat
 // Base is what every service store shares: its database and its outbox.
 // Service stores embed it.
 type Base struct {
-	db     *DB
-	outbox *Outbox
+	db     *sqldb.DB
+	outbox *Table
 }
 
 // NewBase applies a service's migrations (the folder dir of fsys, as the
 // migration set named service) and the outbox's to db.
-func NewBase(ctx context.Context, db *DB, service string, fsys fs.FS, dir string) (*Base, error) {
+func NewBase(ctx context.Context, db *sqldb.DB, service string, fsys fs.FS, dir string) (*Base, error) {
 	sub, err := fs.Sub(fsys, dir)
 	if err != nil {
 		return nil, err
@@ -126,7 +133,7 @@ func NewBase(ctx context.Context, db *DB, service string, fsys fs.FS, dir string
 	if err := db.Migrate(ctx, service, sub); err != nil {
 		return nil, fmt.Errorf("%s store: migrate: %w", service, err)
 	}
-	outbox, err := NewOutbox(ctx, db)
+	outbox, err := New(ctx, db)
 	if err != nil {
 		return nil, err
 	}
@@ -134,7 +141,7 @@ func NewBase(ctx context.Context, db *DB, service string, fsys fs.FS, dir string
 }
 
 // Outbox is the store's outbox, for the relay.
-func (b *Base) Outbox() *Outbox { return b.outbox }
+func (b *Base) Outbox() *Table { return b.outbox }
 
 // Ping checks the database answers.
 func (b *Base) Ping(ctx context.Context) error { return b.db.PingContext(ctx) }
