@@ -8,6 +8,7 @@ import (
 	"go.opentelemetry.io/otel/propagation"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
 )
 
 // Propagator is the W3C trace context (traceparent, tracestate) and
@@ -58,4 +59,19 @@ func (h traceHandler) WithAttrs(attrs []slog.Attr) slog.Handler {
 
 func (h traceHandler) WithGroup(name string) slog.Handler {
 	return traceHandler{h.Handler.WithGroup(name)}
+}
+
+// TraceParent is the W3C trace context to store with what a call causes
+// later (an event in the outbox): the current span's when the call is
+// traced, else the one the request arrived with, else "".
+func TraceParent(ctx context.Context) string {
+	if trace.SpanContextFromContext(ctx).IsValid() {
+		carrier := propagation.MapCarrier{}
+		propagation.TraceContext{}.Inject(ctx, carrier)
+		return carrier.Get("traceparent")
+	}
+	if tp := metadata.ValueFromIncomingContext(ctx, "traceparent"); len(tp) > 0 {
+		return tp[0]
+	}
+	return ""
 }

@@ -26,7 +26,7 @@ import (
 	"github.com/trellis-mesh/trellis/mesh/eventbus"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m, testenv.LeakOptions()...) }
 
 // streamCounts returns, per subject, how many messages the stream holds
 // and how many distinct event ids.

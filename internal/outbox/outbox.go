@@ -14,8 +14,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/trellis-mesh/trellis/internal/event"
 	"github.com/trellis-mesh/trellis/internal/sqldb"
-	"github.com/trellis-mesh/trellis/mesh/eventbus"
 )
 
 //go:embed migrations
@@ -39,7 +39,7 @@ func New(ctx context.Context, db *sqldb.DB) (*Table, error) {
 }
 
 // Add writes ev in tx: it is published if and only if tx commits.
-func Add(ctx context.Context, tx *sql.Tx, ev eventbus.Event) error {
+func Add(ctx context.Context, tx *sql.Tx, ev event.Event) error {
 	_, err := tx.ExecContext(ctx, `INSERT INTO outbox (id, aggregate_id, subject, type, source, payload, traceparent, create_time)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8)`,
 		ev.ID, ev.AggregateID, ev.Subject, ev.Type, ev.Source, ev.Payload, ev.TraceParent, ev.Time.UnixMicro())
@@ -50,16 +50,16 @@ func Add(ctx context.Context, tx *sql.Tx, ev eventbus.Event) error {
 }
 
 // Pending returns up to limit unsent events in commit order.
-func (o *Table) Pending(ctx context.Context, limit int) ([]eventbus.Event, error) {
+func (o *Table) Pending(ctx context.Context, limit int) ([]event.Event, error) {
 	rows, err := o.db.QueryContext(ctx, `SELECT id, aggregate_id, subject, type, source, payload, traceparent, create_time
 		FROM outbox WHERE sent_time IS NULL ORDER BY seq LIMIT $1`, limit)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	var out []eventbus.Event
+	var out []event.Event
 	for rows.Next() {
-		var ev eventbus.Event
+		var ev event.Event
 		var created int64
 		if err := rows.Scan(&ev.ID, &ev.AggregateID, &ev.Subject, &ev.Type, &ev.Source, &ev.Payload, &ev.TraceParent, &created); err != nil {
 			return nil, err

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	eventsv1 "github.com/trellis-mesh/trellis/gen/trellis/events/v1"
+	"github.com/trellis-mesh/trellis/internal/event"
 	"github.com/trellis-mesh/trellis/internal/outbox"
 	"github.com/trellis-mesh/trellis/internal/testenv"
 	"github.com/trellis-mesh/trellis/mesh/eventbus"
@@ -37,9 +38,9 @@ func benchBus(b *testing.B) *eventbus.Bus {
 	return bus
 }
 
-func benchEvent(b *testing.B) eventbus.Event {
+func benchEvent(b *testing.B) event.Event {
 	id := uuid.NewString()
-	ev, err := eventbus.NewEvent(context.Background(), "trellis.user.v1.created", "/trellis/user", id,
+	ev, err := event.New("", "trellis.user.v1.created", "/trellis/user", id,
 		&eventsv1.UserCreated{UserId: id, Email: "bench@example.com", Name: "Bench", CreateTime: timestamppb.Now()}, time.Now())
 	if err != nil {
 		b.Fatal(err)

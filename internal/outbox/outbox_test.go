@@ -11,9 +11,10 @@ import (
 	"github.com/google/uuid"
 	"google.golang.org/protobuf/types/known/emptypb"
 
+	"github.com/trellis-mesh/trellis/internal/event"
 	"github.com/trellis-mesh/trellis/internal/outbox"
 	"github.com/trellis-mesh/trellis/internal/testenv"
-	"github.com/trellis-mesh/trellis/mesh/eventbus"
+	"github.com/trellis-mesh/trellis/mesh"
 )
 
 // TestOutboxConformance runs the outbox contract on every backend.
@@ -34,7 +35,7 @@ func TestOutboxConformance(t *testing.T) {
 			at := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
 			var want []string
 			for i := range 5 {
-				ev, err := eventbus.NewEvent(ctx, "s.created", "/src", uuid.NewString(), &emptypb.Empty{}, at.Add(time.Duration(i)*time.Second))
+				ev, err := event.New(mesh.TraceParent(ctx), "s.created", "/src", uuid.NewString(), &emptypb.Empty{}, at.Add(time.Duration(i)*time.Second))
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -45,7 +46,7 @@ func TestOutboxConformance(t *testing.T) {
 				}
 			}
 			// A rolled-back transaction leaves nothing behind.
-			ev, _ := eventbus.NewEvent(ctx, "s.created", "/src", "x", &emptypb.Empty{}, at)
+			ev, _ := event.New(mesh.TraceParent(ctx), "s.created", "/src", "x", &emptypb.Empty{}, at)
 			rollback := errors.New("rollback")
 			if err := db.InTx(ctx, func(tx *sql.Tx) error {
 				if err := outbox.Add(ctx, tx, ev); err != nil {

@@ -20,16 +20,17 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	eventsv1 "github.com/trellis-mesh/trellis/gen/trellis/events/v1"
+	"github.com/trellis-mesh/trellis/internal/event"
 	"github.com/trellis-mesh/trellis/internal/testenv"
 	"github.com/trellis-mesh/trellis/mesh/eventbus"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m, testenv.LeakOptions()...) }
 
 // memOutbox is an in-memory Outbox whose failures the test controls.
 type memOutbox struct {
 	mu       sync.Mutex
-	events   []eventbus.Event
+	events   []event.Event
 	sent     map[string]bool
 	failMark atomic.Int32 // MarkSent fails this many more times
 	lease    struct {
@@ -40,16 +41,16 @@ type memOutbox struct {
 
 func newMemOutbox() *memOutbox { return &memOutbox{sent: map[string]bool{}} }
 
-func (o *memOutbox) add(evs ...eventbus.Event) {
+func (o *memOutbox) add(evs ...event.Event) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	o.events = append(o.events, evs...)
 }
 
-func (o *memOutbox) Pending(_ context.Context, limit int) ([]eventbus.Event, error) {
+func (o *memOutbox) Pending(_ context.Context, limit int) ([]event.Event, error) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	var out []eventbus.Event
+	var out []event.Event
 	for _, ev := range o.events {
 		if !o.sent[ev.ID] && len(out) < limit {
 			out = append(out, ev)
@@ -118,10 +119,10 @@ func connect(t *testing.T, url string) (*eventbus.Bus, *nats.Conn) {
 	return bus, nc
 }
 
-func userCreated(t *testing.T, n int) eventbus.Event {
+func userCreated(t *testing.T, n int) event.Event {
 	t.Helper()
 	id := uuid.NewString()
-	ev, err := eventbus.NewEvent(context.Background(), "trellis.user.v1.created", "/trellis/user", id,
+	ev, err := event.New("", "trellis.user.v1.created", "/trellis/user", id,
 		&eventsv1.UserCreated{UserId: id, Email: fmt.Sprintf("u%d@example.com", n), CreateTime: timestamppb.Now()}, time.Now())
 	if err != nil {
 		t.Fatal(err)

@@ -10,12 +10,14 @@ import (
 	"github.com/google/uuid"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/trellis-mesh/trellis/internal/event"
 )
 
 // Outbox is the relay's view of a service's outbox table.
 type Outbox interface {
 	// Pending returns up to limit unsent events in commit order.
-	Pending(ctx context.Context, limit int) ([]Event, error)
+	Pending(ctx context.Context, limit int) ([]event.Event, error)
 	// MarkSent records that JetStream acknowledged the events.
 	MarkSent(ctx context.Context, ids []string, at time.Time) error
 	// CountPending returns how many events are unsent.
@@ -210,7 +212,7 @@ func (r *Relay) Flush(ctx context.Context) (int, error) {
 // in order) and waits for their acks. It returns the length of the acked
 // prefix: after the first failure nothing later is marked, so per-aggregate
 // order survives a partial failure.
-func (r *Relay) publish(ctx context.Context, events []Event) (int, error) {
+func (r *Relay) publish(ctx context.Context, events []event.Event) (int, error) {
 	futures := make([]jetstream.PubAckFuture, 0, len(events))
 	var sendErr error
 	for _, ev := range events {

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	eventsv1 "github.com/trellis-mesh/trellis/gen/trellis/events/v1"
+	"github.com/trellis-mesh/trellis/internal/event"
 	"github.com/trellis-mesh/trellis/internal/eventcontract"
 	"github.com/trellis-mesh/trellis/mesh/eventbus"
 )
@@ -42,7 +43,7 @@ func (s *Service) HandleUserEvent(ctx context.Context, d eventbus.Delivery) erro
 		return fmt.Errorf("%w: %s without a user id", eventbus.ErrPermanent, d.Subject)
 	}
 	now := s.timestamp()
-	cancelled, err := s.store.ApplyUser(ctx, UsersConsumer, d.ID, u, func(o Order) (eventbus.Event, error) {
+	cancelled, err := s.store.ApplyUser(ctx, UsersConsumer, d.ID, u, func(o Order) (event.Event, error) {
 		return cancelledEvent(ctx, o, ReasonUserDeleted, now)
 	})
 	switch {

@@ -13,8 +13,9 @@ import (
 	eventsv1 "github.com/trellis-mesh/trellis/gen/trellis/events/v1"
 	"github.com/trellis-mesh/trellis/internal/apperr"
 	"github.com/trellis-mesh/trellis/internal/etag"
+	"github.com/trellis-mesh/trellis/internal/event"
 	"github.com/trellis-mesh/trellis/internal/pagetoken"
-	"github.com/trellis-mesh/trellis/mesh/eventbus"
+	"github.com/trellis-mesh/trellis/mesh"
 )
 
 // Service holds the order use cases. Requests reach it already validated
@@ -100,7 +101,7 @@ func (s *Service) Create(ctx context.Context, in CreateInput) (Order, error) {
 		Total: total(in.Items), Status: status, Version: 1,
 		IdempotencyKey: in.IdempotencyKey, PayloadHash: hash, CreateTime: now, UpdateTime: now,
 	}
-	ev, err := eventbus.NewEvent(ctx, SubjectCreated, EventSource, o.ID, &eventsv1.OrderCreated{
+	ev, err := event.New(mesh.TraceParent(ctx), SubjectCreated, EventSource, o.ID, &eventsv1.OrderCreated{
 		OrderId: o.ID, UserId: o.UserID, TotalAmountMinor: o.Total, CurrencyCode: o.Currency, CreateTime: timestamppb.New(now)}, now)
 	if err != nil {
 		return Order{}, err
@@ -119,8 +120,8 @@ func (s *Service) Create(ctx context.Context, in CreateInput) (Order, error) {
 }
 
 // cancelledEvent is the event of cancelling o for reason at a time.
-func cancelledEvent(ctx context.Context, o Order, reason string, at time.Time) (eventbus.Event, error) {
-	return eventbus.NewEvent(ctx, SubjectCancelled, EventSource, o.ID, &eventsv1.OrderCancelled{
+func cancelledEvent(ctx context.Context, o Order, reason string, at time.Time) (event.Event, error) {
+	return event.New(mesh.TraceParent(ctx), SubjectCancelled, EventSource, o.ID, &eventsv1.OrderCancelled{
 		OrderId: o.ID, UserId: o.UserID, Reason: reason, CancelTime: timestamppb.New(at)}, at)
 }
 

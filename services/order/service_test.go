@@ -9,9 +9,9 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/trellis-mesh/trellis/internal/event"
 	"github.com/trellis-mesh/trellis/internal/sqldb"
 	"github.com/trellis-mesh/trellis/internal/testenv"
-	"github.com/trellis-mesh/trellis/mesh/eventbus"
 )
 
 // fakeUsers is the user service as the use case sees it (the Users seam):
@@ -53,7 +53,7 @@ func TestCreateDecidesFromTheUserServiceAndTheReplica(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			noCancel := func(Order) (eventbus.Event, error) { return eventbus.Event{}, nil }
+			noCancel := func(Order) (event.Event, error) { return event.Event{}, nil }
 			base := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
 			for i, u := range []KnownUser{{ID: known, Version: base}, {ID: deleted, Deleted: true, Version: base}} {
 				if _, err := store.ApplyUser(context.Background(), "c", fmt.Sprint("ev", i), u, noCancel); err != nil {

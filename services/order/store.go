@@ -9,9 +9,9 @@ import (
 	"strings"
 	"time"
 
+	"github.com/trellis-mesh/trellis/internal/event"
 	"github.com/trellis-mesh/trellis/internal/outbox"
 	"github.com/trellis-mesh/trellis/internal/sqldb"
-	"github.com/trellis-mesh/trellis/mesh/eventbus"
 )
 
 // Store keeps orders and the replica of users. Every change is stored with
@@ -22,7 +22,7 @@ type Store interface {
 	// knows o.UserID as deleted when the order would commit (checked in
 	// the same transaction, serialised with ApplyUser on the replica row,
 	// so an order never survives its user's deletion event).
-	Create(ctx context.Context, o Order, ev eventbus.Event) error
+	Create(ctx context.Context, o Order, ev event.Event) error
 	Get(ctx context.Context, id string) (Order, error)
 	// GetByIdempotencyKey returns the order userID created with idempotency key key.
 	GetByIdempotencyKey(ctx context.Context, userID, key string) (Order, error)
@@ -32,7 +32,7 @@ type Store interface {
 	// SetStatus moves order id from status from to status to, with ev
 	// when not nil; ErrNotFound if there is no such order,
 	// ErrStatusChanged if its status is not from.
-	SetStatus(ctx context.Context, id string, from, to Status, at time.Time, ev *eventbus.Event) error
+	SetStatus(ctx context.Context, id string, from, to Status, at time.Time, ev *event.Event) error
 	// ListByStatus returns up to limit orders in status, oldest first.
 	ListByStatus(ctx context.Context, status Status, limit int) ([]Order, error)
 	// KnownUser returns the replica of a user; ErrUnknownUser if none.
@@ -42,7 +42,7 @@ type Store interface {
 	// deleted, cancels the user's open orders, each with the event
 	// cancelled(order) returns — all in one transaction. An event applied
 	// before returns ErrAlreadyApplied and changes nothing.
-	ApplyUser(ctx context.Context, consumer, eventID string, u KnownUser, cancelled func(Order) (eventbus.Event, error)) ([]Order, error)
+	ApplyUser(ctx context.Context, consumer, eventID string, u KnownUser, cancelled func(Order) (event.Event, error)) ([]Order, error)
 	Ping(ctx context.Context) error
 }
 
@@ -69,7 +69,7 @@ func NewSQLStore(ctx context.Context, db *sqldb.DB) (*SQLStore, error) {
 const orderColumns = "id, user_id, status, currency, total_minor, idempotency_key, payload_hash, create_time, update_time, version"
 
 // Create inserts the order, its items and its event in one transaction.
-func (s *SQLStore) Create(ctx context.Context, o Order, ev eventbus.Event) error {
+func (s *SQLStore) Create(ctx context.Context, o Order, ev event.Event) error {
 	err := s.db.InTx(ctx, func(tx *sql.Tx) error {
 		// Write the user's replica row first (a placeholder when the
 		// replica has not heard of the user yet; events overwrite it). On
@@ -196,7 +196,7 @@ func (s *SQLStore) loadItems(ctx context.Context, out []Order) error {
 }
 
 // SetStatus changes the status only if it is still from.
-func (s *SQLStore) SetStatus(ctx context.Context, id string, from, to Status, at time.Time, ev *eventbus.Event) error {
+func (s *SQLStore) SetStatus(ctx context.Context, id string, from, to Status, at time.Time, ev *event.Event) error {
 	err := s.db.InTx(ctx, func(tx *sql.Tx) error { return setStatus(ctx, tx, id, from, to, at, ev) })
 	if errors.Is(err, ErrStatusChanged) {
 		if _, getErr := s.Get(ctx, id); errors.Is(getErr, ErrNotFound) {
@@ -206,7 +206,7 @@ func (s *SQLStore) SetStatus(ctx context.Context, id string, from, to Status, at
 	return err
 }
 
-func setStatus(ctx context.Context, tx *sql.Tx, id string, from, to Status, at time.Time, ev *eventbus.Event) error {
+func setStatus(ctx context.Context, tx *sql.Tx, id string, from, to Status, at time.Time, ev *event.Event) error {
 	res, err := tx.ExecContext(ctx, "UPDATE orders SET status = $1, update_time = $2, version = version + 1 WHERE id = $3 AND status = $4",
 		int(to), at.UnixMicro(), id, int(from))
 	if err := sqldb.AffectedOne(res, err, ErrStatusChanged); err != nil {
@@ -238,7 +238,7 @@ func (s *SQLStore) KnownUser(ctx context.Context, id string) (KnownUser, error) 
 }
 
 // ApplyUser applies one user event, once.
-func (s *SQLStore) ApplyUser(ctx context.Context, consumer, eventID string, u KnownUser, cancelled func(Order) (eventbus.Event, error)) ([]Order, error) {
+func (s *SQLStore) ApplyUser(ctx context.Context, consumer, eventID string, u KnownUser, cancelled func(Order) (event.Event, error)) ([]Order, error) {
 	var cancelledOrders []Order
 	err := s.db.InTx(ctx, func(tx *sql.Tx) error {
 		if _, err := tx.ExecContext(ctx, "INSERT INTO processed_events (consumer, event_id, processed_time) VALUES ($1, $2, $3)",

@@ -11,8 +11,9 @@ import (
 	"github.com/google/uuid"
 
 	eventsv1 "github.com/trellis-mesh/trellis/gen/trellis/events/v1"
+	"github.com/trellis-mesh/trellis/internal/event"
 	"github.com/trellis-mesh/trellis/internal/testenv"
-	"github.com/trellis-mesh/trellis/mesh/eventbus"
+	"github.com/trellis-mesh/trellis/mesh"
 	"github.com/trellis-mesh/trellis/services/order"
 )
 
@@ -37,9 +38,9 @@ func TestStoreConformance(t *testing.T) {
 }
 
 // eventFor is a stand-in event of its own id for an order.
-func eventFor(t *testing.T, orderID string) eventbus.Event {
+func eventFor(t *testing.T, orderID string) event.Event {
 	t.Helper()
-	ev, err := eventbus.NewEvent(context.Background(), order.SubjectCreated, order.EventSource, orderID, &eventsv1.OrderCreated{OrderId: orderID}, base)
+	ev, err := event.New("", order.SubjectCreated, order.EventSource, orderID, &eventsv1.OrderCreated{OrderId: orderID}, base)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -47,16 +48,16 @@ func eventFor(t *testing.T, orderID string) eventbus.Event {
 }
 
 // created is a stand-in event; the store does not look inside payloads.
-func created(t *testing.T) eventbus.Event {
+func created(t *testing.T) event.Event {
 	t.Helper()
-	ev, err := eventbus.NewEvent(context.Background(), order.SubjectCreated, order.EventSource, uuid.NewString(), &eventsv1.OrderCreated{}, base)
+	ev, err := event.New("", order.SubjectCreated, order.EventSource, uuid.NewString(), &eventsv1.OrderCreated{}, base)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return ev
 }
 
-func pending(t *testing.T, s *order.SQLStore) []eventbus.Event {
+func pending(t *testing.T, s *order.SQLStore) []event.Event {
 	t.Helper()
 	evs, err := s.Outbox().Pending(context.Background(), 1000)
 	if err != nil {
@@ -173,7 +174,7 @@ var storeTests = map[string]func(t *testing.T, s *order.SQLStore){
 	"user events apply once, keep the newest version and tombstones": func(t *testing.T, s *order.SQLStore) {
 		ctx := context.Background()
 		uid := uuid.NewString()
-		noCancel := func(order.Order) (eventbus.Event, error) { t.Fatal("nothing to cancel"); return eventbus.Event{}, nil }
+		noCancel := func(order.Order) (event.Event, error) { t.Fatal("nothing to cancel"); return event.Event{}, nil }
 		if _, err := s.KnownUser(ctx, uid); !errors.Is(err, order.ErrUnknownUser) {
 			t.Fatalf("KnownUser before any event: %v", err)
 		}
@@ -198,8 +199,8 @@ var storeTests = map[string]func(t *testing.T, s *order.SQLStore){
 	},
 	"no order of a deleted user survives, however Create and the deletion race": func(t *testing.T, s *order.SQLStore) {
 		ctx := context.Background()
-		cancel := func(o order.Order) (eventbus.Event, error) {
-			return eventbus.NewEvent(ctx, order.SubjectCancelled, order.EventSource, o.ID, &eventsv1.OrderCancelled{OrderId: o.ID}, base)
+		cancel := func(o order.Order) (event.Event, error) {
+			return event.New(mesh.TraceParent(ctx), order.SubjectCancelled, order.EventSource, o.ID, &eventsv1.OrderCancelled{OrderId: o.ID}, base)
 		}
 		const pairs = 40
 		var wg sync.WaitGroup
@@ -256,8 +257,8 @@ var storeTests = map[string]func(t *testing.T, s *order.SQLStore){
 			}
 		}
 		before := len(pending(t, s))
-		cancel := func(o order.Order) (eventbus.Event, error) {
-			return eventbus.NewEvent(ctx, order.SubjectCancelled, order.EventSource, o.ID, &eventsv1.OrderCancelled{OrderId: o.ID}, base.Add(time.Minute))
+		cancel := func(o order.Order) (event.Event, error) {
+			return event.New(mesh.TraceParent(ctx), order.SubjectCancelled, order.EventSource, o.ID, &eventsv1.OrderCancelled{OrderId: o.ID}, base.Add(time.Minute))
 		}
 		tomb := order.KnownUser{ID: uid, Deleted: true, Version: base}
 		cancelled, err := s.ApplyUser(ctx, "c", "del-1", tomb, cancel)

@@ -13,9 +13,10 @@ import (
 	eventsv1 "github.com/trellis-mesh/trellis/gen/trellis/events/v1"
 	"github.com/trellis-mesh/trellis/internal/apperr"
 	"github.com/trellis-mesh/trellis/internal/etag"
+	"github.com/trellis-mesh/trellis/internal/event"
 	"github.com/trellis-mesh/trellis/internal/pagetoken"
 	"github.com/trellis-mesh/trellis/internal/validate"
-	"github.com/trellis-mesh/trellis/mesh/eventbus"
+	"github.com/trellis-mesh/trellis/mesh"
 )
 
 // Config tunes the user service.
@@ -92,7 +93,7 @@ func (s *Service) Create(ctx context.Context, email, name, password string) (Use
 	}
 	now := s.timestamp()
 	u := User{ID: id.String(), Email: email, Name: name, PasswordHash: string(hash), CreateTime: now, UpdateTime: now, Version: 1}
-	ev, err := eventbus.NewEvent(ctx, SubjectCreated, EventSource, u.ID, &eventsv1.UserCreated{
+	ev, err := event.New(mesh.TraceParent(ctx), SubjectCreated, EventSource, u.ID, &eventsv1.UserCreated{
 		UserId: u.ID, Email: u.Email, Name: u.Name, CreateTime: timestamppb.New(now)}, now)
 	if err != nil {
 		return User{}, err
@@ -174,8 +175,8 @@ func (s *Service) Update(ctx context.Context, id string, patch Patch, tag string
 	if err != nil {
 		return User{}, err
 	}
-	u, err := s.store.Update(ctx, id, patch, ifVersion, s.timestamp(), func(u User) (eventbus.Event, error) {
-		return eventbus.NewEvent(ctx, SubjectUpdated, EventSource, u.ID, &eventsv1.UserUpdated{
+	u, err := s.store.Update(ctx, id, patch, ifVersion, s.timestamp(), func(u User) (event.Event, error) {
+		return event.New(mesh.TraceParent(ctx), SubjectUpdated, EventSource, u.ID, &eventsv1.UserUpdated{
 			UserId: u.ID, Email: u.Email, Name: u.Name, UpdateTime: timestamppb.New(u.UpdateTime)}, u.UpdateTime)
 	})
 	switch {
@@ -200,7 +201,7 @@ func (s *Service) Delete(ctx context.Context, id, tag string) error {
 		return err
 	}
 	now := s.timestamp()
-	ev, err := eventbus.NewEvent(ctx, SubjectDeleted, EventSource, id, &eventsv1.UserDeleted{UserId: id, DeleteTime: timestamppb.New(now)}, now)
+	ev, err := event.New(mesh.TraceParent(ctx), SubjectDeleted, EventSource, id, &eventsv1.UserDeleted{UserId: id, DeleteTime: timestamppb.New(now)}, now)
 	if err != nil {
 		return err
 	}

@@ -9,16 +9,16 @@ import (
 	"strings"
 	"time"
 
+	"github.com/trellis-mesh/trellis/internal/event"
 	"github.com/trellis-mesh/trellis/internal/outbox"
 	"github.com/trellis-mesh/trellis/internal/sqldb"
-	"github.com/trellis-mesh/trellis/mesh/eventbus"
 )
 
 // Store keeps users. Implementations must make emails unique
 // case-insensitively (ErrEmailTaken) and return ErrNotFound for unknown ids.
 // Every change is stored with its event, atomically: both or neither.
 type Store interface {
-	Create(ctx context.Context, u User, ev eventbus.Event) error
+	Create(ctx context.Context, u User, ev event.Event) error
 	Get(ctx context.Context, id string) (User, error)
 	// GetMany returns the users that exist among ids, in any order.
 	GetMany(ctx context.Context, ids []string) ([]User, error)
@@ -28,9 +28,9 @@ type Store interface {
 	// version and sets the update time, in one statement, only if the
 	// version is still ifVersion (0: any), and stores event(the user after
 	// the change) with it. ErrStale if the version moved on.
-	Update(ctx context.Context, id string, patch Patch, ifVersion int64, at time.Time, event func(User) (eventbus.Event, error)) (User, error)
+	Update(ctx context.Context, id string, patch Patch, ifVersion int64, at time.Time, eventOf func(User) (event.Event, error)) (User, error)
 	// Delete removes the user if its version is still ifVersion (0: any).
-	Delete(ctx context.Context, id string, ifVersion int64, ev eventbus.Event) error
+	Delete(ctx context.Context, id string, ifVersion int64, ev event.Event) error
 	Ping(ctx context.Context) error
 }
 
@@ -59,7 +59,7 @@ const userColumns = "id, email, name, password_hash, create_time, update_time, v
 func emailKey(email string) string { return strings.ToLower(email) }
 
 // Create inserts u and its event.
-func (s *SQLStore) Create(ctx context.Context, u User, ev eventbus.Event) error {
+func (s *SQLStore) Create(ctx context.Context, u User, ev event.Event) error {
 	err := s.db.InTx(ctx, func(tx *sql.Tx) error {
 		if _, err := tx.ExecContext(ctx, `INSERT INTO users (id, email, email_key, name, password_hash, create_time, update_time)
 			VALUES ($1, $2, $3, $4, $5, $6, $7)`,
@@ -135,7 +135,7 @@ func (s *SQLStore) query(ctx context.Context, q string, args ...any) ([]User, er
 // event. Only the named columns are written, in one UPDATE, so two
 // concurrent updates of different fields both stick (no read-modify-write
 // of the whole row).
-func (s *SQLStore) Update(ctx context.Context, id string, patch Patch, ifVersion int64, at time.Time, event func(User) (eventbus.Event, error)) (User, error) {
+func (s *SQLStore) Update(ctx context.Context, id string, patch Patch, ifVersion int64, at time.Time, eventOf func(User) (event.Event, error)) (User, error) {
 	args := []any{at.UnixMicro()}
 	sets := "version = version + 1, update_time = $1"
 	if patch.Email != nil {
@@ -161,7 +161,7 @@ func (s *SQLStore) Update(ctx context.Context, id string, patch Patch, ifVersion
 		if u, err = scanUser(tx.QueryRowContext(ctx, "SELECT "+userColumns+" FROM users WHERE id = $1", id)); err != nil {
 			return err
 		}
-		ev, err := event(u)
+		ev, err := eventOf(u)
 		if err != nil {
 			return err
 		}
@@ -190,7 +190,7 @@ func (s *SQLStore) staleOrMissing(ctx context.Context, tx *sql.Tx, id string, er
 }
 
 // Delete removes the user with id, conditionally, with its event.
-func (s *SQLStore) Delete(ctx context.Context, id string, ifVersion int64, ev eventbus.Event) error {
+func (s *SQLStore) Delete(ctx context.Context, id string, ifVersion int64, ev event.Event) error {
 	return s.db.InTx(ctx, func(tx *sql.Tx) error {
 		q, args := "DELETE FROM users WHERE id = $1", []any{id}
 		if ifVersion != 0 {

@@ -12,8 +12,8 @@ import (
 	"github.com/google/uuid"
 
 	eventsv1 "github.com/trellis-mesh/trellis/gen/trellis/events/v1"
+	"github.com/trellis-mesh/trellis/internal/event"
 	"github.com/trellis-mesh/trellis/internal/testenv"
-	"github.com/trellis-mesh/trellis/mesh/eventbus"
 	"github.com/trellis-mesh/trellis/services/user"
 )
 
@@ -42,9 +42,9 @@ func TestStoreConformance(t *testing.T) {
 }
 
 // event is a stand-in event; the store does not look inside payloads.
-func event(t *testing.T, subject string) eventbus.Event {
+func testEvent(t *testing.T, subject string) event.Event {
 	t.Helper()
-	ev, err := eventbus.NewEvent(context.Background(), subject, user.EventSource, uuid.NewString(), &eventsv1.UserDeleted{}, base)
+	ev, err := event.New("", subject, user.EventSource, uuid.NewString(), &eventsv1.UserDeleted{}, base)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,7 +79,7 @@ var storeTests = map[string]func(t *testing.T, s *user.SQLStore){
 	"create then get returns the same user": func(t *testing.T, s *user.SQLStore) {
 		ctx := context.Background()
 		want := newUser(1)
-		if err := s.Create(ctx, want, event(t, user.SubjectCreated)); err != nil {
+		if err := s.Create(ctx, want, testEvent(t, user.SubjectCreated)); err != nil {
 			t.Fatal(err)
 		}
 		got, err := s.Get(ctx, want.ID)
@@ -94,10 +94,10 @@ var storeTests = map[string]func(t *testing.T, s *user.SQLStore){
 		ctx := context.Background()
 		a, b := newUser(1), newUser(2)
 		b.Email = "U1@EXAMPLE.com"
-		if err := s.Create(ctx, a, event(t, user.SubjectCreated)); err != nil {
+		if err := s.Create(ctx, a, testEvent(t, user.SubjectCreated)); err != nil {
 			t.Fatal(err)
 		}
-		if err := s.Create(ctx, b, event(t, user.SubjectCreated)); !errors.Is(err, user.ErrEmailTaken) {
+		if err := s.Create(ctx, b, testEvent(t, user.SubjectCreated)); !errors.Is(err, user.ErrEmailTaken) {
 			t.Fatalf("Create duplicate email: got %v, want ErrEmailTaken", err)
 		}
 	},
@@ -107,7 +107,7 @@ var storeTests = map[string]func(t *testing.T, s *user.SQLStore){
 		if _, err := s.Get(ctx, id); !errors.Is(err, user.ErrNotFound) {
 			t.Errorf("Get: got %v, want ErrNotFound", err)
 		}
-		if err := s.Delete(ctx, id, 0, event(t, user.SubjectDeleted)); !errors.Is(err, user.ErrNotFound) {
+		if err := s.Delete(ctx, id, 0, testEvent(t, user.SubjectDeleted)); !errors.Is(err, user.ErrNotFound) {
 			t.Errorf("Delete: got %v, want ErrNotFound", err)
 		}
 		if _, err := update(t, s, newUser(1).ID, user.Patch{Name: ptr("x")}, 0); !errors.Is(err, user.ErrNotFound) {
@@ -123,7 +123,7 @@ var storeTests = map[string]func(t *testing.T, s *user.SQLStore){
 		for i := range 5 {
 			u := newUser(i)
 			ids = append(ids, u.ID)
-			if err := s.Create(ctx, u, event(t, user.SubjectCreated)); err != nil {
+			if err := s.Create(ctx, u, testEvent(t, user.SubjectCreated)); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -150,7 +150,7 @@ var storeTests = map[string]func(t *testing.T, s *user.SQLStore){
 		ctx := context.Background()
 		a, b := newUser(1), newUser(2)
 		for _, u := range []user.User{a, b} {
-			if err := s.Create(ctx, u, event(t, user.SubjectCreated)); err != nil {
+			if err := s.Create(ctx, u, testEvent(t, user.SubjectCreated)); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -166,7 +166,7 @@ var storeTests = map[string]func(t *testing.T, s *user.SQLStore){
 		ctx := context.Background()
 		a, b := newUser(1), newUser(2)
 		for _, u := range []user.User{a, b} {
-			if err := s.Create(ctx, u, event(t, user.SubjectCreated)); err != nil {
+			if err := s.Create(ctx, u, testEvent(t, user.SubjectCreated)); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -191,7 +191,7 @@ var storeTests = map[string]func(t *testing.T, s *user.SQLStore){
 	"conditional changes need the current version": func(t *testing.T, s *user.SQLStore) {
 		ctx := context.Background()
 		a := newUser(1)
-		if err := s.Create(ctx, a, event(t, user.SubjectCreated)); err != nil {
+		if err := s.Create(ctx, a, testEvent(t, user.SubjectCreated)); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := update(t, s, a.ID, user.Patch{Name: ptr("One")}, 1); err != nil {
@@ -200,10 +200,10 @@ var storeTests = map[string]func(t *testing.T, s *user.SQLStore){
 		if _, err := update(t, s, a.ID, user.Patch{Name: ptr("Two")}, 1); !errors.Is(err, user.ErrStale) {
 			t.Errorf("Update at a stale version: got %v, want ErrStale", err)
 		}
-		if err := s.Delete(ctx, a.ID, 1, event(t, user.SubjectDeleted)); !errors.Is(err, user.ErrStale) {
+		if err := s.Delete(ctx, a.ID, 1, testEvent(t, user.SubjectDeleted)); !errors.Is(err, user.ErrStale) {
 			t.Errorf("Delete at a stale version: got %v, want ErrStale", err)
 		}
-		if err := s.Delete(ctx, a.ID, 2, event(t, user.SubjectDeleted)); err != nil {
+		if err := s.Delete(ctx, a.ID, 2, testEvent(t, user.SubjectDeleted)); err != nil {
 			t.Errorf("Delete at the current version: %v", err)
 		}
 	},
@@ -211,7 +211,7 @@ var storeTests = map[string]func(t *testing.T, s *user.SQLStore){
 		ctx := context.Background()
 		for i := range 20 {
 			u := newUser(100 + i)
-			if err := s.Create(ctx, u, event(t, user.SubjectCreated)); err != nil {
+			if err := s.Create(ctx, u, testEvent(t, user.SubjectCreated)); err != nil {
 				t.Fatal(err)
 			}
 			email, name := "changed"+u.Email, "Changed"
@@ -236,12 +236,12 @@ var storeTests = map[string]func(t *testing.T, s *user.SQLStore){
 	"every change writes its event; failed changes write none": func(t *testing.T, s *user.SQLStore) {
 		ctx := context.Background()
 		a := newUser(1)
-		if err := s.Create(ctx, a, event(t, user.SubjectCreated)); err != nil {
+		if err := s.Create(ctx, a, testEvent(t, user.SubjectCreated)); err != nil {
 			t.Fatal(err)
 		}
 		dup := newUser(2)
 		dup.Email = a.Email
-		if err := s.Create(ctx, dup, event(t, user.SubjectCreated)); !errors.Is(err, user.ErrEmailTaken) {
+		if err := s.Create(ctx, dup, testEvent(t, user.SubjectCreated)); !errors.Is(err, user.ErrEmailTaken) {
 			t.Fatalf("duplicate: %v", err)
 		}
 		if _, err := update(t, s, newUser(3).ID, user.Patch{Name: ptr("x")}, 0); !errors.Is(err, user.ErrNotFound) {
@@ -250,13 +250,13 @@ var storeTests = map[string]func(t *testing.T, s *user.SQLStore){
 		if _, err := update(t, s, a.ID, user.Patch{Name: ptr("x")}, 7); !errors.Is(err, user.ErrStale) {
 			t.Fatalf("update stale: %v", err)
 		}
-		if err := s.Delete(ctx, uuid.NewString(), 0, event(t, user.SubjectDeleted)); !errors.Is(err, user.ErrNotFound) {
+		if err := s.Delete(ctx, uuid.NewString(), 0, testEvent(t, user.SubjectDeleted)); !errors.Is(err, user.ErrNotFound) {
 			t.Fatalf("delete missing: %v", err)
 		}
 		if _, err := update(t, s, a.ID, user.Patch{Name: ptr("Renamed")}, 0); err != nil {
 			t.Fatal(err)
 		}
-		if err := s.Delete(ctx, a.ID, 0, event(t, user.SubjectDeleted)); err != nil {
+		if err := s.Delete(ctx, a.ID, 0, testEvent(t, user.SubjectDeleted)); err != nil {
 			t.Fatal(err)
 		}
 		want := []string{user.SubjectCreated, user.SubjectUpdated, user.SubjectDeleted}
@@ -267,17 +267,17 @@ var storeTests = map[string]func(t *testing.T, s *user.SQLStore){
 	"delete removes the user": func(t *testing.T, s *user.SQLStore) {
 		ctx := context.Background()
 		u := newUser(1)
-		if err := s.Create(ctx, u, event(t, user.SubjectCreated)); err != nil {
+		if err := s.Create(ctx, u, testEvent(t, user.SubjectCreated)); err != nil {
 			t.Fatal(err)
 		}
-		if err := s.Delete(ctx, u.ID, 0, event(t, user.SubjectDeleted)); err != nil {
+		if err := s.Delete(ctx, u.ID, 0, testEvent(t, user.SubjectDeleted)); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := s.Get(ctx, u.ID); !errors.Is(err, user.ErrNotFound) {
 			t.Errorf("Get after delete: got %v, want ErrNotFound", err)
 		}
 		// The email is free again.
-		if err := s.Create(ctx, newUser(1), event(t, user.SubjectCreated)); err != nil {
+		if err := s.Create(ctx, newUser(1), testEvent(t, user.SubjectCreated)); err != nil {
 			t.Errorf("re-create with freed email: %v", err)
 		}
 	},
@@ -289,7 +289,7 @@ func ptr(s string) *string { return &s }
 // the tests (base + 1h).
 func update(t *testing.T, s *user.SQLStore, id string, p user.Patch, ifVersion int64) (user.User, error) {
 	t.Helper()
-	return s.Update(context.Background(), id, p, ifVersion, base.Add(time.Hour), func(user.User) (eventbus.Event, error) {
-		return event(t, user.SubjectUpdated), nil
+	return s.Update(context.Background(), id, p, ifVersion, base.Add(time.Hour), func(user.User) (event.Event, error) {
+		return testEvent(t, user.SubjectUpdated), nil
 	})
 }
