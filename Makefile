@@ -29,7 +29,7 @@ generate: ## regenerate gen/ from proto/ (buf generate)
 	$(BUF) generate
 
 .PHONY: lint
-lint: ## buf lint, buf format check, gofmt, go vet, staticcheck (every module)
+lint: ## buf lint, buf format check, gofmt, go vet, staticcheck, go mod tidy (every module)
 	$(BUF) lint
 	$(BUF) format --diff --exit-code
 	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '^gen/') 2>&1); \
@@ -39,6 +39,10 @@ lint: ## buf lint, buf format check, gofmt, go vet, staticcheck (every module)
 	cd cmd/trellis-bench && go vet ./...
 	cd internal/chaos && go vet -tags chaos ./...
 	$(TOOL) staticcheck ./...
+	go mod tidy -diff
+	cd deploy && go mod tidy -diff
+	cd cmd/trellis-bench && go mod tidy -diff
+	cd internal/chaos && go mod tidy -diff
 	cd deploy && go tool -modfile=$(CURDIR)/tools/go.mod staticcheck ./...
 	cd cmd/trellis-bench && go tool -modfile=$(CURDIR)/tools/go.mod staticcheck ./...
 	cd internal/chaos && go tool -modfile=$(CURDIR)/tools/go.mod staticcheck -tags chaos ./...

@@ -3,7 +3,9 @@ package mesh
 import (
 	"context"
 	"errors"
+	"flag"
 	"log/slog"
+	"strconv"
 	"strings"
 	"time"
 
@@ -29,20 +31,55 @@ type BreakerConfig struct {
 	Timeout time.Duration
 }
 
+// The breaker's defaults, written once: withDefaults fills a zero field
+// with them and RegisterFlags shows them as the flags' defaults.
+const (
+	defaultBreakerFailures    = 3
+	defaultBreakerMaxRequests = 3
+	defaultBreakerInterval    = 10 * time.Second
+	defaultBreakerTimeout     = 30 * time.Second
+)
+
 func (c BreakerConfig) withDefaults() BreakerConfig {
 	if c.ConsecutiveFailures == 0 {
-		c.ConsecutiveFailures = 3
+		c.ConsecutiveFailures = defaultBreakerFailures
 	}
 	if c.MaxRequests == 0 {
-		c.MaxRequests = 3
+		c.MaxRequests = defaultBreakerMaxRequests
 	}
 	if c.Interval <= 0 {
-		c.Interval = 10 * time.Second
+		c.Interval = defaultBreakerInterval
 	}
 	if c.Timeout <= 0 {
-		c.Timeout = 30 * time.Second
+		c.Timeout = defaultBreakerTimeout
 	}
 	return c
+}
+
+// RegisterFlags defines the breaker's flags on fs, each name prefixed
+// (e.g. "breaker-": --breaker-failures), with the defaults above, in the
+// manner of dskit: the component owns its configuration and the binary
+// composes it.
+func (c *BreakerConfig) RegisterFlags(prefix string, fs *flag.FlagSet) {
+	c.ConsecutiveFailures, c.MaxRequests = defaultBreakerFailures, defaultBreakerMaxRequests
+	fs.Var((*positive)(&c.ConsecutiveFailures), prefix+"failures", "consecutive upstream failures that open a circuit breaker")
+	fs.Var((*positive)(&c.MaxRequests), prefix+"max-requests", "trial calls a half-open breaker lets through")
+	fs.DurationVar(&c.Interval, prefix+"interval", defaultBreakerInterval, "closed-breaker window after which failure counts reset")
+	fs.DurationVar(&c.Timeout, prefix+"timeout", defaultBreakerTimeout, "how long an open breaker waits before half-opening")
+}
+
+// positive is a flag.Value for counts that must be at least 1.
+type positive uint32
+
+func (p *positive) String() string { return strconv.FormatUint(uint64(*p), 10) }
+
+func (p *positive) Set(s string) error {
+	v, err := strconv.ParseUint(s, 10, 32)
+	if err != nil || v == 0 {
+		return errors.New("want a positive integer")
+	}
+	*p = positive(v)
+	return nil
 }
 
 // IsServerFault reports whether err says the upstream failed (so it counts

@@ -9,7 +9,6 @@ import (
 	"flag"
 	"fmt"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -84,28 +83,10 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.UpstreamTimeout, "upstream-timeout", 5*time.Second, "deadline of each upstream call (a caller's shorter deadline wins)")
 	fs.DurationVar(&c.MaxDeadline, "max-deadline", 30*time.Second, "cap on the deadline of any incoming gRPC call")
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", 10*time.Second, "how long graceful shutdown waits for in-flight calls")
-	c.Breaker.ConsecutiveFailures, c.Breaker.MaxRequests = 3, 3
-	fs.Var((*positive)(&c.Breaker.ConsecutiveFailures), "breaker-failures", "consecutive upstream failures that open a circuit breaker")
-	fs.Var((*positive)(&c.Breaker.MaxRequests), "breaker-max-requests", "trial calls a half-open breaker lets through")
-	fs.DurationVar(&c.Breaker.Interval, "breaker-interval", 10*time.Second, "closed-breaker window after which failure counts reset")
-	fs.DurationVar(&c.Breaker.Timeout, "breaker-timeout", 30*time.Second, "how long an open breaker waits before half-opening")
+	c.Breaker.RegisterFlags("breaker-", fs)
 	fs.IntVar(&c.BcryptCost, "bcrypt-cost", 10, "bcrypt cost of password hashes (4-31)")
 	fs.BoolVar(&c.PProf, "pprof", false, "serve Go's profiler at /debug/pprof/ on the admin address (off by default: profiles show internals)")
 	fs.StringVar(&c.CORS, "cors-origins", "", "comma list of browser origins (https://app.example.com) allowed to call the gateway; empty: same-origin only")
-}
-
-// positive is a flag.Value for counts that must be at least 1.
-type positive uint32
-
-func (p *positive) String() string { return strconv.FormatUint(uint64(*p), 10) }
-
-func (p *positive) Set(s string) error {
-	v, err := strconv.ParseUint(s, 10, 32)
-	if err != nil || v == 0 {
-		return errors.New("want a positive integer")
-	}
-	*p = positive(v)
-	return nil
 }
 
 // EnvName is the environment variable that sets a flag: TRELLIS_<FLAG>,
@@ -212,23 +193,13 @@ func (c *Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-// WithDefaults fills the breaker and event settings a zero Config
-// lacks with the flag defaults.
-func (c Config) WithDefaults() Config {
-	if c.Breaker.Interval == 0 {
-		c.Breaker.Interval = 10 * time.Second
-	}
-	if c.Breaker.Timeout == 0 {
-		c.Breaker.Timeout = 30 * time.Second
-	}
-	if c.NATSReplicas == 0 {
-		c.NATSReplicas = 1
-	}
-	if c.OutboxRetention == 0 {
-		c.OutboxRetention = 24 * time.Hour
-	}
-	if c.ReconcileInterval == 0 {
-		c.ReconcileInterval = 5 * time.Second
-	}
+// Defaults is the configuration `trellis run` has with no flag and no
+// environment variable: the flags' defaults, which RegisterFlags (and the
+// components' own RegisterFlags it calls) is the one place to write.
+func Defaults() Config {
+	var c Config
+	fs := flag.NewFlagSet("defaults", flag.ContinueOnError)
+	c.RegisterFlags(fs)
+	_ = fs.Parse(nil)
 	return c
 }

@@ -43,14 +43,12 @@ func Config(t testing.TB, target string) app.Config {
 	if target != app.TargetAll {
 		nats = NATSURL(t)
 	}
-	return app.Config{
-		NATSURL: nats,
-		Target:  target, DataDir: t.TempDir(),
-		UserAddr: "127.0.0.1:0", OrderAddr: "127.0.0.1:0", AdminAddr: "127.0.0.1:0", HTTPAddr: "127.0.0.1:0",
-		LogLevel: "info", LogFormat: "json",
-		UpstreamTimeout: 2 * time.Second, MaxDeadline: 30 * time.Second, DrainTimeout: 5 * time.Second,
-		BcryptCost: 4,
-	}.WithDefaults()
+	c := app.Defaults()
+	c.NATSURL, c.Target, c.DataDir = nats, target, t.TempDir()
+	c.UserAddr, c.OrderAddr, c.AdminAddr, c.HTTPAddr = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
+	c.UpstreamTimeout, c.DrainTimeout = 2*time.Second, 5*time.Second
+	c.BcryptCost = 4
+	return c
 }
 
 // Running is a started App.
