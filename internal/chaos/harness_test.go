@@ -428,7 +428,7 @@ func (l *load) ledger(s *system) summary {
 		}
 		var n int
 		var id string
-		if err := db.QueryRow("SELECT count(*), max(id) FROM orders WHERE request_id = $1", o.requestID).Scan(&n, &id); err != nil {
+		if err := db.QueryRow("SELECT count(*), max(id) FROM orders WHERE idempotency_key = $1", o.requestID).Scan(&n, &id); err != nil {
 			t.Fatal(err)
 		}
 		switch {
