@@ -21,6 +21,18 @@ import (
 
 var overlays = []string{"deploy/k8s/overlays/dev", "deploy/k8s/overlays/prod"}
 
+// eachOverlay renders every overlay and runs check on its objects and pod
+// templates, as a parallel subtest named after the overlay.
+func eachOverlay(t *testing.T, check func(t *testing.T, objs map[string][]any, ps []pod)) {
+	for _, overlay := range overlays {
+		t.Run(filepath.Base(overlay), func(t *testing.T) {
+			t.Parallel()
+			objs := resources(t, overlay)
+			check(t, objs, pods(objs))
+		})
+	}
+}
+
 // pod is a Deployment's pod template as the rendered overlay runs it.
 type pod struct {
 	name   string
@@ -62,58 +74,53 @@ func selects(t *testing.T, sel *metav1.LabelSelector, p pod) bool {
 // nothing, or under default-deny, blocks everything.
 func TestEverySelectorSelectsAPod(t *testing.T) {
 	t.Parallel()
-	for _, overlay := range overlays {
-		t.Run(filepath.Base(overlay), func(t *testing.T) {
-			t.Parallel()
-			objs := resources(t, overlay)
-			ps := pods(objs)
-			any := func(what string, sel *metav1.LabelSelector) {
-				t.Helper()
-				for _, p := range ps {
-					if selects(t, sel, p) {
-						return
-					}
-				}
-				t.Errorf("%s: selector %s matches no pod template", what, metav1.FormatLabelSelector(sel))
-			}
-			for _, o := range objs["Deployment"] {
-				d := o.(*appsv1.Deployment)
-				if !selects(t, d.Spec.Selector, pod{labels: d.Spec.Template.Labels}) {
-					t.Errorf("Deployment %s: selector does not match its own template", d.Name)
+	eachOverlay(t, func(t *testing.T, objs map[string][]any, ps []pod) {
+		any := func(what string, sel *metav1.LabelSelector) {
+			t.Helper()
+			for _, p := range ps {
+				if selects(t, sel, p) {
+					return
 				}
 			}
-			for _, o := range objs["Service"] {
-				s := o.(*corev1.Service)
-				any("Service "+s.Name, &metav1.LabelSelector{MatchLabels: s.Spec.Selector})
+			t.Errorf("%s: selector %s matches no pod template", what, metav1.FormatLabelSelector(sel))
+		}
+		for _, o := range objs["Deployment"] {
+			d := o.(*appsv1.Deployment)
+			if !selects(t, d.Spec.Selector, pod{labels: d.Spec.Template.Labels}) {
+				t.Errorf("Deployment %s: selector does not match its own template", d.Name)
 			}
-			for _, o := range objs["PodDisruptionBudget"] {
-				p := o.(*policyv1.PodDisruptionBudget)
-				any("PodDisruptionBudget "+p.Name, p.Spec.Selector)
+		}
+		for _, o := range objs["Service"] {
+			s := o.(*corev1.Service)
+			any("Service "+s.Name, &metav1.LabelSelector{MatchLabels: s.Spec.Selector})
+		}
+		for _, o := range objs["PodDisruptionBudget"] {
+			p := o.(*policyv1.PodDisruptionBudget)
+			any("PodDisruptionBudget "+p.Name, p.Spec.Selector)
+		}
+		for _, o := range objs["HorizontalPodAutoscaler"] {
+			h := o.(*autoscalingv2.HorizontalPodAutoscaler)
+			if !slices.ContainsFunc(ps, func(p pod) bool { return p.name == h.Spec.ScaleTargetRef.Name }) || h.Spec.ScaleTargetRef.Kind != "Deployment" {
+				t.Errorf("HPA %s scales %s/%s, which is not rendered", h.Name, h.Spec.ScaleTargetRef.Kind, h.Spec.ScaleTargetRef.Name)
 			}
-			for _, o := range objs["HorizontalPodAutoscaler"] {
-				h := o.(*autoscalingv2.HorizontalPodAutoscaler)
-				if !slices.ContainsFunc(ps, func(p pod) bool { return p.name == h.Spec.ScaleTargetRef.Name }) || h.Spec.ScaleTargetRef.Kind != "Deployment" {
-					t.Errorf("HPA %s scales %s/%s, which is not rendered", h.Name, h.Spec.ScaleTargetRef.Kind, h.Spec.ScaleTargetRef.Name)
+		}
+		for _, o := range objs["NetworkPolicy"] {
+			np := o.(*networkingv1.NetworkPolicy)
+			any("NetworkPolicy "+np.Name, &np.Spec.PodSelector)
+			var peers []networkingv1.NetworkPolicyPeer
+			for _, r := range np.Spec.Ingress {
+				peers = append(peers, r.From...)
+			}
+			for _, r := range np.Spec.Egress {
+				peers = append(peers, r.To...)
+			}
+			for _, peer := range peers {
+				if peer.PodSelector != nil && peer.NamespaceSelector == nil {
+					any("NetworkPolicy "+np.Name+" peer", peer.PodSelector)
 				}
 			}
-			for _, o := range objs["NetworkPolicy"] {
-				np := o.(*networkingv1.NetworkPolicy)
-				any("NetworkPolicy "+np.Name, &np.Spec.PodSelector)
-				var peers []networkingv1.NetworkPolicyPeer
-				for _, r := range np.Spec.Ingress {
-					peers = append(peers, r.From...)
-				}
-				for _, r := range np.Spec.Egress {
-					peers = append(peers, r.To...)
-				}
-				for _, peer := range peers {
-					if peer.PodSelector != nil && peer.NamespaceSelector == nil {
-						any("NetworkPolicy "+np.Name+" peer", peer.PodSelector)
-					}
-				}
-			}
-		})
-	}
+		}
+	})
 }
 
 // kustomization is the part of a kustomization.yaml the image check reads.
@@ -232,59 +239,54 @@ func portMatches(ports []networkingv1.NetworkPolicyPort, port int32) bool {
 // design makes: nothing missing, nothing extra.
 func TestNetworkPoliciesAllowExactlyTheDesignedCalls(t *testing.T) {
 	t.Parallel()
-	for _, overlay := range overlays {
-		t.Run(filepath.Base(overlay), func(t *testing.T) {
-			t.Parallel()
-			objs := resources(t, overlay)
-			ps := pods(objs)
-			var nps []*networkingv1.NetworkPolicy
-			ns := ""
-			for _, o := range objs["NetworkPolicy"] {
-				np := o.(*networkingv1.NetworkPolicy)
-				nps = append(nps, np)
-				ns = np.Namespace
-			}
-			allowed := func(src, dst pod, port int32) bool {
-				in, out := false, false
-				for _, np := range nps {
-					if selects(t, &np.Spec.PodSelector, dst) {
-						for _, r := range np.Spec.Ingress {
-							if portMatches(r.Ports, port) && (len(r.From) == 0 || slices.ContainsFunc(r.From, func(peer networkingv1.NetworkPolicyPeer) bool { return peerMatches(t, peer, ns, src) })) {
-								in = true
-							}
-						}
-					}
-					if selects(t, &np.Spec.PodSelector, src) {
-						for _, r := range np.Spec.Egress {
-							if portMatches(r.Ports, port) && (len(r.To) == 0 || slices.ContainsFunc(r.To, func(peer networkingv1.NetworkPolicyPeer) bool { return peerMatches(t, peer, ns, dst) })) {
-								out = true
-							}
+	eachOverlay(t, func(t *testing.T, objs map[string][]any, ps []pod) {
+		var nps []*networkingv1.NetworkPolicy
+		ns := ""
+		for _, o := range objs["NetworkPolicy"] {
+			np := o.(*networkingv1.NetworkPolicy)
+			nps = append(nps, np)
+			ns = np.Namespace
+		}
+		allowed := func(src, dst pod, port int32) bool {
+			in, out := false, false
+			for _, np := range nps {
+				if selects(t, &np.Spec.PodSelector, dst) {
+					for _, r := range np.Spec.Ingress {
+						if portMatches(r.Ports, port) && (len(r.From) == 0 || slices.ContainsFunc(r.From, func(peer networkingv1.NetworkPolicyPeer) bool { return peerMatches(t, peer, ns, src) })) {
+							in = true
 						}
 					}
 				}
-				return in && out
-			}
-			var got []string
-			for _, src := range ps {
-				for _, dst := range ps {
-					for _, port := range dst.ports {
-						if src.name != dst.name && allowed(src, dst, port) {
-							got = append(got, fmt.Sprintf("%s->%s:%d", src.name, dst.name, port))
+				if selects(t, &np.Spec.PodSelector, src) {
+					for _, r := range np.Spec.Egress {
+						if portMatches(r.Ports, port) && (len(r.To) == 0 || slices.ContainsFunc(r.To, func(peer networkingv1.NetworkPolicyPeer) bool { return peerMatches(t, peer, ns, dst) })) {
+							out = true
 						}
 					}
 				}
 			}
-			sort.Strings(got)
-			if !slices.Equal(got, designCalls) {
-				t.Errorf("NetworkPolicies allow %v, the design makes %v", got, designCalls)
-			}
-			// Each pod may reach DNS and the infrastructure ports, and the
-			// monitoring namespace may scrape each admin port.
-			for _, p := range ps {
-				if !slices.Contains(p.ports, 9090) {
-					t.Errorf("%s exposes no admin port 9090", p.name)
+			return in && out
+		}
+		var got []string
+		for _, src := range ps {
+			for _, dst := range ps {
+				for _, port := range dst.ports {
+					if src.name != dst.name && allowed(src, dst, port) {
+						got = append(got, fmt.Sprintf("%s->%s:%d", src.name, dst.name, port))
+					}
 				}
 			}
-		})
-	}
+		}
+		sort.Strings(got)
+		if !slices.Equal(got, designCalls) {
+			t.Errorf("NetworkPolicies allow %v, the design makes %v", got, designCalls)
+		}
+		// Each pod may reach DNS and the infrastructure ports, and the
+		// monitoring namespace may scrape each admin port.
+		for _, p := range ps {
+			if !slices.Contains(p.ports, 9090) {
+				t.Errorf("%s exposes no admin port 9090", p.name)
+			}
+		}
+	})
 }

@@ -116,13 +116,21 @@ func TestUnreachableBackingServiceIsUnavailable(t *testing.T) {
 	}
 }
 
-func TestValidationRunsBeforeHandler(t *testing.T) {
-	t.Parallel()
+// serveRecorder serves a GetUser that answers okUser and records that it
+// ran: tests of what must stop a request before the handler.
+func serveRecorder(t *testing.T) (string, *atomic.Bool) {
+	t.Helper()
 	var called atomic.Bool
 	addr, _, _ := serve(t, &fakeUsers{getUser: func(context.Context, *userv1.GetUserRequest) (*userv1.GetUserResponse, error) {
 		called.Store(true)
 		return okUser, nil
 	}}, mesh.ServerConfig{})
+	return addr, &called
+}
+
+func TestValidationRunsBeforeHandler(t *testing.T) {
+	t.Parallel()
+	addr, called := serveRecorder(t)
 	c := userv1.NewUserServiceClient(testenv.Dial(t, addr))
 	_, err := c.GetUser(context.Background(), &userv1.GetUserRequest{Id: "nope"})
 	if status.Code(err) != codes.InvalidArgument {

@@ -94,11 +94,7 @@ func TestServerFaultsStillTripTheBreaker(t *testing.T) {
 // the request id trailer), never INTERNAL with the parser's text.
 func TestMalformedProtobufIsInvalidArgument(t *testing.T) {
 	t.Parallel()
-	var called atomic.Bool
-	addr, _, _ := serve(t, &fakeUsers{getUser: func(context.Context, *userv1.GetUserRequest) (*userv1.GetUserResponse, error) {
-		called.Store(true)
-		return okUser, nil
-	}}, mesh.ServerConfig{})
+	addr, called := serveRecorder(t)
 	conn := testenv.Dial(t, addr)
 	for name, body := range map[string][]byte{
 		"truncated varint":    {0x08},
