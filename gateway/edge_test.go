@@ -141,3 +141,13 @@ func TestConcurrentPatchesLoseNothingAndIfMatchIsHonoured(t *testing.T) {
 	fresh := c.do("GET", "/api/v1/users/"+uid, "").header.Get("ETag")
 	wantStatus(t, c.do("DELETE", "/api/v1/users/"+uid, "", "If-Match", fresh), http.StatusNoContent)
 }
+
+// TestHeadersOverTheLimitAre431: the request line and headers are capped
+// (64 KiB) before any handler runs.
+func TestHeadersOverTheLimitAre431(t *testing.T) {
+	t.Parallel()
+	s := startSystem(t, nil)
+	r := s.http.do("GET", "/api/v1/users", "", "X-Big", strings.Repeat("x", 100<<10))
+	wantStatus(t, r, http.StatusRequestHeaderFieldsTooLarge)
+	wantStatus(t, s.http.do("GET", "/api/v1/users", "", "X-Small", strings.Repeat("x", 1<<10)), http.StatusOK)
+}

@@ -183,6 +183,7 @@ func (a *App) addHTTP(name, addr string, h http.Handler, ready func(context.Cont
 	srv := &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: 15 * time.Second,
+		MaxHeaderBytes:    MaxHeaderBytes,
 		ReadTimeout:       15 * time.Second,
 		WriteTimeout:      15 * time.Second,
 		IdleTimeout:       60 * time.Second,
@@ -252,6 +253,11 @@ func (a *App) addAdmin() error {
 	}
 	return a.addHTTP("admin", a.cfg.AdminAddr, mux, nil)
 }
+
+// MaxHeaderBytes caps the request line and headers of an HTTP request to
+// the gateway or the admin server (net/http's default is 1 MiB); larger
+// ones are answered 431.
+const MaxHeaderBytes = 64 << 10
 
 // Addr returns the address a component listens on ("user", "order",
 // "gateway", "admin"), or "".
