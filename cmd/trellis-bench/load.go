@@ -46,7 +46,7 @@ var spectrumQuantiles = []float64{25, 50, 75, 90, 95, 99, 99.5, 99.9, 99.99, 100
 func measured(fn func() *result, procs ...*proc) *result {
 	cpu := func() (s float64) {
 		for _, p := range procs {
-			s += p.usage().CPUSeconds
+			s += p.Usage().CPUSeconds
 		}
 		return s
 	}

@@ -112,7 +112,7 @@ func (r *runner) bounds() bounds { return bounds{d: r.dur, n: r.requests} }
 func (r *runner) add(scenario, name string, baseline bool, res *result, procs map[string]*proc, note string) {
 	u := map[string]usage{}
 	for k, p := range procs {
-		u[k] = p.usage()
+		u[k] = p.Usage()
 	}
 	r.addUsage(scenario, name, baseline, res, u, note)
 }

@@ -1,26 +1,22 @@
 package main
 
 import (
-	"bytes"
 	"database/sql"
 	"fmt"
 	"net"
-	"net/http"
 	"net/url"
 	"os"
-	"os/exec"
-	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
 	_ "github.com/jackc/pgx/v5/stdlib"
+
+	sysproc "github.com/trellis-mesh/trellis/internal/proc"
 )
 
-// proc is a process of the system under test.
+// proc is a process of the system under test, its output in a file.
 type proc struct {
-	name    string
-	cmd     *exec.Cmd
+	*sysproc.Proc
 	logPath string
 }
 
@@ -35,12 +31,11 @@ func start(name, bin string, args ...string) (*proc, error) {
 		return nil, err
 	}
 	defer f.Close() // the child has its own descriptor
-	p := &proc{name: name, cmd: exec.Command(bin, args...), logPath: f.Name()}
-	p.cmd.Stdout, p.cmd.Stderr = f, f
-	if err := p.cmd.Start(); err != nil {
-		return nil, fmt.Errorf("%s: %w", name, err)
+	p, err := sysproc.Start(name, bin, f, args...)
+	if err != nil {
+		return nil, err
 	}
-	return p, nil
+	return &proc{Proc: p, logPath: f.Name()}, nil
 }
 
 // logTail is the end of the process's output, for error messages.
@@ -52,51 +47,10 @@ func (p *proc) logTail() string {
 	return string(b)
 }
 
-func (p *proc) stop() {
-	if p.cmd.Process == nil || p.cmd.ProcessState != nil {
-		return
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	done := make(chan struct{})
-	go func() { _ = p.cmd.Wait(); close(done) }()
-	select {
-	case <-done:
-	case <-time.After(15 * time.Second):
-		_ = p.cmd.Process.Kill()
-		<-done
-	}
-}
+func (p *proc) stop() { p.Stop(15 * time.Second) }
 
-// usage is a process's CPU time and peak resident memory, read from /proc.
-type usage struct {
-	CPUSeconds float64 `json:"cpu_seconds"`
-	PeakRSSMiB float64 `json:"peak_rss_mib"`
-}
-
-var clockTicks = 100.0 // USER_HZ on Linux
-
-func (p *proc) usage() usage {
-	pid := strconv.Itoa(p.cmd.Process.Pid)
-	var u usage
-	if stat, err := os.ReadFile("/proc/" + pid + "/stat"); err == nil {
-		// Fields after the command name (which may hold spaces) start at ')'.
-		f := strings.Fields(string(stat[bytes.LastIndexByte(stat, ')')+2:]))
-		if len(f) > 12 {
-			ut, _ := strconv.ParseFloat(f[11], 64)
-			st, _ := strconv.ParseFloat(f[12], 64)
-			u.CPUSeconds = (ut + st) / clockTicks
-		}
-	}
-	if st, err := os.ReadFile("/proc/" + pid + "/status"); err == nil {
-		for _, line := range strings.Split(string(st), "\n") {
-			if strings.HasPrefix(line, "VmHWM:") {
-				kb, _ := strconv.ParseFloat(strings.Fields(line)[1], 64)
-				u.PeakRSSMiB = kb / 1024
-			}
-		}
-	}
-	return u
-}
+// usage is a process's CPU time and peak resident memory.
+type usage = sysproc.Usage
 
 // rusage is what the kernel counted for a finished child process.
 func rusage(ps *os.ProcessState) usage {
@@ -108,27 +62,20 @@ func rusage(ps *os.ProcessState) usage {
 	return usage{CPUSeconds: sec(ru.Utime) + sec(ru.Stime), PeakRSSMiB: float64(ru.Maxrss) / 1024}
 }
 
+// freeAddr is a free loopback address; the harness cannot run without one.
 func freeAddr() string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	a, err := sysproc.FreeAddr()
 	if err != nil {
 		panic(err)
 	}
-	defer l.Close()
-	return l.Addr().String()
+	return a
 }
 
 func waitReady(url string, p *proc) error {
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
-		if resp, err := http.Get(url); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-		}
-		time.Sleep(50 * time.Millisecond)
+	if err := p.WaitHTTP(url, 30*time.Second); err != nil {
+		return fmt.Errorf("%w:\n%s", err, p.logTail())
 	}
-	return fmt.Errorf("%s not ready at %s:\n%s", p.name, url, p.logTail())
+	return nil
 }
 
 // trellis is one `trellis run` process and its addresses.

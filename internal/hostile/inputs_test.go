@@ -102,8 +102,14 @@ func checkREST(t testing.TB, s *system, method, path, body string) {
 	if body != "" {
 		req.Header.Set("Content-Type", "application/json")
 	}
+	_, unparsable := url.ParseRequestURI(path)
 	resp, err := restClient.Do(req)
 	if err != nil {
+		if unparsable != nil {
+			// net/http answers a request-URI it cannot parse with 400 and
+			// closes the connection, which can reset a body still being sent.
+			return
+		}
 		t.Fatalf("%s %s: %v", method, path, err)
 	}
 	defer resp.Body.Close()
@@ -118,7 +124,6 @@ func checkREST(t testing.TB, s *system, method, path, body string) {
 			t.Errorf("%s: answer leaks %q: %.300s", what, l, b)
 		}
 	}
-	_, unparsable := url.ParseRequestURI(path)
 	if resp.StatusCode >= 400 && method != http.MethodHead && unparsable == nil { // net/http itself answers a request-URI it cannot parse
 		var e struct {
 			Code    *int    `json:"code"`

@@ -1,18 +1,13 @@
 package hostile
 
 import (
-	"bufio"
 	"io"
 	"net/http"
-	"os"
-	"os/exec"
 	"regexp"
-	"strconv"
-	"strings"
-	"syscall"
 	"testing"
 	"time"
 
+	"github.com/trellis-mesh/trellis/internal/proc"
 	"github.com/trellis-mesh/trellis/internal/testenv"
 )
 
@@ -23,7 +18,7 @@ func TestMain(m *testing.M) { testenv.RunWithTrellis(m, &trellisBin) }
 // system is one `trellis run` process (all components, SQLite, embedded
 // NATS) in its default configuration but for the ports and a fast hash.
 type system struct {
-	cmd                    *exec.Cmd
+	p                      *proc.Proc
 	http, user, order, adm string
 	logs                   *testenv.SyncBuffer
 }
@@ -35,22 +30,12 @@ func start(t testing.TB, extra ...string) *system {
 	// other test can take a port between choosing and binding it.
 	args := append([]string{"run", "--http-addr", "127.0.0.1:0", "--user-addr", "127.0.0.1:0", "--order-addr", "127.0.0.1:0",
 		"--admin-addr", "127.0.0.1:0", "--bcrypt-cost", "4"}, extra...)
-	s.cmd = exec.Command(trellisBin, args...)
-	s.cmd.Dir = t.TempDir()
-	s.cmd.Stdout, s.cmd.Stderr = s.logs, s.logs
-	if err := s.cmd.Start(); err != nil {
+	var err error
+	if s.p, err = proc.StartIn(t.TempDir(), "trellis", trellisBin, s.logs, args...); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		_ = s.cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { _ = s.cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(20 * time.Second):
-			_ = s.cmd.Process.Kill()
-			<-done
-		}
+		s.p.Stop(20 * time.Second)
 		if t.Failed() {
 			t.Logf("trellis log (last 4 KiB):\n%s", tail(s.logs.String(), 4096))
 		}
@@ -103,23 +88,11 @@ func (s *system) ready() bool {
 // rss is the process's resident set size in bytes, from /proc.
 func (s *system) rss(t testing.TB) int64 {
 	t.Helper()
-	f, err := os.Open("/proc/" + strconv.Itoa(s.cmd.Process.Pid) + "/status")
+	n, err := s.p.RSS()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
-			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return kb << 10
-		}
-	}
-	t.Fatal("no VmRSS in /proc status")
-	return 0
+	return n
 }
 
 // peakRSS samples the process's RSS every 20 ms until stop is closed and

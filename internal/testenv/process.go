@@ -3,7 +3,6 @@ package testenv
 import (
 	"bytes"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +12,8 @@ import (
 	"go.uber.org/goleak"
 	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/mem"
+
+	"github.com/trellis-mesh/trellis/internal/proc"
 )
 
 // BuildTrellis builds cmd/trellis into dir and returns the binary's path.
@@ -56,12 +57,11 @@ func moduleRoot() (string, error) {
 // process the test starts with that address.
 func FreeAddr(t testing.TB) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	a, err := proc.FreeAddr()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().String()
+	return a
 }
 
 // SyncBuffer is a bytes.Buffer safe for concurrent writers and readers: a
