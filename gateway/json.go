@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"io"
@@ -24,19 +23,18 @@ var marshaler = &strictJSON{runtime.JSONPb{
 // errTrailingData is what a body with more than one JSON value gets.
 var errTrailingData = errors.New("invalid JSON body: unexpected data after the JSON value")
 
-// NewDecoder reads the whole body (already bounded by MaxBodyBytes) and
-// checks it is one JSON value before protojson decodes it.
+// NewDecoder decodes like JSONPb's, then checks that nothing but white
+// space follows the value, on the same decoder: one pass over the body.
 func (s *strictJSON) NewDecoder(r io.Reader) runtime.Decoder {
-	b, err := io.ReadAll(r)
-	if err != nil {
-		return runtime.DecoderFunc(func(any) error { return err })
-	}
-	d := json.NewDecoder(bytes.NewReader(b))
-	var first json.RawMessage
-	if err := d.Decode(&first); err == nil {
-		if err := d.Decode(new(json.RawMessage)); err != io.EOF {
-			return runtime.DecoderFunc(func(any) error { return errTrailingData })
+	d := json.NewDecoder(r)
+	inner := runtime.DecoderWrapper{Decoder: d, UnmarshalOptions: s.UnmarshalOptions}
+	return runtime.DecoderFunc(func(v any) error {
+		if err := inner.Decode(v); err != nil {
+			return err
 		}
-	}
-	return s.JSONPb.NewDecoder(bytes.NewReader(b))
+		if _, err := d.Token(); err != io.EOF {
+			return errTrailingData
+		}
+		return nil
+	})
 }
