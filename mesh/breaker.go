@@ -169,7 +169,7 @@ func (n notCounted) Unwrap() error        { return n.err }
 // it is open the call fails at once with UNAVAILABLE naming the upstream.
 //
 // Whether a failure counts is decided from where it came from as well as
-// its code (see fromUpstream): only what the upstream server, or the
+// its code (see countsAgainstUpstream): only what the upstream server, or the
 // network to it, did may open the breaker. An error this side of the call
 // made up itself — the request could not be encoded, the answer was over
 // the size limit or could not be decoded — says nothing about the
@@ -191,7 +191,7 @@ func breakerInterceptor(caller, upstream string, cb *gobreaker.CircuitBreaker[st
 			if !answered {
 				err = localError(upstream, err)
 			}
-			if !CountsAgainstUpstream(ctx, err, answered) {
+			if !countsAgainstUpstream(ctx, err, answered) {
 				return struct{}{}, notCounted{err}
 			}
 			return struct{}{}, err
@@ -214,7 +214,7 @@ func breakerInterceptor(caller, upstream string, cb *gobreaker.CircuitBreaker[st
 	}
 }
 
-// CountsAgainstUpstream reports whether a failed call counts toward the
+// countsAgainstUpstream reports whether a failed call counts toward the
 // upstream's breaker. answered says whether the error is the upstream
 // server's own verdict: a mesh server attaches a trailer (the request id)
 // to every error it sends, while errors made on the calling side of the
@@ -226,7 +226,7 @@ func breakerInterceptor(caller, upstream string, cb *gobreaker.CircuitBreaker[st
 // for a request that could not be marshalled or an answer that could not
 // be decoded, RESOURCE_EXHAUSTED for a message over this side's size
 // limit) was decided here, about this request.
-func CountsAgainstUpstream(ctx context.Context, err error, answered bool) bool {
+func countsAgainstUpstream(ctx context.Context, err error, answered bool) bool {
 	if !IsServerFault(ctx, err) {
 		return false
 	}
