@@ -154,33 +154,30 @@ func (h *h2) call(method string, extra ...hpack.HeaderField) uint32 {
 // granted, waiting up to 3 s for more as needed; end closes the request.
 func (h *h2) send(id uint32, b []byte, end bool) bool {
 	deadline := time.Now().Add(3 * time.Second)
-	for len(b) > 0 || end {
+	for {
 		h.wmu.Lock()
-		for h.window != nil && (h.window[0] <= 0 || h.window[id] <= 0) && len(b) > 0 && time.Now().Before(deadline) {
+		for h.window != nil && len(b) > 0 && (h.window[0] <= 0 || h.window[id] <= 0) && time.Now().Before(deadline) {
 			h.cond.Wait()
 		}
 		if h.window == nil || !time.Now().Before(deadline) {
 			h.wmu.Unlock()
 			return false
 		}
-		n := int64(len(b))
-		n = min(n, h.window[0], h.window[id], 16<<10)
+		n := min(int64(len(b)), h.window[0], h.window[id], 16<<10)
 		h.window[0] -= n
 		h.window[id] -= n
 		h.wmu.Unlock()
-		last := end && int(n) == len(b)
+		last := int(n) == len(b)
 		h.mu.Lock()
-		err := h.fr.WriteData(id, last, b[:n])
+		err := h.fr.WriteData(id, end && last, b[:n])
 		h.mu.Unlock()
 		if err != nil {
 			return false
 		}
-		b = b[n:]
-		if last || (end && len(b) == 0) {
+		if b = b[n:]; last {
 			return true
 		}
 	}
-	return true
 }
 
 // grpcFrame is a gRPC length-prefixed message of n bytes declared, with
