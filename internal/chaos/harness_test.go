@@ -25,6 +25,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	sysproc "github.com/trellis-mesh/trellis/internal/proc"
 	"github.com/trellis-mesh/trellis/internal/testenv"
 	"github.com/trellis-mesh/trellis/mesh/eventbus"
 )
@@ -33,14 +34,14 @@ var trellisBin string
 
 func TestMain(m *testing.M) { testenv.RunWithTrellis(m, &trellisBin) }
 
-// proc is one OS process of the system under test.
+// proc is one OS process of the system under test, which a scenario may
+// kill and start again with the same arguments.
 type proc struct {
 	t    *testing.T
 	name string
 	args []string
-	cmd  *exec.Cmd
+	p    *sysproc.Proc
 	log  *testenv.SyncBuffer
-	done chan struct{}
 }
 
 func startProc(t *testing.T, name, bin string, args ...string) *proc {
@@ -53,13 +54,10 @@ func startProc(t *testing.T, name, bin string, args ...string) *proc {
 
 func (p *proc) start() {
 	p.log = &testenv.SyncBuffer{}
-	p.cmd = exec.Command(p.binary(), p.args...)
-	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
-	if err := p.cmd.Start(); err != nil {
-		p.t.Fatalf("%s: %v", p.name, err)
+	var err error
+	if p.p, err = sysproc.Start(p.name, p.binary(), p.log, p.args...); err != nil {
+		p.t.Fatal(err)
 	}
-	p.done = make(chan struct{})
-	go func() { _ = p.cmd.Wait(); close(p.done) }()
 }
 
 func (p *proc) binary() string {
@@ -70,18 +68,14 @@ func (p *proc) binary() string {
 }
 
 // kill is kill -9.
-func (p *proc) kill() {
-	if p.cmd.ProcessState == nil {
-		_ = p.cmd.Process.Signal(syscall.SIGKILL)
-		<-p.done
-	}
-}
+func (p *proc) kill() { p.p.Kill() }
 
-// term is a graceful stop (SIGTERM) waiting for the exit.
+// term is a graceful stop (SIGTERM) waiting for the exit; not exiting
+// within 20 s is a failure of the scenario.
 func (p *proc) term() {
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	_ = p.p.Cmd.Process.Signal(syscall.SIGTERM)
 	select {
-	case <-p.done:
+	case <-p.p.Exited():
 	case <-time.After(20 * time.Second):
 		p.t.Errorf("%s did not exit within 20s of SIGTERM", p.name)
 		p.kill()
