@@ -83,6 +83,9 @@ var (
 		"\x1f\x8b\x08\x00\x00\x00\x00\x00", `{"name":"` + strings.Repeat("\\u0000", 5000) + `"}`,
 	}
 	// Leaks that must never reach a client.
+	// ifMatch are the If-Match values a client may send (the etag
+	// precondition of PATCH, DELETE and :cancel).
+	ifMatch = []string{"*", `"v1"`, `W/"v1"`, "v0", `"v-1"`, `"v99999999999999999999"`, `""`, "garbage", strings.Repeat("v", 8000), "\u202e"}
 	leaks = []string{"proto:", "grpc:", "strconv", "sql", "SQL", "panic", "goroutine", "runtime error", "utf8", "invalid syntax", "127.0.0.1", "dial tcp"}
 )
 
@@ -90,9 +93,10 @@ var (
 // goes out as written.
 var restClient = &http.Client{Timeout: 10 * time.Second}
 
-// checkREST sends one request and fails the test if the answer is a 5xx,
-// an error without the JSON error shape, or leaks internals.
-func checkREST(t testing.TB, s *system, method, path, body string) {
+// checkREST sends one request (with header as name, value pairs) and
+// fails the test if the answer is a 5xx, an error without the JSON error
+// shape, or leaks internals.
+func checkREST(t testing.TB, s *system, method, path, body string, header ...string) {
 	t.Helper()
 	req, err := http.NewRequest(method, "http://"+s.http+"/", strings.NewReader(body))
 	if err != nil {
@@ -101,6 +105,9 @@ func checkREST(t testing.TB, s *system, method, path, body string) {
 	req.URL.Opaque = "//" + s.http + path // raw: keep the client's encoding
 	if body != "" {
 		req.Header.Set("Content-Type", "application/json")
+	}
+	for i := 0; i+1 < len(header); i += 2 {
+		req.Header.Set(header[i], header[i+1])
 	}
 	_, unparsable := url.ParseRequestURI(path)
 	resp, err := restClient.Do(req)
@@ -291,6 +298,9 @@ func TestGeneratedInputsNeverFaultTheServer(t *testing.T) {
 			for _, b := range bodies {
 				checkREST(t, s, r.method, fill(r.template, func() string { return "0192f7a4-7c4e-7d1a-9b7e-2f5c3a1d8e90" }), b)
 			}
+		}
+		for _, m := range ifMatch {
+			checkREST(t, s, r.method, fill(r.template, func() string { return "0192f7a4-7c4e-7d1a-9b7e-2f5c3a1d8e90" }), `{"name":"N"}`, "If-Match", m)
 		}
 	}
 	// REST, generated: random combinations, from several clients at once.
