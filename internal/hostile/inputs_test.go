@@ -86,7 +86,7 @@ var (
 	// ifMatch are the If-Match values a client may send (the etag
 	// precondition of PATCH, DELETE and :cancel).
 	ifMatch = []string{"*", `"v1"`, `W/"v1"`, "v0", `"v-1"`, `"v99999999999999999999"`, `""`, "garbage", strings.Repeat("v", 8000), "\u202e"}
-	leaks = []string{"proto:", "grpc:", "strconv", "sql", "SQL", "panic", "goroutine", "runtime error", "utf8", "invalid syntax", "127.0.0.1", "dial tcp"}
+	leaks   = []string{"proto:", "grpc:", "strconv", "sql", "SQL", "panic", "goroutine", "runtime error", "utf8", "invalid syntax", "127.0.0.1", "dial tcp"}
 )
 
 // restClient sends requests without Go's client tidying them: the path
