@@ -94,14 +94,15 @@ func accessLog(log *slog.Logger) grpc.UnaryServerInterceptor {
 		if p, ok := peer.FromContext(ctx); ok {
 			peerAddr = p.Addr.String()
 		}
-		attrs := [6]slog.Attr{
+		attrs := [7]slog.Attr{
 			slog.String("grpc.method", info.FullMethod),
 			slog.String("grpc.code", code.String()),
 			slog.Float64("grpc.time_ms", float64(time.Since(start).Microseconds())/1000),
 			slog.String("peer.address", peerAddr),
+			slog.String("peer.id", PeerID(ctx)),
 			slog.String("request_id", RequestID(ctx)),
 		}
-		n := 5
+		n := 6
 		if err != nil {
 			attrs[n] = slog.String("grpc.error", status.Convert(err).Message())
 			n++

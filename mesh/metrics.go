@@ -14,6 +14,7 @@ type Metrics struct {
 	breakerState       *prometheus.GaugeVec
 	breakerTransitions *prometheus.CounterVec
 	breakerRejected    *prometheus.CounterVec
+	authzDenied        *prometheus.CounterVec
 }
 
 // latencyBuckets suit loopback and LAN calls: 0.5 ms to 10 s.
@@ -36,7 +37,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "trellis_breaker_rejected_total",
 			Help: "Calls answered UNAVAILABLE by an open (or saturated half-open) breaker without reaching the upstream.",
 		}, []string{"caller", "upstream"}),
+		authzDenied: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "trellis_authz_denied_total",
+			Help: "Calls refused by the per-method authorization policy, by caller (the peer's SPIFFE ID, or unauthenticated) and method.",
+		}, []string{"caller", "method"}),
 	}
-	reg.MustRegister(m.server, m.client, m.breakerState, m.breakerTransitions, m.breakerRejected)
+	reg.MustRegister(m.server, m.client, m.breakerState, m.breakerTransitions, m.breakerRejected, m.authzDenied)
 	return m
 }

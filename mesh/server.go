@@ -14,6 +14,7 @@ import (
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
@@ -53,6 +54,12 @@ type ServerConfig struct {
 	// call; larger ones are refused by the transport before any code runs.
 	// Default 16 KiB (gRPC's own default is 16 MiB).
 	MaxHeaderListBytes uint32
+	// Credentials secure the listener (identity.ServerCredentials: mutual
+	// TLS with SPIFFE IDs). Nil: plaintext, for tests and benchmarks.
+	Credentials credentials.TransportCredentials
+	// Policy decides which peers may call which methods (grpc/authz).
+	// Nil: every caller may call every method.
+	Policy Policy
 	// Unreachable recognises errors that mean a backing service (the
 	// database) cannot be reached, beyond the network errors the mesh
 	// knows itself; such errors are answered UNAVAILABLE. Optional.
@@ -118,6 +125,8 @@ type Server struct {
 //  1. request id — everything after it can log and forward the id;
 //  2. logging — one line per call with the final code, even for panics;
 //  3. metrics — count and time the call with the code the client sees;
+//     then, when a Policy is set, authorization — refuse a caller before
+//     any work is done for it, with its refusal logged and counted;
 //  4. error edge — non-status errors become INTERNAL "internal error" so
 //     neither logs above nor clients see a raw Go error as the status;
 //  5. recovery — a panic becomes INTERNAL, its stack goes only to the log;
@@ -127,10 +136,13 @@ func NewServer(cfg ServerConfig, log *slog.Logger, m *Metrics, opts ...grpc.Serv
 	cfg = cfg.withDefaults()
 	log = slog.New(WithTraceIDs(log.Handler())) // every server log line names its trace
 	s := &Server{cfg: cfg, log: log, health: health.NewServer(), validators: map[string]Validator{}, metrics: m}
-	chain := grpc.ChainUnaryInterceptor(
-		serverRequestID,
-		accessLog(log),
-		m.server.UnaryServerInterceptor(),
+	unary := []grpc.UnaryServerInterceptor{serverRequestID, accessLog(log), m.server.UnaryServerInterceptor()}
+	var stream []grpc.StreamServerInterceptor
+	if cfg.Policy != nil {
+		unary = append(unary, authorize(cfg.Policy, log, m))
+		stream = append(stream, authorizeStream(cfg.Policy, log, m))
+	}
+	chain := grpc.ChainUnaryInterceptor(append(unary,
 		errorEdge(log, cfg.Unreachable),
 		recovery.UnaryServerInterceptor(recovery.WithRecoveryHandlerContext(func(ctx context.Context, p any) error {
 			log.ErrorContext(ctx, "panic in handler", "request_id", RequestID(ctx), "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
@@ -138,8 +150,8 @@ func NewServer(cfg ServerConfig, log *slog.Logger, m *Metrics, opts ...grpc.Serv
 		})),
 		capDeadline(cfg.MaxDeadline),
 		validation(s.validators),
-	)
-	all := append(serverTracing(cfg.Tracer), chain,
+	)...)
+	all := append(serverTracing(cfg.Tracer), chain, grpc.ChainStreamInterceptor(stream...),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: cfg.KeepaliveMinTime, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: cfg.MaxConnectionIdle, Time: 2 * time.Minute, Timeout: 20 * time.Second}),
 		// Explicit limits: what one connection may send and hold.
@@ -154,6 +166,9 @@ func NewServer(cfg ServerConfig, log *slog.Logger, m *Metrics, opts ...grpc.Serv
 		// call (the README's performance section has the numbers). Calls
 		// beyond the pool still get their own goroutine.
 		grpc.NumStreamWorkers(uint32(16*runtime.GOMAXPROCS(0))))
+	if cfg.Credentials != nil {
+		all = append(all, grpc.Creds(cfg.Credentials))
+	}
 	all = append(all, opts...)
 	s.grpc = grpc.NewServer(all...)
 	healthpb.RegisterHealthServer(s.grpc, s.health)
