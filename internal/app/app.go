@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -24,6 +25,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/sqldb"
 	"github.com/trellis-mesh/trellis/mesh"
 	"github.com/trellis-mesh/trellis/mesh/eventbus"
+	"github.com/trellis-mesh/trellis/mesh/identity"
 )
 
 // App is a built set of components with their listeners open. Run serves
@@ -42,9 +44,16 @@ type App struct {
 	workers []func(ctx context.Context)
 
 	tp               trace.TracerProvider
-	bus              *eventbus.Bus
+	buses            map[string]*eventbus.Bus
+	ns               *server.Server
 	evMetrics        *eventbus.Metrics
 	eventMetricsOnce sync.Once
+
+	// Security (nil with --insecure-plaintext).
+	ids       *identity.Provider
+	idMetrics *identity.Metrics
+	sources   map[string]identity.Source
+	policy    mesh.Policy
 }
 
 // component is one thing App serves.
@@ -78,6 +87,9 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error) 
 	}
 	if a.tp, err = a.tracer(ctx); err != nil {
 		return nil, fmt.Errorf("tracing: %w", err)
+	}
+	if err := a.openSecurity(ctx); err != nil {
+		return nil, err
 	}
 	srvCfg := mesh.ServerConfig{MaxDeadline: cfg.MaxDeadline, DrainTimeout: cfg.DrainTimeout, Unreachable: sqldb.Unreachable, Tracer: a.tp}
 
@@ -132,8 +144,12 @@ func (a *App) openDB(ctx context.Context, name string) (*sqldb.DB, error) {
 }
 
 func (a *App) dial(caller, name, target string, shared mesh.SharedBreakerState, services ...protoreflect.ServiceDescriptor) (*grpc.ClientConn, error) {
+	creds, err := a.clientCredentials(caller, name)
+	if err != nil {
+		return nil, err
+	}
 	conn, err := mesh.Dial(mesh.ClientConfig{
-		Name: name, Caller: caller, Target: target, Services: services, Shared: shared, Tracer: a.tp,
+		Name: name, Caller: caller, Target: target, Services: services, Shared: shared, Tracer: a.tp, Credentials: creds,
 		DefaultTimeout: a.cfg.UpstreamTimeout, Breaker: a.cfg.Breaker,
 	}, a.log.With("upstream", name), a.metrics)
 	if err != nil {

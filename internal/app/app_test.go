@@ -78,8 +78,8 @@ func TestNoEventLostAcrossNATSOutageAndRestart(t *testing.T) {
 			default:
 			}
 			a := addr.Load().([2]string)
-			uc := userv1.NewUserServiceClient(testenv.Dial(t, a[0]))
-			oc := orderv1.NewOrderServiceClient(testenv.Dial(t, a[1]))
+			uc := userv1.NewUserServiceClient(apptest.Dial(t, cfg, app.TargetUser, a[0]))
+			oc := orderv1.NewOrderServiceClient(apptest.Dial(t, cfg, app.TargetOrder, a[1]))
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 			ur, err := uc.CreateUser(ctx, &userv1.CreateUserRequest{Email: fmt.Sprintf("load%d@example.com", i), Name: "L", Password: "correct-horse"})
 			if err == nil {
@@ -134,8 +134,8 @@ func TestNoEventLostAcrossNATSOutageAndRestart(t *testing.T) {
 	// The database rows are the truth: every acknowledged write is there,
 	// and each row has exactly one event.
 	a := addr.Load().([2]string)
-	uc := userv1.NewUserServiceClient(testenv.Dial(t, a[0]))
-	oc := orderv1.NewOrderServiceClient(testenv.Dial(t, a[1]))
+	uc := userv1.NewUserServiceClient(apptest.Dial(t, cfg, app.TargetUser, a[0]))
+	oc := orderv1.NewOrderServiceClient(apptest.Dial(t, cfg, app.TargetOrder, a[1]))
 	all, err := uc.ListUsers(context.Background(), &userv1.ListUsersRequest{PageSize: 1000})
 	if err != nil {
 		t.Fatal(err)

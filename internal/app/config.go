@@ -15,6 +15,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/trellis-mesh/trellis/mesh"
+	"github.com/trellis-mesh/trellis/mesh/identity"
 )
 
 // Target names.
@@ -58,6 +59,13 @@ type Config struct {
 	NATSPrefix        string
 	OutboxRetention   time.Duration
 	ReconcileInterval time.Duration
+
+	// Identity is where workload identities come from (mTLS, NATS).
+	Identity identity.Config
+	// AuthzPolicy is a grpc/authz policy file, reloaded every AuthzReload;
+	// empty: the built-in policy (DefaultPolicy).
+	AuthzPolicy string
+	AuthzReload time.Duration
 }
 
 // RegisterFlags defines the flags of `trellis run` on fs.
@@ -86,6 +94,9 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	c.Breaker.RegisterFlags("breaker-", fs)
 	fs.IntVar(&c.BcryptCost, "bcrypt-cost", 10, "bcrypt cost of password hashes (4-31)")
 	fs.BoolVar(&c.PProf, "pprof", false, "serve Go's profiler at /debug/pprof/ on the admin address (off by default: profiles show internals)")
+	c.Identity.RegisterFlags("", fs)
+	fs.StringVar(&c.AuthzPolicy, "authz-policy", "", "grpc/authz policy file (JSON, gRFC A43) deciding which SPIFFE IDs may call which methods, reloaded when it changes; empty: the built-in policy (docs/security.md)")
+	fs.DurationVar(&c.AuthzReload, "authz-reload", 10*time.Second, "how often --authz-policy is reread")
 	fs.StringVar(&c.CORS, "cors-origins", "", "comma list of browser origins (https://app.example.com) allowed to call the gateway; empty: same-origin only")
 }
 
@@ -176,6 +187,12 @@ func (c *Config) Validate() error {
 	if t[TargetGateway] && !t[TargetOrder] && c.OrderUpstream == "" {
 		errs = append(errs, errors.New("target gateway without order needs --order-upstream"))
 	}
+	if err := c.Identity.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if !c.Identity.Insecure && c.Identity.PerProcess() && len(t) > 1 {
+		errs = append(errs, fmt.Errorf("--identity-source %s gives a process one identity: run one target per process", c.Identity.Source))
+	}
 	if c.BcryptCost < 4 || c.BcryptCost > 31 {
 		errs = append(errs, errors.New("--bcrypt-cost must be between 4 and 31"))
 	}
@@ -185,7 +202,7 @@ func (c *Config) Validate() error {
 	if c.NATSReplicas < 1 || c.NATSReplicas > 5 {
 		errs = append(errs, errors.New("--nats-replicas must be between 1 and 5"))
 	}
-	for name, d := range map[string]time.Duration{"outbox-retention": c.OutboxRetention, "reconcile-interval": c.ReconcileInterval, "upstream-timeout": c.UpstreamTimeout, "max-deadline": c.MaxDeadline, "drain-timeout": c.DrainTimeout, "breaker-timeout": c.Breaker.Timeout, "breaker-interval": c.Breaker.Interval} {
+	for name, d := range map[string]time.Duration{"outbox-retention": c.OutboxRetention, "reconcile-interval": c.ReconcileInterval, "upstream-timeout": c.UpstreamTimeout, "authz-reload": c.AuthzReload, "max-deadline": c.MaxDeadline, "drain-timeout": c.DrainTimeout, "breaker-timeout": c.Breaker.Timeout, "breaker-interval": c.Breaker.Interval} {
 		if d <= 0 {
 			errs = append(errs, fmt.Errorf("--%s must be positive", name))
 		}

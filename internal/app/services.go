@@ -29,6 +29,9 @@ func (a *App) addUser(ctx context.Context, srvCfg mesh.ServerConfig) error {
 		return err
 	}
 	svc := user.NewService(store, user.Config{BcryptCost: a.cfg.BcryptCost, Committed: relay.Notify})
+	if srvCfg, err = a.secureServer(TargetUser, srvCfg); err != nil {
+		return err
+	}
 	srv := mesh.NewServer(srvCfg, a.log.With("component", TargetUser), a.metrics)
 	srv.Register(&userv1.UserService_ServiceDesc, user.NewGRPC(svc), user.Validate)
 	return a.addGRPC(TargetUser, a.cfg.UserAddr, srv, store.Ping)
@@ -71,6 +74,9 @@ func (a *App) addOrder(ctx context.Context, srvCfg mesh.ServerConfig) error {
 	}
 	log := a.log.With("component", TargetOrder)
 	a.workers = append(a.workers, func(ctx context.Context) { svc.RunReconciler(ctx, a.cfg.ReconcileInterval, log) })
+	if srvCfg, err = a.secureServer(TargetOrder, srvCfg); err != nil {
+		return err
+	}
 	srv := mesh.NewServer(srvCfg, log, a.metrics)
 	srv.Register(&orderv1.OrderService_ServiceDesc, order.NewGRPC(svc), order.Validate)
 	return a.addGRPC(TargetOrder, a.cfg.OrderAddr, srv, store.Ping)

@@ -38,7 +38,7 @@ func TestEventsTail(t *testing.T) {
 	t.Parallel()
 	cfg := apptest.Config(t, "user,order")
 	running := apptest.Start(t, cfg)
-	users := userv1.NewUserServiceClient(testenv.Dial(t, running.Addr(app.TargetUser)))
+	users := userv1.NewUserServiceClient(running.Dial(t, app.TargetUser))
 	created, err := users.CreateUser(context.Background(), &userv1.CreateUserRequest{Email: "tail@example.com", Name: "Tail", Password: "correct-horse"})
 	if err != nil {
 		t.Fatal(err)

@@ -16,7 +16,6 @@ import (
 	userv1 "github.com/trellis-mesh/trellis/gen/trellis/user/v1"
 	"github.com/trellis-mesh/trellis/internal/app"
 	"github.com/trellis-mesh/trellis/internal/app/apptest"
-	"github.com/trellis-mesh/trellis/internal/testenv"
 )
 
 // repoRoot is the module root (tests run in their package directory).
@@ -160,14 +159,35 @@ import (
 	"os"
 	"time"
 
+	"crypto/tls"
+	"crypto/x509"
+	"path/filepath"
+
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/credentials"
 
 	userv1 "example.com/consumer/gen/trellis/user/v1"
 )
 
+// tlsConfig is plain crypto/tls with the three files `+"`trellis identity issue`"+`
+// writes: the client certificate, its key, and the trust bundle to verify
+// the server by its DNS name.
+func tlsConfig(dir string) *tls.Config {
+	cert, err := tls.LoadX509KeyPair(filepath.Join(dir, "svid.pem"), filepath.Join(dir, "svid-key.pem"))
+	if err != nil {
+		panic(err)
+	}
+	bundle, err := os.ReadFile(filepath.Join(dir, "bundle.pem"))
+	if err != nil {
+		panic(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(bundle)
+	return &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: roots, MinVersion: tls.VersionTLS13}
+}
+
 func main() {
-	conn, err := grpc.NewClient(os.Args[1], grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(os.Args[1], grpc.WithTransportCredentials(credentials.NewTLS(tlsConfig(os.Args[2]))))
 	if err != nil {
 		panic(err)
 	}
@@ -207,8 +227,10 @@ func main() {
 	run("mod", "tidy")
 	run("build", "-o", "consumer", ".")
 
-	srv := apptest.Start(t, apptest.Config(t, app.TargetUser))
-	cmd := exec.Command(filepath.Join(dir, "consumer"), srv.Addr(app.TargetUser))
+	cfg := apptest.Config(t, app.TargetUser)
+	srv := apptest.Start(t, cfg)
+	ids := apptest.ClientFiles(t, cfg, "sdk")
+	cmd := exec.Command(filepath.Join(dir, "consumer"), srv.Addr(app.TargetUser), ids)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("consumer program: %v\n%s", err, out)
@@ -218,7 +240,7 @@ func main() {
 		t.Fatalf("consumer printed %q", out)
 	}
 	// The user the consumer created is really there.
-	c := userv1.NewUserServiceClient(testenv.Dial(t, srv.Addr(app.TargetUser)))
+	c := userv1.NewUserServiceClient(srv.Dial(t, app.TargetUser))
 	if _, err := c.GetUser(context.Background(), &userv1.GetUserRequest{Id: fields[0]}); err != nil {
 		t.Errorf("user created by the consumer: %v", err)
 	}

@@ -71,8 +71,11 @@ func (b *Bus) JetStream() jetstream.JetStream { return b.js }
 func (b *Bus) Subject(s string) string { return b.cfg.Prefix + s }
 
 // StreamName returns the full name of stream name.
-func (b *Bus) StreamName(name string) string {
-	return strings.ToUpper(strings.NewReplacer(".", "_", "-", "_").Replace(b.cfg.Prefix)) + name
+func (b *Bus) StreamName(name string) string { return StreamName(b.cfg.Prefix, name) }
+
+// StreamName is the full name of stream name under a subject prefix.
+func StreamName(prefix, name string) string {
+	return strings.ToUpper(strings.NewReplacer(".", "_", "-", "_").Replace(prefix)) + name
 }
 
 // EnsureStream creates the stream or updates it to the current settings;

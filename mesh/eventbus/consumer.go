@@ -185,13 +185,17 @@ func (b *Bus) Consume(ctx context.Context, cfg ConsumerConfig, h Handler, log *s
 }
 
 // RunConsumer keeps a durable consumer running until ctx ends: it makes
-// sure the stream exists (with streamSubjects), starts the consumer, and
+// sure the stream exists (with streamSubjects; "" when the stream is not
+// this consumer's to create, and it waits for it), starts the consumer, and
 // while NATS cannot be reached retries both with backoff (up to 5 s), so
 // the service it feeds runs — and serves — while NATS is down.
 func (b *Bus) RunConsumer(ctx context.Context, cfg ConsumerConfig, streamSubjects string, h Handler, log *slog.Logger, m *Metrics) {
 	wait := backoff{max: 5 * time.Second}
 	for {
-		err := b.EnsureStream(ctx, cfg.Stream, streamSubjects)
+		var err error
+		if streamSubjects != "" {
+			err = b.EnsureStream(ctx, cfg.Stream, streamSubjects)
+		}
 		var stop func()
 		if err == nil {
 			stop, err = b.Consume(ctx, cfg, h, log, m)

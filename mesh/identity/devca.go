@@ -12,9 +12,11 @@ import (
 	"fmt"
 	"log/slog"
 	"math/big"
+	"net"
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -197,6 +199,13 @@ func (ca *DevCA) Issue(id spiffeid.ID, ttl time.Duration) (*x509svid.SVID, error
 		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 		BasicConstraintsValid: true,
 	}
+	if name, ok := strings.CutPrefix(id.Path(), "/trellis/"); ok {
+		// Components serve on this machine or under their own name, so
+		// tools that check host names (grpcurl, curl) can verify them
+		// with the bundle alone; peers inside the mesh check the SPIFFE ID.
+		tmpl.DNSNames = []string{name, "localhost"}
+		tmpl.IPAddresses = []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback}
+	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, key.Public(), ca.key)
 	if err != nil {
 		return nil, err
@@ -321,3 +330,20 @@ func writeAtomic(path string, data []byte, mode os.FileMode) error {
 	}
 	return os.Rename(f.Name(), path)
 }
+
+// Static is a Source that serves one SVID and bundle, e.g. a client's
+// identity issued for a test or a command-line tool.
+func Static(svid *x509svid.SVID, bundle *x509bundle.Bundle) Source {
+	return static{svid: svid, bundle: bundle}
+}
+
+type static struct {
+	svid   *x509svid.SVID
+	bundle *x509bundle.Bundle
+}
+
+func (s static) GetX509SVID() (*x509svid.SVID, error) { return s.svid, nil }
+func (s static) GetX509BundleForTrustDomain(td spiffeid.TrustDomain) (*x509bundle.Bundle, error) {
+	return s.bundle.GetX509BundleForTrustDomain(td)
+}
+func (s static) Close() error { return nil }

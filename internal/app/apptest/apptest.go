@@ -8,6 +8,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/trellis-mesh/trellis/mesh/identity"
+
 	"github.com/trellis-mesh/trellis/internal/app"
 	"github.com/trellis-mesh/trellis/internal/testenv"
 )
@@ -15,7 +24,26 @@ import (
 var (
 	natsMu   sync.Mutex
 	natsURLs = map[testing.TB]string{}
+	caDirs   = map[testing.TB]string{}
 )
+
+// identityDir is the test's development CA directory, shared by the
+// components the test starts (they must trust each other).
+func identityDir(t testing.TB) string {
+	natsMu.Lock()
+	defer natsMu.Unlock()
+	if d, ok := caDirs[t]; ok {
+		return d
+	}
+	d := t.TempDir()
+	caDirs[t] = d
+	t.Cleanup(func() {
+		natsMu.Lock()
+		delete(caDirs, t)
+		natsMu.Unlock()
+	})
+	return d
+}
 
 // NATSURL is the test's NATS server, shared by the components the test
 // starts (they must see each other's events).
@@ -48,12 +76,74 @@ func Config(t testing.TB, target string) app.Config {
 	c.UserAddr, c.OrderAddr, c.AdminAddr, c.HTTPAddr = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
 	c.UpstreamTimeout, c.DrainTimeout = 2*time.Second, 5*time.Second
 	c.BcryptCost = 4
+	c.Identity.Dir = identityDir(t)
 	return c
+}
+
+// Credentials are mTLS credentials of the client identity
+// spiffe://<td>/client/<client>, issued by cfg's development CA, for
+// calling the component server ("user", "order").
+func Credentials(t testing.TB, cfg app.Config, client, server string) credentials.TransportCredentials {
+	t.Helper()
+	if cfg.Identity.Insecure {
+		return insecure.NewCredentials()
+	}
+	svid, ca := issue(t, cfg, client)
+	m := identity.NewMetrics(prometheus.NewRegistry())
+	return identity.ClientCredentials(identity.Static(svid, ca.Bundle()), identity.Component(ca.TrustDomain(), server), testenv.Logger(), m)
+}
+
+func issue(t testing.TB, cfg app.Config, client string) (*x509svid.SVID, *identity.DevCA) {
+	t.Helper()
+	td := spiffeid.RequireTrustDomainFromString(cfg.Identity.TrustDomain)
+	ca, err := identity.OpenDevCA(cfg.Identity.Dir, td)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := identity.Client(td, client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	svid, err := ca.Issue(id, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return svid, ca
+}
+
+// ClientFiles writes the client identity spiffe://<td>/client/<client> as
+// files (svid.pem, svid-key.pem, bundle.pem) and returns their directory.
+func ClientFiles(t testing.TB, cfg app.Config, client string) string {
+	t.Helper()
+	svid, ca := issue(t, cfg, client)
+	dir := t.TempDir()
+	if err := identity.WriteFiles(dir, svid, ca.Bundle()); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// Dial connects to the component server ("user", "order") of a running
+// configuration as the client identity spiffe://<td>/client/test.
+func Dial(t testing.TB, cfg app.Config, server, addr string) *grpc.ClientConn {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(Credentials(t, cfg, "test", server)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+// Dial connects to one of r's components as a client.
+func (r *Running) Dial(t testing.TB, server string) *grpc.ClientConn {
+	return Dial(t, r.cfg, server, r.Addr(server))
 }
 
 // Running is a started App.
 type Running struct {
 	*app.App
+	cfg  app.Config
 	stop context.CancelFunc
 	done chan error
 }
@@ -66,7 +156,7 @@ func Start(t testing.TB, cfg app.Config) *Running {
 		t.Fatalf("start %s: %v", cfg.Target, err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	r := &Running{App: a, stop: cancel, done: make(chan error, 1)}
+	r := &Running{App: a, cfg: cfg, stop: cancel, done: make(chan error, 1)}
 	go func() { r.done <- a.Run(ctx) }()
 	t.Cleanup(func() { r.Stop(t) })
 	return r
