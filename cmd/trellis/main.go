@@ -32,6 +32,9 @@ const usage = `usage: trellis <command> [flags]
 commands:
   run           run components (default target all); "trellis run -h" lists flags
   events tail   print domain events from NATS as JSON lines; "trellis events tail -h"
+  identity      issue a client or component certificate from the development CA
+                ("trellis identity issue -h"), or print the NATS server configuration
+                that enforces Trellis's event permissions ("trellis identity nats-config -h")
   healthcheck   exit 0 if the local admin server's /readyz answers 200 (container health checks)
   version       print the version
 `
@@ -54,6 +57,15 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return 2
 		}
 		return tailCmd(args[2:], stdout, stderr)
+	case "identity":
+		if len(args) < 2 || (args[1] != "issue" && args[1] != "nats-config") {
+			fmt.Fprint(stderr, "usage: trellis identity issue [--name client/NAME] [--out DIR]\n       trellis identity nats-config --cert F --key F --bundle F\n")
+			return 2
+		}
+		if args[1] == "issue" {
+			return issueCmd(args[2:], stdout, stderr)
+		}
+		return natsConfigCmd(args[2:], stdout, stderr)
 	case "healthcheck":
 		return healthcheckCmd(args[1:], stderr)
 	case "version", "--version", "-version":
@@ -163,6 +175,48 @@ func tailCmd(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "trellis events tail:", err)
 		return 1
 	}
+	return 0
+}
+
+// issueCmd writes a certificate, key and bundle and prints their directory,
+// so a shell can use it: ID=$(trellis identity issue --name client/me).
+func issueCmd(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("trellis identity issue", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var cfg app.IssueConfig
+	cfg.RegisterFlags(fs)
+	if err := app.ParseFlags(fs, args, os.Getenv); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	dir, err := app.Issue(cfg)
+	if err != nil {
+		fmt.Fprintln(stderr, "trellis identity issue:", err)
+		return 1
+	}
+	fmt.Fprintln(stdout, dir)
+	return 0
+}
+
+// natsConfigCmd prints the nats-server configuration (TLS, users mapped by
+// SPIFFE ID, per-identity permissions) for an external NATS.
+func natsConfigCmd(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("trellis identity nats-config", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	td := fs.String("trust-domain", "trellis.local", "trust domain of the installation")
+	prefix := fs.String("nats-prefix", "", "subject and stream prefix, as given to trellis run")
+	cert := fs.String("cert", "nats/svid.pem", "the NATS server's certificate (spiffe://<td>/trellis/nats: trellis identity issue --name trellis/nats)")
+	key := fs.String("key", "nats/svid-key.pem", "its private key")
+	bundle := fs.String("bundle", "nats/bundle.pem", "the trust bundle")
+	if err := app.ParseFlags(fs, args, os.Getenv); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	fmt.Fprint(stdout, app.NATSServerConfig(*td, *prefix, *cert, *key, *bundle))
 	return 0
 }
 

@@ -48,6 +48,10 @@ func TestReadmeCommands(t *testing.T) {
 	var logs bytes.Buffer
 	cmd := exec.Command(trellisBin, "run", "--bcrypt-cost", "4")
 	cmd.Dir = t.TempDir() // ./data lands here
+	// The blocks run in the repository; they find the development CA
+	// where this trellis made it (a user runs both in one directory).
+	idEnv := "TRELLIS_IDENTITY_DIR=" + filepath.Join(cmd.Dir, "data", "identity")
+	cmd.Env = append(os.Environ(), idEnv)
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -72,6 +76,7 @@ func TestReadmeCommands(t *testing.T) {
 	for i, b := range blocks {
 		sh := exec.Command("bash", "-euo", "pipefail", "-c", b[2])
 		sh.Dir = root
+		sh.Env = append(os.Environ(), idEnv)
 		out, err := sh.CombinedOutput()
 		if err != nil {
 			t.Fatalf("README block %d failed: %v\n%s\n--- block ---\n%s", i+1, err, out, b[2])

@@ -15,6 +15,7 @@ import (
 	_ "github.com/trellis-mesh/trellis/gen/trellis/events/v1" // registers the payload types for decoding
 	"github.com/trellis-mesh/trellis/internal/redact"
 	"github.com/trellis-mesh/trellis/mesh/eventbus"
+	"github.com/trellis-mesh/trellis/mesh/identity"
 	"github.com/trellis-mesh/trellis/services/order"
 	"github.com/trellis-mesh/trellis/services/user"
 )
@@ -25,6 +26,10 @@ type TailConfig struct {
 	NATSPrefix string
 	Subject    string
 	All        bool
+	// Identity is what the tail presents to a NATS that requires TLS:
+	// spiffe://<td>/client/events-tail from the development CA, or the
+	// files or Workload API identity.
+	Identity identity.Config
 }
 
 // RegisterFlags defines the flags of `trellis events tail`.
@@ -33,6 +38,7 @@ func (c *TailConfig) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.NATSPrefix, "nats-prefix", "", "subject and stream prefix, as given to trellis run")
 	fs.StringVar(&c.Subject, "subject", "trellis.>", "subject pattern to show, e.g. trellis.user.v1.* or trellis.order.v1.cancelled")
 	fs.BoolVar(&c.All, "all", false, "first print the events JetStream still holds, then follow new ones")
+	c.Identity.RegisterFlags("", fs)
 }
 
 // Tail prints events matching the subject as JSON lines on w until ctx
@@ -41,7 +47,16 @@ func (c *TailConfig) RegisterFlags(fs *flag.FlagSet) {
 // system). The ids printed are remembered for the session, so it is a
 // debugging tool, not something to leave running for days.
 func Tail(ctx context.Context, cfg TailConfig, w, status io.Writer) error {
-	nc, err := nats.Connect(cfg.NATSURL, nats.Name("trellis events tail"), nats.Timeout(5*time.Second))
+	tlsCfg, closeIdentity, err := clientTLS(ctx, cfg.Identity, EventsReader, "nats")
+	if err != nil {
+		return err
+	}
+	defer closeIdentity()
+	opts := []nats.Option{nats.Name("trellis events tail"), nats.Timeout(5 * time.Second)}
+	if tlsCfg != nil {
+		opts = append(opts, func(o *nats.Options) error { o.TLSConfig = tlsCfg; return nil })
+	}
+	nc, err := nats.Connect(cfg.NATSURL, opts...)
 	if err != nil {
 		return fmt.Errorf("connect to %s: %w", redact.URL(cfg.NATSURL), err)
 	}

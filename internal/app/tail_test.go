@@ -49,7 +49,7 @@ func TestEventsTail(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- app.Tail(ctx, app.TailConfig{NATSURL: cfg.NATSURL, Subject: "trellis.user.v1.*", All: true}, out, io.Discard)
+		done <- app.Tail(ctx, app.TailConfig{NATSURL: cfg.NATSURL, Subject: "trellis.user.v1.*", All: true, Identity: cfg.Identity}, out, io.Discard)
 	}()
 	deadline := time.Now().Add(10 * time.Second)
 	for !strings.Contains(out.String(), "trellis.user.v1.created") && time.Now().Before(deadline) {
@@ -114,7 +114,7 @@ func TestEventsTailSaysWhatIsNotThere(t *testing.T) {
 	status := &syncBuf{mu: make(chan struct{}, 1)}
 	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 	defer cancel()
-	if err := app.Tail(ctx, app.TailConfig{NATSURL: url, Subject: "trellis.>", NATSPrefix: "nope."}, io.Discard, status); err != nil {
+	if err := app.Tail(ctx, app.TailConfig{NATSURL: url, Subject: "trellis.>", NATSPrefix: "nope.", Identity: apptest.Config(t, app.TargetUser).Identity}, io.Discard, status); err != nil {
 		t.Fatal(err)
 	}
 	for _, want := range []string{"no stream NOPE_TRELLIS_USER, NOPE_TRELLIS_ORDER", "following nope.trellis.>"} {
