@@ -86,7 +86,10 @@ type trellis struct {
 
 func runTrellis(bin, name, dataDir string, extra ...string) (*trellis, error) {
 	t := &trellis{user: freeAddr(), order: freeAddr(), http: freeAddr(), admin: freeAddr()}
-	args := append([]string{"run", "--data-dir", dataDir, "--bcrypt-cost", "4",
+	// Plaintext: the scenarios measure the mesh against bare grpc-go and
+	// grpc-gateway, which run without TLS; the mtls scenario measures
+	// what security costs.
+	args := append([]string{"run", "--data-dir", dataDir, "--bcrypt-cost", "4", "--insecure-plaintext",
 		"--user-addr", t.user, "--order-addr", t.order, "--http-addr", t.http, "--admin-addr", t.admin}, extra...)
 	p, err := start(name, bin, args...)
 	if err != nil {
@@ -134,7 +137,7 @@ func runSplit(bin, tmp, pgURL, natsBin string) (*split, error) {
 		s.stop()
 		return nil, err
 	}
-	common := []string{"--database-url", dbURL, "--nats-url", "nats://" + natsAddr, "--bcrypt-cost", "4"}
+	common := []string{"--insecure-plaintext", "--database-url", dbURL, "--nats-url", "nats://" + natsAddr, "--bcrypt-cost", "4"}
 	s.user, s.order, s.http = freeAddr(), freeAddr(), freeAddr()
 	for _, c := range []struct {
 		name string

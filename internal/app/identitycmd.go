@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 
 	"github.com/trellis-mesh/trellis/mesh/identity"
 )
@@ -66,8 +65,8 @@ func Issue(c IssueConfig) (string, error) {
 // clientTLS is the TLS configuration a command-line tool presents as
 // spiffe://<td>/client/<name> (issued from the development CA, or the
 // files or Workload API identity), accepting only the server identity
-// spiffe://<td>/trellis/<server>; nil with --insecure-plaintext.
-func clientTLS(ctx context.Context, cfg identity.Config, name, server string) (*tls.Config, func() error, error) {
+// of a Trellis component; nil with --insecure-plaintext.
+func clientTLS(ctx context.Context, cfg identity.Config, name string) (*tls.Config, func() error, error) {
 	if cfg.Insecure {
 		return nil, func() error { return nil }, nil
 	}
@@ -81,7 +80,7 @@ func clientTLS(ctx context.Context, cfg identity.Config, name, server string) (*
 			p.Close()
 			return nil, nil, err
 		}
-		return identity.TLSConfig(src, tlsconfig.AuthorizeID(identity.Component(p.TrustDomain(), server))), p.Close, nil
+		return identity.TLSConfig(src, identity.AuthorizeComponent(p.TrustDomain())), p.Close, nil
 	}
 	if err := cfg.Validate(); err != nil {
 		return nil, nil, err
@@ -99,5 +98,5 @@ func clientTLS(ctx context.Context, cfg identity.Config, name, server string) (*
 	if err != nil {
 		return nil, nil, err
 	}
-	return identity.TLSConfig(identity.Static(svid, ca.Bundle()), tlsconfig.AuthorizeID(identity.Component(td, server))), func() error { return nil }, nil
+	return identity.TLSConfig(identity.Static(svid, ca.Bundle()), identity.AuthorizeComponent(td)), func() error { return nil }, nil
 }

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"google.golang.org/grpc/authz"
 	"google.golang.org/grpc/credentials"
 
@@ -103,7 +102,10 @@ func (a *App) clientCredentials(caller, upstream string) (credentials.TransportC
 }
 
 // natsTLS is the TLS configuration component presents to NATS (nil
-// without security); the server must be spiffe://<td>/trellis/nats.
+// without security). The server must be a Trellis component of the trust
+// domain: spiffe://<td>/trellis/nats for a NATS of its own, or the
+// component whose process embeds it (one identity per process with files
+// or the Workload API).
 func (a *App) natsTLS(component string) (*tls.Config, error) {
 	if a.ids == nil {
 		return nil, nil
@@ -112,5 +114,5 @@ func (a *App) natsTLS(component string) (*tls.Config, error) {
 	if err != nil {
 		return nil, err
 	}
-	return identity.TLSConfig(src, tlsconfig.AuthorizeID(identity.Component(a.ids.TrustDomain(), "nats"))), nil
+	return identity.TLSConfig(src, identity.AuthorizeComponent(a.ids.TrustDomain())), nil
 }

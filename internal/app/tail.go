@@ -47,7 +47,7 @@ func (c *TailConfig) RegisterFlags(fs *flag.FlagSet) {
 // system). The ids printed are remembered for the session, so it is a
 // debugging tool, not something to leave running for days.
 func Tail(ctx context.Context, cfg TailConfig, w, status io.Writer) error {
-	tlsCfg, closeIdentity, err := clientTLS(ctx, cfg.Identity, EventsReader, "nats")
+	tlsCfg, closeIdentity, err := clientTLS(ctx, cfg.Identity, EventsReader)
 	if err != nil {
 		return err
 	}

@@ -200,7 +200,8 @@ func startSystem(t *testing.T, o options) *system {
 		dbURL = o.dbURL(s.dbURL)
 	}
 	common := []string{"--database-url", dbURL, "--nats-url", s.natsURL, "--log-level", "warn", "--bcrypt-cost", "4",
-		"--breaker-timeout", "2s", "--reconcile-interval", "500ms", "--drain-timeout", "10s"}
+		"--breaker-timeout", "2s", "--reconcile-interval", "500ms", "--drain-timeout", "10s",
+		"--identity-dir", t.TempDir()} // one development CA: every hop is mTLS, as by default
 	start := func(name string, args ...string) *component {
 		c := &component{addr: testenv.FreeAddr(t), admin: testenv.FreeAddr(t)}
 		all := append([]string{"run", "--target", name, "--admin-addr", c.admin}, common...)

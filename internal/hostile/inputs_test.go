@@ -20,7 +20,6 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
@@ -333,11 +332,7 @@ func TestGeneratedInputsNeverFaultTheServer(t *testing.T) {
 
 	// gRPC: every RPC, generated messages and damaged encodings of them.
 	for addr, sd := range services(s) {
-		conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close()
+		conn := s.dial(t, addr)
 		methods := sd.Methods()
 		for i := range methods.Len() {
 			md := methods.Get(i)
@@ -389,12 +384,7 @@ func FuzzGRPC(f *testing.F) {
 	conns := map[string]*grpc.ClientConn{}
 	var all, at []string
 	for addr, sd := range services(s) {
-		c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-		if err != nil {
-			f.Fatal(err)
-		}
-		f.Cleanup(func() { c.Close() })
-		conns[addr] = c
+		conns[addr] = s.dial(f, addr)
 		for i := range sd.Methods().Len() {
 			all = append(all, "/"+string(sd.FullName())+"/"+string(sd.Methods().Get(i).Name()))
 			at = append(at, addr)

@@ -3,6 +3,7 @@ package hostile
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"net"
 	"strconv"
@@ -14,7 +15,7 @@ import (
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/protobuf/proto"
 
 	orderv1 "github.com/trellis-mesh/trellis/gen/trellis/order/v1"
@@ -40,9 +41,11 @@ type h2 struct {
 	cond   *sync.Cond
 }
 
-func dialH2(t *testing.T, addr string) *h2 {
+func dialH2(t *testing.T, s *system, addr string) *h2 {
 	t.Helper()
-	c, err := net.Dial("tcp", addr)
+	cfg := s.tlsConfig(t, addr)
+	cfg.NextProtos = []string{"h2"}
+	c, err := tls.Dial("tcp", addr, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -198,12 +201,12 @@ func grpcFrame(declared int, body []byte) []byte {
 func TestOneClientCannotGrowAProcessPastTheBound(t *testing.T) {
 	s := start(t)
 	ctx := context.Background()
-	conn, err := grpc.NewClient(s.order, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(s.order, grpc.WithTransportCredentials(credentials.NewTLS(s.tlsConfig(t, s.order))))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	uconn, err := grpc.NewClient(s.user, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	uconn, err := grpc.NewClient(s.user, grpc.WithTransportCredentials(credentials.NewTLS(s.tlsConfig(t, s.user))))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -240,7 +243,7 @@ func TestOneClientCannotGrowAProcessPastTheBound(t *testing.T) {
 	// 1. 20 calls with 15 MiB of metadata each, each on its own connection.
 	for range 20 {
 		wg.Go(func() {
-			h := dialH2(t, s.user)
+			h := dialH2(t, s, s.user)
 			big := strings.Repeat("x", 15<<20)
 			if id := h.call("/trellis.user.v1.UserService/GetUser", hpack.HeaderField{Name: "x-big", Value: big}); id != 0 {
 				h.send(id, grpcFrame(0, nil), true)
@@ -249,7 +252,7 @@ func TestOneClientCannotGrowAProcessPastTheBound(t *testing.T) {
 	}
 	// 2. Answers never read: list pages on every stream one connection may
 	// open, and 36 more, on the order port.
-	h := dialH2(t, s.order)
+	h := dialH2(t, s, s.order)
 	for range 100 {
 		if id := h.call("/trellis.order.v1.OrderService/ListOrders"); id != 0 {
 			h.send(id, grpcFrame(len(list), list), true)
@@ -257,7 +260,7 @@ func TestOneClientCannotGrowAProcessPastTheBound(t *testing.T) {
 	}
 	// 3. Requests declared at the size limit and never finished, on the
 	// user port.
-	r := dialH2(t, s.user)
+	r := dialH2(t, s, s.user)
 	for range 100 {
 		wg.Go(func() {
 			if id := r.call("/trellis.user.v1.UserService/CreateUser"); id != 0 {

@@ -1,11 +1,20 @@
 package hostile
 
 import (
+	"crypto/tls"
 	"io"
 	"net/http"
+	"path/filepath"
 	"regexp"
 	"testing"
 	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	"github.com/trellis-mesh/trellis/mesh/identity"
 
 	"github.com/trellis-mesh/trellis/internal/proc"
 	"github.com/trellis-mesh/trellis/internal/testenv"
@@ -19,19 +28,20 @@ func TestMain(m *testing.M) { testenv.RunWithTrellis(m, &trellisBin) }
 // NATS) in its default configuration but for the ports and a fast hash.
 type system struct {
 	p                      *proc.Proc
+	dir                    string // its working directory: ./data/identity holds its CA
 	http, user, order, adm string
 	logs                   *testenv.SyncBuffer
 }
 
 func start(t testing.TB, extra ...string) *system {
 	t.Helper()
-	s := &system{logs: &testenv.SyncBuffer{}}
+	s := &system{logs: &testenv.SyncBuffer{}, dir: t.TempDir()}
 	// Port 0 everywhere: trellis picks free ports and logs them, so no
 	// other test can take a port between choosing and binding it.
 	args := append([]string{"run", "--http-addr", "127.0.0.1:0", "--user-addr", "127.0.0.1:0", "--order-addr", "127.0.0.1:0",
 		"--admin-addr", "127.0.0.1:0", "--bcrypt-cost", "4"}, extra...)
 	var err error
-	if s.p, err = proc.StartIn(t.TempDir(), "trellis", trellisBin, s.logs, args...); err != nil {
+	if s.p, err = proc.StartIn(s.dir, "trellis", trellisBin, s.logs, args...); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
@@ -138,4 +148,39 @@ func (s *system) healthy(t testing.TB) {
 			t.Errorf("a breaker opened: %s", m[0])
 		}
 	}
+}
+
+// tlsConfig is what an attacker holding a valid client certificate
+// (spiffe://trellis.local/client/hostile, from the process's own
+// development CA) presents to the component server at addr.
+func (s *system) tlsConfig(t testing.TB, addr string) *tls.Config {
+	t.Helper()
+	td := spiffeid.RequireTrustDomainFromString(identity.DefaultTrustDomain)
+	ca, err := identity.OpenDevCA(filepath.Join(s.dir, "data", "identity"), td)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, _ := identity.Client(td, "hostile")
+	svid, err := ca.Issue(id, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	server := "user"
+	if addr == s.order {
+		server = "order"
+	}
+	return identity.TLSConfig(identity.Static(svid, ca.Bundle()), tlsconfig.AuthorizeID(identity.Component(td, server)))
+}
+
+// dial is a gRPC connection to the component server at addr as a client
+// with a valid certificate: the attacks below come from inside the trust
+// domain, past mTLS and authorization.
+func (s *system) dial(t testing.TB, addr string) *grpc.ClientConn {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(s.tlsConfig(t, addr))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
 }

@@ -14,10 +14,13 @@
 package identity
 
 import (
+	"crypto/x509"
 	"fmt"
+	"strings"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 )
 
@@ -57,4 +60,15 @@ func ID(src Source) (spiffeid.ID, error) {
 		return spiffeid.ID{}, err
 	}
 	return svid.ID, nil
+}
+
+// AuthorizeComponent accepts any Trellis component of trust domain td
+// (spiffe://<td>/trellis/...), and nothing else.
+func AuthorizeComponent(td spiffeid.TrustDomain) tlsconfig.Authorizer {
+	return func(id spiffeid.ID, _ [][]*x509.Certificate) error {
+		if id.MemberOf(td) && strings.HasPrefix(id.Path(), "/trellis/") {
+			return nil
+		}
+		return fmt.Errorf("unexpected ID %q: not a Trellis component of %s", id, td)
+	}
 }
