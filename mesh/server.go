@@ -159,6 +159,10 @@ func NewServer(cfg ServerConfig, log *slog.Logger, m *Metrics, opts ...grpc.Serv
 		grpc.MaxSendMsgSize(cfg.MaxSendMsgBytes),
 		grpc.MaxConcurrentStreams(cfg.MaxConcurrentStreams),
 		grpc.MaxHeaderListSize(cfg.MaxHeaderListBytes),
+		// A connection that has not finished its TLS and HTTP/2 handshakes
+		// in 10 s is closed (gRPC's default waits 120 s), so half-open
+		// handshakes cannot pile up.
+		grpc.ConnectionTimeout(10*time.Second),
 		grpc.ForceServerCodecV2(newServerCodec()),
 		// Serve calls on a pool of goroutines instead of a new one per
 		// call: their stacks stay grown, so a handler that goes deep (SQLite

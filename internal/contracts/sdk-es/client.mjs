@@ -1,11 +1,23 @@
 // A consumer of the generated SDK: creates a user and reads it back over
 // gRPC (HTTP/2, @connectrpc/connect-node), then checks that a bad request
-// is refused with INVALID_ARGUMENT. Usage: node client.mjs http://127.0.0.1:9001
+// is refused with INVALID_ARGUMENT. The connection is mutual TLS with the
+// files `trellis identity issue` writes.
+// Usage: node client.mjs https://127.0.0.1:9001 data/identity/client/me
+import { readFileSync } from "node:fs";
 import { createClient, Code, ConnectError } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 import { UserService } from "./gen/trellis/user/v1/user_pb.js";
 
-const client = createClient(UserService, createGrpcTransport({ baseUrl: process.argv[2] }));
+const id = process.argv[3];
+const client = createClient(UserService, createGrpcTransport({
+  baseUrl: process.argv[2],
+  nodeOptions: {
+    ca: readFileSync(`${id}/bundle.pem`),
+    cert: readFileSync(`${id}/svid.pem`),
+    key: readFileSync(`${id}/svid-key.pem`),
+    minVersion: "TLSv1.3",
+  },
+}));
 const email = `sdk-es+${Date.now()}@example.com`;
 const { user } = await client.createUser({ email, name: "SDK ES", password: "correct-horse" });
 const got = await client.getUser({ id: user.id });
