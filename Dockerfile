@@ -11,7 +11,7 @@ ARG VERSION=dev
 RUN --mount=type=cache,target=/go/pkg/mod \
     --mount=type=cache,target=/root/.cache/go-build \
     CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=${VERSION}" -o /out/trellis ./cmd/trellis \
- && mkdir -p /out/data
+ && mkdir -p /out/data/identity
 
 # distroless/static: CA certificates, tzdata, no shell, runs as nonroot.
 FROM gcr.io/distroless/static-debian12:nonroot AS runtime

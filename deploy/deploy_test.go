@@ -29,7 +29,6 @@ import (
 	userv1 "github.com/trellis-mesh/trellis/gen/trellis/user/v1"
 	"github.com/trellis-mesh/trellis/internal/app"
 	"github.com/trellis-mesh/trellis/internal/app/apptest"
-	"github.com/trellis-mesh/trellis/internal/testenv"
 )
 
 const root = ".."
@@ -360,7 +359,7 @@ func TestDashboardMetricsExist(t *testing.T) {
 	}
 
 	a := apptest.Start(t, apptest.Config(t, app.TargetAll))
-	users := userv1.NewUserServiceClient(testenv.Dial(t, a.Addr(app.TargetUser)))
+	users := userv1.NewUserServiceClient(a.Dial(t, app.TargetUser))
 	if _, err := users.CreateUser(context.Background(), &userv1.CreateUserRequest{Email: "dash@example.com", Name: "D", Password: "correct-horse"}); err != nil {
 		t.Fatal(err)
 	}

@@ -290,3 +290,58 @@ func TestNetworkPoliciesAllowExactlyTheDesignedCalls(t *testing.T) {
 		}
 	})
 }
+
+// TestEveryPodHasAWorkloadIdentity checks what mTLS needs in a cluster:
+// each Trellis container takes its identity from the SPIFFE Workload API
+// (the ConfigMap it reads says so), and the socket that names is mounted
+// from the SPIFFE CSI driver, read-only. A pod without it would fall back
+// to a development CA of its own and trust nobody.
+func TestEveryPodHasAWorkloadIdentity(t *testing.T) {
+	eachOverlay(t, func(t *testing.T, objs map[string][]any, _ []pod) {
+		cms := map[string]map[string]string{}
+		for _, o := range objs["ConfigMap"] {
+			cm := o.(*corev1.ConfigMap)
+			cms[cm.Name] = cm.Data
+		}
+		for _, o := range objs["Deployment"] {
+			d := o.(*appsv1.Deployment)
+			csiVolumes := map[string]bool{}
+			for _, v := range d.Spec.Template.Spec.Volumes {
+				if v.CSI != nil && v.CSI.Driver == "csi.spiffe.io" && v.CSI.ReadOnly != nil && *v.CSI.ReadOnly {
+					csiVolumes[v.Name] = true
+				}
+			}
+			for _, c := range d.Spec.Template.Spec.Containers {
+				env := map[string]string{}
+				for _, ef := range c.EnvFrom {
+					if ef.ConfigMapRef != nil {
+						for k, v := range cms[ef.ConfigMapRef.Name] {
+							env[k] = v
+						}
+					}
+				}
+				for _, e := range c.Env {
+					env[e.Name] = e.Value
+				}
+				if env["TRELLIS_IDENTITY_SOURCE"] != "spiffe" || env["TRELLIS_INSECURE_PLAINTEXT"] == "true" {
+					t.Errorf("%s/%s: identity source %q, want spiffe (mTLS on)", d.Name, c.Name, env["TRELLIS_IDENTITY_SOURCE"])
+					continue
+				}
+				sock, ok := strings.CutPrefix(env["SPIFFE_ENDPOINT_SOCKET"], "unix://")
+				if !ok {
+					t.Errorf("%s/%s: SPIFFE_ENDPOINT_SOCKET %q is not a unix socket", d.Name, c.Name, env["SPIFFE_ENDPOINT_SOCKET"])
+					continue
+				}
+				mounted := false
+				for _, m := range c.VolumeMounts {
+					if csiVolumes[m.Name] && m.ReadOnly && filepath.Dir(sock) == filepath.Clean(m.MountPath) {
+						mounted = true
+					}
+				}
+				if !mounted {
+					t.Errorf("%s/%s: the Workload API socket %s is not on a read-only csi.spiffe.io mount", d.Name, c.Name, sock)
+				}
+			}
+		}
+	})
+}

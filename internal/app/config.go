@@ -101,7 +101,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 }
 
 // EnvName is the environment variable that sets a flag: TRELLIS_<FLAG>,
-// except the conventional DATABASE_URL, NATS_URL and REDIS_URL.
+// except the conventional DATABASE_URL, NATS_URL, REDIS_URL and
+// SPIFFE_ENDPOINT_SOCKET.
 func EnvName(flagName string) string {
 	switch flagName {
 	case "database-url":
@@ -110,6 +111,8 @@ func EnvName(flagName string) string {
 		return "NATS_URL"
 	case "redis-url":
 		return "REDIS_URL"
+	case "spiffe-socket":
+		return "SPIFFE_ENDPOINT_SOCKET" // the SPIFFE standard's name
 	}
 	return "TRELLIS_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
 }

@@ -47,7 +47,7 @@ func (c *Config) RegisterFlags(prefix string, fs *flag.FlagSet) {
 	fs.StringVar(&c.Key, prefix+"identity-key", "", "private key (PEM, PKCS#8) of --identity-cert")
 	fs.StringVar(&c.Bundle, prefix+"identity-bundle", "", "trust bundle (PEM CA certificates) for --identity-source files")
 	fs.DurationVar(&c.Reload, prefix+"identity-reload", 5*time.Second, "how often --identity-source files rereads its files")
-	fs.StringVar(&c.Socket, prefix+"spiffe-socket", "", "SPIFFE Workload API address (unix:///run/spire/agent.sock); empty: $SPIFFE_ENDPOINT_SOCKET")
+	fs.StringVar(&c.Socket, prefix+"spiffe-socket", "", "SPIFFE Workload API address (unix:///run/spire/agent.sock)")
 }
 
 // Validate reports settings that cannot work.
