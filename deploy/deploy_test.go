@@ -4,6 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"flag"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"io"
 	"net/http"
 	"os"
@@ -358,10 +361,20 @@ func TestDashboardMetricsExist(t *testing.T) {
 		t.Fatalf("dashboard queries only %d metrics", len(names))
 	}
 
-	a := apptest.Start(t, apptest.Config(t, app.TargetAll))
+	cfg := apptest.Config(t, app.TargetAll)
+	a := apptest.Start(t, cfg)
 	users := userv1.NewUserServiceClient(a.Dial(t, app.TargetUser))
 	if _, err := users.CreateUser(context.Background(), &userv1.CreateUserRequest{Email: "dash@example.com", Name: "D", Password: "correct-horse"}); err != nil {
 		t.Fatal(err)
+	}
+	// A call the policy denies, and a handshake without a certificate.
+	asOrder, err := grpc.NewClient(a.Addr(app.TargetUser), grpc.WithTransportCredentials(apptest.CredentialsAs(t, cfg, "trellis/order", app.TargetUser)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer asOrder.Close()
+	if _, err := userv1.NewUserServiceClient(asOrder).DeleteUser(context.Background(), &userv1.DeleteUserRequest{Id: "0192f7a4-7c4e-7d1a-9b7e-2f5c3a1d8e90"}); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("order → DeleteUser: %v, want PERMISSION_DENIED", err)
 	}
 	if resp, err := http.Get("http://" + a.Addr(app.TargetGateway) + "/api/v1/users"); err == nil {
 		resp.Body.Close()

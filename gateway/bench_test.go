@@ -10,7 +10,6 @@ import (
 
 	userv1 "github.com/trellis-mesh/trellis/gen/trellis/user/v1"
 	"github.com/trellis-mesh/trellis/internal/app"
-	"github.com/trellis-mesh/trellis/internal/testenv"
 )
 
 // BenchmarkGetUser reads one user directly over gRPC and through the REST
@@ -20,7 +19,7 @@ import (
 func BenchmarkGetUser(b *testing.B) {
 	s := startSystem(b, func(c *app.Config) { c.LogLevel = "error" })
 	id := s.createUser(b, "bench@example.com")
-	direct := userv1.NewUserServiceClient(testenv.Dial(b, s.user.Addr(app.TargetUser)))
+	direct := userv1.NewUserServiceClient(s.user.Dial(b, app.TargetUser))
 	httpc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 256}}
 	url := s.http.base + "/api/v1/users/" + id
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -16,12 +17,16 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/valyala/fasthttp"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 
 	orderv1 "github.com/trellis-mesh/trellis/gen/trellis/order/v1"
 	userv1 "github.com/trellis-mesh/trellis/gen/trellis/user/v1"
+	"github.com/trellis-mesh/trellis/mesh/identity"
 )
 
 // httpError is a non-2xx HTTP answer.
@@ -218,6 +223,112 @@ func (r *runner) chain(ctx context.Context) error {
 	r.rep.Ratios["chain_throughput"] = c.ratio()
 	r.rep.Ratios["chain_server_cpu"] = c.cpuRatio()
 	return nil
+}
+
+// Scenario 6: what security costs. Unary GetUser against two identical
+// trellis processes, one as by default (mTLS 1.3 with SPIFFE identities,
+// the authorization policy) and one with --insecure-plaintext; closed
+// loop on long-lived connections, rounds interleaved, median throughput
+// ratio. The handshake is measured apart: new connections, each making
+// one call, one after the other (median time per connection).
+func (r *runner) mtls(ctx context.Context) error {
+	plain, err := runTrellis(r.bin, "trellis-plaintext", filepath.Join(r.tmp, "plain"), "--target", "user")
+	if err != nil {
+		return err
+	}
+	defer plain.stop()
+	secureDir := filepath.Join(r.tmp, "secure")
+	secure, err := runSecure(r.bin, "trellis-mtls", secureDir, "--target", "user")
+	if err != nil {
+		return err
+	}
+	defer secure.stop()
+	creds, err := clientCredentials(filepath.Join(secureDir, "identity"))
+	if err != nil {
+		return err
+	}
+	dials := map[string]func() (*grpc.ClientConn, error){
+		"plain": func() (*grpc.ClientConn, error) { return dial(plain.user) },
+		"secure": func() (*grpc.ClientConn, error) {
+			return grpc.NewClient(secure.user, grpc.WithTransportCredentials(creds))
+		},
+	}
+	clients := map[string]userv1.UserServiceClient{}
+	ids := map[string]string{}
+	for name, d := range dials {
+		conn, err := d()
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		clients[name] = userv1.NewUserServiceClient(conn)
+		if ids[name], err = createUser(ctx, clients[name]); err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+	}
+	get := func(name string) call {
+		return func(ctx context.Context) error {
+			_, err := clients[name].GetUser(ctx, &userv1.GetUserRequest{Id: ids[name]})
+			return err
+		}
+	}
+	closedLoop(ctx, r.conc, warmup, get("plain"))
+	closedLoop(ctx, r.conc, warmup, get("secure"))
+	c := r.compare(ctx, get("plain"), []*proc{plain.proc}, get("secure"), []*proc{secure.proc})
+	connect := func(name string) (time.Duration, error) {
+		var ds []float64
+		for range 100 {
+			start := time.Now()
+			conn, err := dials[name]()
+			if err != nil {
+				return 0, err
+			}
+			_, err = userv1.NewUserServiceClient(conn).GetUser(ctx, &userv1.GetUserRequest{Id: ids[name]})
+			conn.Close()
+			if err != nil {
+				return 0, err
+			}
+			ds = append(ds, float64(time.Since(start)))
+		}
+		return time.Duration(median(ds)), nil
+	}
+	plainConn, err := connect("plain")
+	if err != nil {
+		return err
+	}
+	secureConn, err := connect("secure")
+	if err != nil {
+		return err
+	}
+	r.add("6 security cost: unary GetUser", "plaintext (--insecure-plaintext)", true, c.base, map[string]*proc{"trellis": plain.proc}, "")
+	r.add("6 security cost: unary GetUser", "mTLS 1.3 + authorization (default)", false, c.cand, map[string]*proc{"trellis": secure.proc},
+		fmt.Sprintf("throughput ratio median of %d interleaved rounds: %.3f (rounds %v); server CPU per call %.1f vs %.1f µs; new connection + first call %.2f ms vs %.2f ms plaintext",
+			r.rounds, c.ratio(), round3(c.ratios), c.candCPU, c.baseCPU, float64(secureConn)/1e6, float64(plainConn)/1e6))
+	r.rep.Ratios["mtls_throughput"] = c.ratio()
+	r.rep.Ratios["mtls_server_cpu"] = c.cpuRatio()
+	r.rep.Ratios["mtls_connect_ms"] = float64(secureConn) / 1e6
+	r.rep.Ratios["plaintext_connect_ms"] = float64(plainConn) / 1e6
+	return nil
+}
+
+// clientCredentials are the identity spiffe://trellis.local/client/bench
+// from the development CA in dir, for calling the user service.
+func clientCredentials(dir string) (credentials.TransportCredentials, error) {
+	td := spiffeid.RequireTrustDomainFromString(identity.DefaultTrustDomain)
+	ca, err := identity.OpenDevCA(dir, td)
+	if err != nil {
+		return nil, err
+	}
+	id, err := identity.Client(td, "bench")
+	if err != nil {
+		return nil, err
+	}
+	svid, err := ca.Issue(id, time.Hour)
+	if err != nil {
+		return nil, err
+	}
+	log := slog.New(slog.DiscardHandler)
+	return identity.ClientCredentials(identity.Static(svid, ca.Bundle()), identity.Component(td, "user"), log, identity.NewMetrics(prometheus.NewRegistry())), nil
 }
 
 func round3(xs []float64) []float64 {

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"path/filepath"
 	"syscall"
 	"time"
 
@@ -84,12 +85,22 @@ type trellis struct {
 	user, order, http, admin string
 }
 
+// runTrellis runs trellis in plaintext: the scenarios measure the mesh
+// against bare grpc-go and grpc-gateway, which run without TLS; scenario 6
+// (runSecure) measures what security costs.
 func runTrellis(bin, name, dataDir string, extra ...string) (*trellis, error) {
+	return runTrellisWith(bin, name, dataDir, append([]string{"--insecure-plaintext"}, extra...)...)
+}
+
+// runSecure runs trellis as by default: mTLS and authorization with the
+// development CA in dataDir/identity.
+func runSecure(bin, name, dataDir string, extra ...string) (*trellis, error) {
+	return runTrellisWith(bin, name, dataDir, append([]string{"--identity-dir", filepath.Join(dataDir, "identity")}, extra...)...)
+}
+
+func runTrellisWith(bin, name, dataDir string, extra ...string) (*trellis, error) {
 	t := &trellis{user: freeAddr(), order: freeAddr(), http: freeAddr(), admin: freeAddr()}
-	// Plaintext: the scenarios measure the mesh against bare grpc-go and
-	// grpc-gateway, which run without TLS; the mtls scenario measures
-	// what security costs.
-	args := append([]string{"run", "--data-dir", dataDir, "--bcrypt-cost", "4", "--insecure-plaintext",
+	args := append([]string{"run", "--data-dir", dataDir, "--bcrypt-cost", "4",
 		"--user-addr", t.user, "--order-addr", t.order, "--http-addr", t.http, "--admin-addr", t.admin}, extra...)
 	p, err := start(name, bin, args...)
 	if err != nil {

@@ -47,8 +47,8 @@ func startStack(t *testing.T, tune func(*app.Config)) *stack {
 		tune(&s.orderCfg)
 	}
 	s.order = apptest.Start(t, s.orderCfg)
-	s.users = userv1.NewUserServiceClient(testenv.Dial(t, s.user.Addr(app.TargetUser)))
-	s.orders = orderv1.NewOrderServiceClient(testenv.Dial(t, s.order.Addr(app.TargetOrder)))
+	s.users = userv1.NewUserServiceClient(s.user.Dial(t, app.TargetUser))
+	s.orders = orderv1.NewOrderServiceClient(s.order.Dial(t, app.TargetOrder))
 	return s
 }
 

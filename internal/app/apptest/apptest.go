@@ -88,19 +88,27 @@ func Credentials(t testing.TB, cfg app.Config, client, server string) credential
 	if cfg.Identity.Insecure {
 		return insecure.NewCredentials()
 	}
-	svid, ca := issue(t, cfg, client)
+	return CredentialsAs(t, cfg, "client/"+client, server)
+}
+
+// CredentialsAs are mTLS credentials of the identity spiffe://<td>/<path>
+// (e.g. trellis/order, to act as that component), issued by cfg's
+// development CA, for calling the component server.
+func CredentialsAs(t testing.TB, cfg app.Config, path, server string) credentials.TransportCredentials {
+	t.Helper()
+	svid, ca := issue(t, cfg, path)
 	m := identity.NewMetrics(prometheus.NewRegistry())
 	return identity.ClientCredentials(identity.Static(svid, ca.Bundle()), identity.Component(ca.TrustDomain(), server), testenv.Logger(), m)
 }
 
-func issue(t testing.TB, cfg app.Config, client string) (*x509svid.SVID, *identity.DevCA) {
+func issue(t testing.TB, cfg app.Config, path string) (*x509svid.SVID, *identity.DevCA) {
 	t.Helper()
 	td := spiffeid.RequireTrustDomainFromString(cfg.Identity.TrustDomain)
 	ca, err := identity.OpenDevCA(cfg.Identity.Dir, td)
 	if err != nil {
 		t.Fatal(err)
 	}
-	id, err := identity.Client(td, client)
+	id, err := spiffeid.FromPath(td, "/"+path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -115,7 +123,7 @@ func issue(t testing.TB, cfg app.Config, client string) (*x509svid.SVID, *identi
 // files (svid.pem, svid-key.pem, bundle.pem) and returns their directory.
 func ClientFiles(t testing.TB, cfg app.Config, client string) string {
 	t.Helper()
-	svid, ca := issue(t, cfg, client)
+	svid, ca := issue(t, cfg, "client/"+client)
 	dir := t.TempDir()
 	if err := identity.WriteFiles(dir, svid, ca.Bundle()); err != nil {
 		t.Fatal(err)
