@@ -232,13 +232,13 @@ func (r *runner) chain(ctx context.Context) error {
 // ratio. The handshake is measured apart: new connections, each making
 // one call, one after the other (median time per connection).
 func (r *runner) mtls(ctx context.Context) error {
-	plain, err := runTrellis(r.bin, "trellis-plaintext", filepath.Join(r.tmp, "plain"), "--target", "user")
+	plain, err := runTrellis(r.bin, "trellis-plaintext", filepath.Join(r.tmp, "plain"), "--target", "user,order")
 	if err != nil {
 		return err
 	}
 	defer plain.stop()
 	secureDir := filepath.Join(r.tmp, "secure")
-	secure, err := runSecure(r.bin, "trellis-mtls", secureDir, "--target", "user")
+	secure, err := runSecure(r.bin, "trellis-mtls", secureDir, "--target", "user,order")
 	if err != nil {
 		return err
 	}
