@@ -3,6 +3,7 @@
 package chaos_test
 
 import (
+	"crypto/tls"
 	"database/sql"
 	"encoding/json"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"sort"
 	"strconv"
@@ -24,10 +26,16 @@ import (
 	_ "github.com/jackc/pgx/v5/stdlib"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/trellis-mesh/trellis/internal/app"
 
 	sysproc "github.com/trellis-mesh/trellis/internal/proc"
 	"github.com/trellis-mesh/trellis/internal/testenv"
 	"github.com/trellis-mesh/trellis/mesh/eventbus"
+	"github.com/trellis-mesh/trellis/mesh/identity"
 )
 
 var trellisBin string
@@ -92,6 +100,8 @@ func natsServerBin() string {
 // system is the processes of one scenario.
 type system struct {
 	t        *testing.T
+	idDir    string // the development CA every component shares
+	natsConf string // nats-server configuration: TLS and per-identity permissions
 	dbURL    string
 	natsURL  string
 	natsDir  string
@@ -145,6 +155,37 @@ type options struct {
 	userUpstream func(userAddrs []string) string // default: the user replicas
 	dbURL        func(string) string             // how services reach PostgreSQL
 	extra        []string                        // extra flags for order
+	all          []string                        // extra flags for every component
+}
+
+// issue is an SVID for spiffe://trellis.local/<path> from the system's CA.
+func (s *system) issue(path string) (*x509svid.SVID, *x509bundle.Bundle) {
+	td := spiffeid.RequireTrustDomainFromString(identity.DefaultTrustDomain)
+	ca, err := identity.OpenDevCA(s.idDir, td)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	id, err := spiffeid.FromPath(td, "/"+path)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	svid, err := ca.Issue(id, time.Hour)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	return svid, ca.Bundle()
+}
+
+// tlsAs is the TLS configuration of the identity path, accepting the
+// Trellis components of the trust domain as servers.
+func (s *system) tlsAs(path string) *tls.Config {
+	svid, bundle := s.issue(path)
+	return identity.TLSConfig(identity.Static(svid, bundle), identity.AuthorizeComponent(spiffeid.RequireTrustDomainFromString(identity.DefaultTrustDomain)))
+}
+
+// natsAs connects to the system's NATS as the identity path.
+func (s *system) natsAs(path string, opts ...nats.Option) (*nats.Conn, error) {
+	return nats.Connect(s.natsURL, append([]nats.Option{nats.Secure(s.tlsAs(path)), nats.MaxReconnects(0)}, opts...)...)
 }
 
 // newDatabase creates a database of its own on the machine's PostgreSQL.
@@ -171,12 +212,27 @@ func newDatabase(t *testing.T) string {
 
 // startNATS runs a nats-server process (the machine's binary) with
 // JetStream on a fixed address and store, so it can be killed and started
-// again where clients expect it.
+// again where clients expect it. It is secured as docs/security.md says:
+// TLS with a certificate from the system's CA, client certificates mapped
+// to per-identity permissions (the configuration trellis identity
+// nats-config prints).
 func (s *system) startNATS() {
-	s.nats = startProc(s.t, "nats", "", "-a", "127.0.0.1", "-p", strings.Split(s.natsAddr, ":")[1], "-js", "-sd", s.natsDir)
+	if s.natsConf == "" {
+		dir := s.t.TempDir()
+		svid, bundle := s.issue("trellis/nats")
+		if err := identity.WriteFiles(dir, svid, bundle); err != nil {
+			s.t.Fatal(err)
+		}
+		s.natsConf = filepath.Join(dir, "nats.conf")
+		conf := app.NATSServerConfig(identity.DefaultTrustDomain, "", filepath.Join(dir, "svid.pem"), filepath.Join(dir, "svid-key.pem"), filepath.Join(dir, "bundle.pem"))
+		if err := os.WriteFile(s.natsConf, []byte(conf), 0o600); err != nil {
+			s.t.Fatal(err)
+		}
+	}
+	s.nats = startProc(s.t, "nats", "", "-c", s.natsConf, "-a", "127.0.0.1", "-p", strings.Split(s.natsAddr, ":")[1], "-js", "-sd", s.natsDir)
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		if nc, err := nats.Connect(s.natsURL); err == nil {
+		if nc, err := s.natsAs("client/" + app.EventsReader); err == nil {
 			nc.Close()
 			return
 		}
@@ -192,8 +248,8 @@ func startSystem(t *testing.T, o options) *system {
 	if o.replicas == 0 {
 		o.replicas = 1
 	}
-	s := &system{t: t, dbURL: newDatabase(t), natsDir: t.TempDir(), natsAddr: testenv.FreeAddr(t)}
-	s.natsURL = "nats://" + s.natsAddr
+	s := &system{t: t, dbURL: newDatabase(t), natsDir: t.TempDir(), natsAddr: testenv.FreeAddr(t), idDir: t.TempDir()}
+	s.natsURL = "tls://" + s.natsAddr
 	s.startNATS()
 	dbURL := s.dbURL
 	if o.dbURL != nil {
@@ -201,7 +257,8 @@ func startSystem(t *testing.T, o options) *system {
 	}
 	common := []string{"--database-url", dbURL, "--nats-url", s.natsURL, "--log-level", "warn", "--bcrypt-cost", "4",
 		"--breaker-timeout", "2s", "--reconcile-interval", "500ms", "--drain-timeout", "10s",
-		"--identity-dir", t.TempDir()} // one development CA: every hop is mTLS, as by default
+		"--identity-dir", s.idDir} // one development CA: every hop is mTLS, as by default
+	common = append(common, o.all...)
 	start := func(name string, args ...string) *component {
 		c := &component{addr: testenv.FreeAddr(t), admin: testenv.FreeAddr(t)}
 		all := append([]string{"run", "--target", name, "--admin-addr", c.admin}, common...)
@@ -443,7 +500,7 @@ func (l *load) ledger(s *system) summary {
 		t.Fatal(err)
 	}
 	sum.eventsExpected = rows
-	nc, err := nats.Connect(s.natsURL)
+	nc, err := s.natsAs("client/" + app.EventsReader)
 	if err != nil {
 		t.Fatal(err)
 	}
