@@ -103,15 +103,20 @@ func TestComposeFile(t *testing.T) {
 			t.Errorf("%s health check %v: want trellis healthcheck", name, s.HealthCheck)
 		}
 	}
+	checkComposeIdentity(t, p)
 	db := func(s string) string { return *p.Services[s].Environment["DATABASE_URL"] }
 	if !strings.Contains(db("user"), "/users?") || !strings.Contains(db("order"), "/orders?") {
 		t.Errorf("user and order must use separate databases: %s, %s", db("user"), db("order"))
 	}
 	for name, s := range p.Services {
-		if !slices.Contains([]string{"otel-collector", "jaeger"}, name) && (s.HealthCheck == nil || len(s.HealthCheck.Test) == 0) {
+		// identity is a one-shot step: others wait for it to complete.
+		if !slices.Contains([]string{"otel-collector", "jaeger", "identity"}, name) && (s.HealthCheck == nil || len(s.HealthCheck.Test) == 0) {
 			t.Errorf("service %s has no health check", name)
 		}
 		for dep, d := range s.DependsOn {
+			if dep == "identity" && d.Condition == types.ServiceConditionCompletedSuccessfully {
+				continue
+			}
 			if d.Condition != types.ServiceConditionHealthy && dep != "jaeger" {
 				t.Errorf("%s depends on %s with condition %q, want service_healthy", name, dep, d.Condition)
 			}
@@ -401,5 +406,76 @@ func TestDashboardMetricsExist(t *testing.T) {
 			t.Fatalf("the dashboard queries metrics trellis does not export: %v", missing)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// checkComposeIdentity checks what mTLS and authenticated events need in
+// compose: every component mounts the shared identity volume where its
+// TRELLIS_IDENTITY_DIR says (one development CA for all), the issuing step
+// writes the NATS server's certificate on that volume, NATS reads it from
+// the path its configuration names, and that configuration is the one
+// `trellis identity nats-config` prints.
+func checkComposeIdentity(t *testing.T, p *types.Project) {
+	t.Helper()
+	mountOf := func(svc, volume string) string {
+		for _, v := range p.Services[svc].Volumes {
+			if v.Source == volume {
+				return v.Target
+			}
+		}
+		return ""
+	}
+	for _, name := range []string{"user", "order", "gateway", "identity"} {
+		dir := p.Services[name].Environment["TRELLIS_IDENTITY_DIR"]
+		if dir == nil || mountOf(name, "identity") != *dir {
+			t.Errorf("%s: TRELLIS_IDENTITY_DIR %v is not where the identity volume is mounted (%q)", name, dir, mountOf(name, "identity"))
+		}
+	}
+	for _, name := range []string{"user", "order", "gateway"} {
+		if u := p.Services[name].Environment["NATS_URL"]; u == nil || !strings.HasPrefix(*u, "tls://") {
+			t.Errorf("%s: NATS_URL %v, want tls://", name, u)
+		}
+	}
+	issue := p.Services["identity"].Command
+	out := ""
+	for i, a := range issue {
+		if a == "--out" && i+1 < len(issue) {
+			out = issue[i+1]
+		}
+	}
+	if !slices.Contains(issue, "trellis/nats") || out == "" {
+		t.Fatalf("identity service %v does not issue trellis/nats with --out", issue)
+	}
+	rel, ok := strings.CutPrefix(out, mountOf("identity", "identity"))
+	if !ok {
+		t.Fatalf("identity service writes %s, outside the identity volume", out)
+	}
+	nats := p.Services["nats"]
+	if dep, ok := nats.DependsOn["identity"]; !ok || dep.Condition != "service_completed_successfully" {
+		t.Errorf("nats does not wait for the issuing step: %+v", nats.DependsOn)
+	}
+	conf := ""
+	for i, a := range nats.Command {
+		if a == "-c" && i+1 < len(nats.Command) {
+			conf = nats.Command[i+1]
+		}
+	}
+	var confFile string
+	for _, v := range nats.Volumes {
+		if v.Target == conf {
+			confFile = v.Source
+		}
+	}
+	if confFile == "" {
+		t.Fatalf("nats command %v: its -c file is not mounted", nats.Command)
+	}
+	certs := mountOf("nats", "identity") + rel
+	want := app.NATSServerConfig("trellis.local", "", certs+"/svid.pem", certs+"/svid-key.pem", certs+"/bundle.pem")
+	got, err := os.ReadFile(confFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(got) != want {
+		t.Errorf("%s is not what trellis identity nats-config prints for %s:\n%s", confFile, certs, want)
 	}
 }
