@@ -11,10 +11,13 @@ import (
 	"context"
 	"embed"
 	"errors"
+	"flag"
 	"fmt"
 	"io/fs"
 	"log/slog"
 	"net/http"
+	"net/url"
+	"strings"
 	"time"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
@@ -46,6 +49,37 @@ type Config struct {
 	// traceparent the client sent) that the gRPC calls continue. Nil: the
 	// client's traceparent is passed on as it came.
 	Tracer trace.TracerProvider
+}
+
+// RegisterFlags defines cors-origins, prefixed.
+func (c *Config) RegisterFlags(prefix string, fs *flag.FlagSet) {
+	fs.Var((*originList)(&c.CORSOrigins), prefix+"cors-origins", "comma list of browser origins (https://app.example.com) allowed to call the gateway; empty: same-origin only")
+}
+
+// Validate reports settings that cannot work.
+func (c *Config) Validate() error {
+	for _, o := range c.CORSOrigins {
+		u, err := url.Parse(o)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.Path != "" || u.RawQuery != "" {
+			return fmt.Errorf("--cors-origins: %q is not an origin (scheme://host[:port])", o)
+		}
+	}
+	return nil
+}
+
+// originList is a flag.Value of comma-separated origins.
+type originList []string
+
+func (l *originList) String() string { return strings.Join(*l, ",") }
+
+func (l *originList) Set(v string) error {
+	*l = nil
+	for _, o := range strings.Split(v, ",") {
+		if o = strings.TrimSpace(o); o != "" {
+			*l = append(*l, strings.TrimSuffix(o, "/"))
+		}
+	}
+	return nil
 }
 
 func (c Config) withDefaults() Config {

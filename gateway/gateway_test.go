@@ -228,7 +228,7 @@ func TestBodyLimit(t *testing.T) {
 
 func TestCORS(t *testing.T) {
 	t.Parallel()
-	s := startSystem(t, func(c *app.Config) { c.CORS = "https://app.example.com" })
+	s := startSystem(t, func(c *app.Config) { c.Gateway.CORSOrigins = []string{"https://app.example.com"} })
 	c := s.http
 	pre := c.do("OPTIONS", "/api/v1/users", "", "Origin", "https://app.example.com", "Access-Control-Request-Method", "POST")
 	wantStatus(t, pre, http.StatusNoContent)

@@ -110,7 +110,7 @@ func startSystem(t testing.TB, tune func(gw *app.Config)) *system {
 	s.order = apptest.Start(t, s.orderCfg)
 	gw := apptest.Config(t, app.TargetGateway)
 	gw.UserUpstream, gw.OrderUpstream = s.user.Addr(app.TargetUser), s.order.Addr(app.TargetOrder)
-	gw.UpstreamTimeout = 2e9
+	gw.Upstream.Timeout = 2e9
 	if tune != nil {
 		tune(&gw)
 	}

@@ -2,6 +2,8 @@ package mesh
 
 import (
 	"encoding/json"
+	"errors"
+	"flag"
 	"fmt"
 	"log/slog"
 	"strings"
@@ -19,6 +21,31 @@ import (
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/descriptorpb"
 )
+
+// DefaultUpstreamTimeout bounds each upstream call unless configured.
+const DefaultUpstreamTimeout = 5 * time.Second
+
+// UpstreamConfig is what a process sets once for all its upstreams: the
+// per-call deadline and the breaker's tuning. ClientConfig takes both.
+type UpstreamConfig struct {
+	Timeout time.Duration
+	Breaker BreakerConfig
+}
+
+// RegisterFlags defines upstream-timeout and the breaker flags
+// (breaker-failures, -max-requests, -interval, -timeout), each prefixed.
+func (c *UpstreamConfig) RegisterFlags(prefix string, fs *flag.FlagSet) {
+	fs.DurationVar(&c.Timeout, prefix+"upstream-timeout", DefaultUpstreamTimeout, "deadline of each upstream call (a caller's shorter deadline wins)")
+	c.Breaker.RegisterFlags(prefix+"breaker-", fs)
+}
+
+// Validate reports settings that cannot work.
+func (c *UpstreamConfig) Validate() error {
+	if c.Timeout <= 0 || c.Breaker.Timeout <= 0 || c.Breaker.Interval <= 0 {
+		return errors.New("--upstream-timeout, --breaker-timeout and --breaker-interval must be positive")
+	}
+	return nil
+}
 
 // ClientConfig describes one upstream.
 type ClientConfig struct {
@@ -68,7 +95,7 @@ func Dial(cfg ClientConfig, log *slog.Logger, m *Metrics, opts ...grpc.DialOptio
 		return nil, fmt.Errorf("mesh: upstream needs a name and a target")
 	}
 	if cfg.DefaultTimeout <= 0 {
-		cfg.DefaultTimeout = 5 * time.Second
+		cfg.DefaultTimeout = DefaultUpstreamTimeout
 	}
 	creds := cfg.Credentials
 	if creds == nil {

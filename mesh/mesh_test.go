@@ -405,7 +405,9 @@ func TestCommaListBalancesAndFailsOver(t *testing.T) {
 		return okUser, nil
 	}}, mesh.ServerConfig{})
 	c := dialMesh(t, addrA+","+addrB, mesh.ClientConfig{})
-	for range 20 {
+	// round_robin sends as soon as one replica is connected; once both
+	// are, calls alternate. Allow the second a moment to connect.
+	for i := 0; i < 20 || (a.Load() == 0 || b.Load() == 0) && i < 2000; i++ {
 		if _, err := c.GetUser(context.Background(), &userv1.GetUserRequest{Id: validID}); err != nil {
 			t.Fatal(err)
 		}

@@ -3,6 +3,7 @@ package mesh
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"log/slog"
 	"net"
@@ -66,12 +67,33 @@ type ServerConfig struct {
 	Unreachable func(error) bool
 }
 
+// Defaults of the server settings that are flags.
+const (
+	DefaultMaxDeadline  = 30 * time.Second
+	DefaultDrainTimeout = 10 * time.Second
+)
+
+// RegisterFlags defines the server flags (max-deadline, drain-timeout),
+// each name prefixed, with the defaults withDefaults also applies.
+func (c *ServerConfig) RegisterFlags(prefix string, fs *flag.FlagSet) {
+	fs.DurationVar(&c.MaxDeadline, prefix+"max-deadline", DefaultMaxDeadline, "cap on the deadline of any incoming gRPC call")
+	fs.DurationVar(&c.DrainTimeout, prefix+"drain-timeout", DefaultDrainTimeout, "how long graceful shutdown waits for in-flight calls")
+}
+
+// Validate reports settings that cannot work.
+func (c *ServerConfig) Validate() error {
+	if c.MaxDeadline <= 0 || c.DrainTimeout <= 0 {
+		return errors.New("--max-deadline and --drain-timeout must be positive")
+	}
+	return nil
+}
+
 func (c ServerConfig) withDefaults() ServerConfig {
 	if c.MaxDeadline <= 0 {
-		c.MaxDeadline = 30 * time.Second
+		c.MaxDeadline = DefaultMaxDeadline
 	}
 	if c.DrainTimeout <= 0 {
-		c.DrainTimeout = 10 * time.Second
+		c.DrainTimeout = DefaultDrainTimeout
 	}
 	if c.KeepaliveMinTime <= 0 {
 		c.KeepaliveMinTime = 10 * time.Second

@@ -71,7 +71,7 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error) 
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	targets, _ := cfg.Targets()
+	targets, _ := cfg.targets()
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	a := &App{cfg: cfg, log: log, reg: reg, metrics: mesh.NewMetrics(reg), addrs: map[string]string{}}
@@ -91,33 +91,33 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error) 
 	if err := a.openSecurity(ctx); err != nil {
 		return nil, err
 	}
-	srvCfg := mesh.ServerConfig{MaxDeadline: cfg.MaxDeadline, DrainTimeout: cfg.DrainTimeout, Unreachable: sqldb.Unreachable, Tracer: a.tp}
-
-	if targets[TargetUser] {
-		if err := a.addUser(ctx, srvCfg); err != nil {
-			return nil, err
-		}
-	}
-	if targets[TargetOrder] {
-		if err := a.addOrder(ctx, srvCfg); err != nil {
-			return nil, err
-		}
-	}
-	if targets[TargetGateway] {
-		if err := a.addGateway(); err != nil {
+	for _, m := range targets {
+		if err := m.add(a, ctx); err != nil {
 			return nil, err
 		}
 	}
 	return a, nil
 }
 
-// upstream is the configured address of a service, or the one listening in
-// this process.
-func (a *App) upstream(configured, target string) string {
-	if configured != "" {
+// upstream is where module name runs: where its upstream flag says, or
+// else in this process.
+func (a *App) upstream(name string) string {
+	if configured := a.cfg.upstreamOf(name); configured != "" {
 		return configured
 	}
-	return dialable(a.addrs[target])
+	return dialable(a.addrs[name])
+}
+
+// newServer is a mesh server for component with the process's server
+// settings, its identity and the authorization policy.
+func (a *App) newServer(component string) (*mesh.Server, error) {
+	cfg := a.cfg.Server
+	cfg.Unreachable, cfg.Tracer = sqldb.Unreachable, a.tp
+	cfg, err := a.secureServer(component, cfg)
+	if err != nil {
+		return nil, err
+	}
+	return mesh.NewServer(cfg, a.log.With("component", component), a.metrics), nil
 }
 
 // dialable turns a listen address into one to dial: a wildcard host
@@ -150,7 +150,7 @@ func (a *App) dial(caller, name, target string, shared mesh.SharedBreakerState, 
 	}
 	conn, err := mesh.Dial(mesh.ClientConfig{
 		Name: name, Caller: caller, Target: target, Services: services, Shared: shared, Tracer: a.tp, Credentials: creds,
-		DefaultTimeout: a.cfg.UpstreamTimeout, Breaker: a.cfg.Breaker,
+		DefaultTimeout: a.cfg.Upstream.Timeout, Breaker: a.cfg.Upstream.Breaker,
 	}, a.log.With("upstream", name), a.metrics)
 	if err != nil {
 		return nil, err
@@ -214,7 +214,7 @@ func (a *App) addHTTP(name, addr string, h http.Handler, ready func(context.Cont
 			return nil
 		},
 		shutdown: func(ctx context.Context) {
-			ctx, cancel := context.WithTimeout(ctx, a.cfg.DrainTimeout)
+			ctx, cancel := context.WithTimeout(ctx, a.cfg.Server.DrainTimeout)
 			defer cancel()
 			if err := srv.Shutdown(ctx); err != nil {
 				srv.Close()

@@ -57,7 +57,7 @@ func TestNoEventLostAcrossNATSOutageAndRestart(t *testing.T) {
 
 	cfg := apptest.Config(t, "user,order")
 	cfg.NATSURL = natsURL
-	cfg.ReconcileInterval = time.Hour
+	cfg.Order.ReconcileInterval = time.Hour
 	running := apptest.Start(t, cfg)
 
 	var (

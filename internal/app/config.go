@@ -5,6 +5,7 @@
 package app
 
 import (
+	"context"
 	"errors"
 	"flag"
 	"fmt"
@@ -14,8 +15,12 @@ import (
 
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/trellis-mesh/trellis/gateway"
 	"github.com/trellis-mesh/trellis/mesh"
+	"github.com/trellis-mesh/trellis/mesh/eventbus"
 	"github.com/trellis-mesh/trellis/mesh/identity"
+	"github.com/trellis-mesh/trellis/services/order"
+	"github.com/trellis-mesh/trellis/services/user"
 )
 
 // Target names.
@@ -26,49 +31,51 @@ const (
 	TargetAll     = "all"
 )
 
-// Config is everything `trellis run` can be told. Each field has a flag and
-// an environment variable (see EnvName); flags win over the environment.
+// Config is everything `trellis run` can be told. Each component owns its
+// settings — a Config with RegisterFlags and Validate in its own package,
+// with its defaults there — and this one composes them with what belongs
+// to the process (targets, addresses, backing services). Every field has a
+// flag and an environment variable (see EnvName); flags win.
 type Config struct {
-	Target          string
-	DataDir         string
-	UserAddr        string
-	OrderAddr       string
-	AdminAddr       string
-	HTTPAddr        string
-	UserUpstream    string
-	OrderUpstream   string
-	DatabaseURL     string
-	NATSURL         string
-	LogLevel        string
-	LogFormat       string
-	UpstreamTimeout time.Duration
-	MaxDeadline     time.Duration
-	DrainTimeout    time.Duration
-	Breaker         mesh.BreakerConfig
-	BcryptCost      int
-	CORS            string
+	Target      string
+	DataDir     string
+	UserAddr    string
+	OrderAddr   string
+	AdminAddr   string
+	HTTPAddr    string
+	DatabaseURL string
+	NATSURL     string
+	NATSListen  string
+	RedisURL    string
+	LogLevel    string
+	LogFormat   string
 	// PProf serves Go's profiler on the admin address.
 	PProf bool
+	// UserUpstream and OrderUpstream are where a module finds a
+	// dependency that does not run in this process.
+	UserUpstream  string
+	OrderUpstream string
 
-	RedisURL string
-	// Tracer is set by tests (an in-memory exporter); otherwise tracing
-	// follows the standard OTEL_EXPORTER_OTLP_* environment.
-	Tracer            trace.TracerProvider
-	NATSListen        string
-	NATSReplicas      int
-	NATSPrefix        string
-	OutboxRetention   time.Duration
-	ReconcileInterval time.Duration
-
-	// Identity is where workload identities come from (mTLS, NATS).
-	Identity identity.Config
+	Server   mesh.ServerConfig   // every gRPC server: deadlines, drain
+	Upstream mesh.UpstreamConfig // every upstream: timeout, breaker
+	Identity identity.Config     // workload identities (mTLS, NATS)
+	Events   eventbus.Config     // streams: prefix, replicas
+	Outbox   eventbus.RelayConfig
+	User     user.Config
+	Order    order.Config
+	Gateway  gateway.Config
 	// AuthzPolicy is a grpc/authz policy file, reloaded every AuthzReload;
 	// empty: the built-in policy (DefaultPolicy).
 	AuthzPolicy string
 	AuthzReload time.Duration
+
+	// Tracer is set by tests (an in-memory exporter); otherwise tracing
+	// follows the standard OTEL_EXPORTER_OTLP_* environment.
+	Tracer trace.TracerProvider
 }
 
-// RegisterFlags defines the flags of `trellis run` on fs.
+// RegisterFlags defines the flags of `trellis run` on fs: the process's
+// own, then each component's.
 func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Target, "target", TargetAll, "components to run: user, order, gateway or all; a comma list is allowed")
 	fs.StringVar(&c.DataDir, "data-dir", "./data", "directory for SQLite databases (used when --database-url is empty)")
@@ -82,22 +89,19 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.NATSURL, "nats-url", "", "NATS server with JetStream for domain events (nats://127.0.0.1:4222); empty: an embedded server, stored in --data-dir/nats")
 	fs.StringVar(&c.RedisURL, "redis-url", "", "Redis URL (redis://host:6379/0) for breaker state shared by the order service's replicas; empty: each replica's breaker is its own")
 	fs.StringVar(&c.NATSListen, "nats-listen", "", "TCP address for the embedded NATS server (e.g. 127.0.0.1:4222); empty: in-process only")
-	fs.IntVar(&c.NATSReplicas, "nats-replicas", 1, "replicas of each JetStream stream (3 on a clustered JetStream)")
-	fs.StringVar(&c.NATSPrefix, "nats-prefix", "", "prefix for every NATS subject and stream name, to share one NATS between installations")
-	fs.DurationVar(&c.OutboxRetention, "outbox-retention", 24*time.Hour, "how long sent outbox rows are kept before pruning")
-	fs.DurationVar(&c.ReconcileInterval, "reconcile-interval", 5*time.Second, "how often PENDING orders are checked with the user service")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&c.LogFormat, "log-format", "json", "log format: json or text")
-	fs.DurationVar(&c.UpstreamTimeout, "upstream-timeout", 5*time.Second, "deadline of each upstream call (a caller's shorter deadline wins)")
-	fs.DurationVar(&c.MaxDeadline, "max-deadline", 30*time.Second, "cap on the deadline of any incoming gRPC call")
-	fs.DurationVar(&c.DrainTimeout, "drain-timeout", 10*time.Second, "how long graceful shutdown waits for in-flight calls")
-	c.Breaker.RegisterFlags("breaker-", fs)
-	fs.IntVar(&c.BcryptCost, "bcrypt-cost", 10, "bcrypt cost of password hashes (4-31)")
 	fs.BoolVar(&c.PProf, "pprof", false, "serve Go's profiler at /debug/pprof/ on the admin address (off by default: profiles show internals)")
-	c.Identity.RegisterFlags("", fs)
 	fs.StringVar(&c.AuthzPolicy, "authz-policy", "", "grpc/authz policy file (JSON, gRFC A43) deciding which SPIFFE IDs may call which methods, reloaded when it changes; empty: the built-in policy (docs/security.md)")
 	fs.DurationVar(&c.AuthzReload, "authz-reload", 10*time.Second, "how often --authz-policy is reread")
-	fs.StringVar(&c.CORS, "cors-origins", "", "comma list of browser origins (https://app.example.com) allowed to call the gateway; empty: same-origin only")
+	c.Server.RegisterFlags("", fs)
+	c.Upstream.RegisterFlags("", fs)
+	c.Identity.RegisterFlags("", fs)
+	c.Events.RegisterFlags("", fs)
+	c.Outbox.RegisterFlags("", fs)
+	c.User.RegisterFlags("", fs)
+	c.Order.RegisterFlags("", fs)
+	c.Gateway.RegisterFlags("", fs)
 }
 
 // EnvName is the environment variable that sets a flag: TRELLIS_<FLAG>,
@@ -139,41 +143,84 @@ func ParseFlags(fs *flag.FlagSet, args []string, getenv func(string) string) err
 	return errors.Join(errs...)
 }
 
-// CORSOrigins returns the allowed origins of --cors-origins.
-func (c *Config) CORSOrigins() []string {
-	var out []string
-	for _, o := range strings.Split(c.CORS, ",") {
-		if o = strings.TrimSpace(o); o != "" {
-			out = append(out, strings.TrimSuffix(o, "/"))
-		}
-	}
-	return out
+// module is a component a process can run: what it needs from other
+// modules (their gRPC address: in this process when they run here, else
+// from an upstream flag) and how it is built.
+type module struct {
+	name  string
+	needs []string
+	add   func(a *App, ctx context.Context) error
 }
 
-// Targets returns the set of components to run.
-func (c *Config) Targets() (map[string]bool, error) {
-	out := map[string]bool{}
+// modules lists every target in dependency order. Adding a component is
+// one entry here.
+var modules = []module{
+	{name: TargetUser, add: (*App).addUser},
+	{name: TargetOrder, needs: []string{TargetUser}, add: (*App).addOrder},
+	{name: TargetGateway, needs: []string{TargetUser, TargetOrder}, add: (*App).addGateway},
+}
+
+// upstreamFlag is the flag that names where a module runs when it is not
+// in this process.
+var upstreamFlag = map[string]string{TargetUser: "user-upstream", TargetOrder: "order-upstream"}
+
+// upstreamOf is the configured address of a module in another process.
+func (c *Config) upstreamOf(name string) string {
+	switch name {
+	case TargetUser:
+		return c.UserUpstream
+	case TargetOrder:
+		return c.OrderUpstream
+	}
+	return ""
+}
+
+// targets returns the modules to run, in dependency order.
+func (c *Config) targets() ([]module, error) {
+	want := map[string]bool{}
 	for _, t := range strings.Split(c.Target, ",") {
 		switch t = strings.TrimSpace(t); t {
 		case TargetAll:
-			out[TargetUser], out[TargetOrder], out[TargetGateway] = true, true, true
+			for _, m := range modules {
+				want[m.name] = true
+			}
 		case TargetUser, TargetOrder, TargetGateway:
-			out[t] = true
+			want[t] = true
 		default:
 			return nil, fmt.Errorf("unknown target %q: want user, order, gateway or all", t)
+		}
+	}
+	var out []module
+	for _, m := range modules {
+		if want[m.name] {
+			out = append(out, m)
 		}
 	}
 	return out, nil
 }
 
-// Validate reports configuration that cannot work.
+// runs reports whether the module name is among ms.
+func runs(ms []module, name string) bool {
+	return slices.ContainsFunc(ms, func(m module) bool { return m.name == name })
+}
+
+// Validate reports configuration that cannot work: each component's own
+// checks, then the process's.
 func (c *Config) Validate() error {
-	t, err := c.Targets()
+	t, err := c.targets()
 	if err != nil {
 		return err
 	}
-	var errs []error
-	if (t[TargetUser] != t[TargetOrder]) && c.NATSURL == "" && c.NATSListen == "" {
+	errs := []error{c.Server.Validate(), c.Upstream.Validate(), c.Identity.Validate(), c.Events.Validate(),
+		c.Outbox.Validate(), c.User.Validate(), c.Order.Validate(), c.Gateway.Validate()}
+	for _, m := range t {
+		for _, dep := range m.needs {
+			if !runs(t, dep) && c.upstreamOf(dep) == "" {
+				errs = append(errs, fmt.Errorf("target %s without %s needs --%s", m.name, dep, upstreamFlag[dep]))
+			}
+		}
+	}
+	if runs(t, TargetUser) != runs(t, TargetOrder) && c.NATSURL == "" && c.NATSListen == "" {
 		// One of them alone with an in-process NATS nobody else can reach
 		// would publish events the other never sees.
 		errs = append(errs, errors.New("user and order in separate processes need a shared NATS: set --nats-url, or --nats-listen on one of them and --nats-url on the other"))
@@ -181,34 +228,14 @@ func (c *Config) Validate() error {
 	if c.NATSURL != "" && c.NATSListen != "" {
 		errs = append(errs, errors.New("--nats-listen is for the embedded server; it cannot be used with --nats-url"))
 	}
-	if t[TargetOrder] && !t[TargetUser] && c.UserUpstream == "" {
-		errs = append(errs, errors.New("target order without user needs --user-upstream"))
-	}
-	if t[TargetGateway] && !t[TargetUser] && c.UserUpstream == "" {
-		errs = append(errs, errors.New("target gateway without user needs --user-upstream"))
-	}
-	if t[TargetGateway] && !t[TargetOrder] && c.OrderUpstream == "" {
-		errs = append(errs, errors.New("target gateway without order needs --order-upstream"))
-	}
-	if err := c.Identity.Validate(); err != nil {
-		errs = append(errs, err)
-	}
 	if !c.Identity.Insecure && c.Identity.PerProcess() && len(t) > 1 {
 		errs = append(errs, fmt.Errorf("--identity-source %s gives a process one identity: run one target per process", c.Identity.Source))
-	}
-	if c.BcryptCost < 4 || c.BcryptCost > 31 {
-		errs = append(errs, errors.New("--bcrypt-cost must be between 4 and 31"))
 	}
 	if !slices.Contains([]string{"json", "text"}, c.LogFormat) {
 		errs = append(errs, fmt.Errorf("--log-format %q: want json or text", c.LogFormat))
 	}
-	if c.NATSReplicas < 1 || c.NATSReplicas > 5 {
-		errs = append(errs, errors.New("--nats-replicas must be between 1 and 5"))
-	}
-	for name, d := range map[string]time.Duration{"outbox-retention": c.OutboxRetention, "reconcile-interval": c.ReconcileInterval, "upstream-timeout": c.UpstreamTimeout, "authz-reload": c.AuthzReload, "max-deadline": c.MaxDeadline, "drain-timeout": c.DrainTimeout, "breaker-timeout": c.Breaker.Timeout, "breaker-interval": c.Breaker.Interval} {
-		if d <= 0 {
-			errs = append(errs, fmt.Errorf("--%s must be positive", name))
-		}
+	if c.AuthzReload <= 0 {
+		errs = append(errs, errors.New("--authz-reload must be positive"))
 	}
 	return errors.Join(errs...)
 }

@@ -74,7 +74,7 @@ func (a *App) eventBus(component string) (*eventbus.Bus, error) {
 		return nil, fmt.Errorf("nats: connect %s: %w", redact.URL(url), err)
 	}
 	a.closers = append(a.closers, func() error { nc.Close(); return nil })
-	bus, err := eventbus.NewBus(nc, eventbus.Config{Prefix: a.cfg.NATSPrefix, Replicas: a.cfg.NATSReplicas, Tracer: a.tp})
+	bus, err := eventbus.NewBus(nc, a.eventsConfig())
 	if err != nil {
 		return nil, err
 	}
@@ -96,6 +96,12 @@ func (a *App) eventBus(component string) (*eventbus.Bus, error) {
 		a.log.Warn("NATS connection is not TLS: events are neither encrypted nor authenticated; configure the NATS server as docs/security.md shows", "component", component)
 	}
 	return bus, nil
+}
+
+func (a *App) eventsConfig() eventbus.Config {
+	c := a.cfg.Events
+	c.Tracer = a.tp
+	return c
 }
 
 // embeddedNATS starts the process's JetStream server once. With security
@@ -134,7 +140,7 @@ func (a *App) embeddedNATS() (*server.Server, error) {
 		}
 		opts.TLSConfig = identity.TLSConfig(src, tlsconfig.AuthorizeMemberOf(a.ids.TrustDomain()))
 		opts.TLSVerify, opts.TLSMap, opts.TLSTimeout = true, true, 2
-		opts.Users = NATSUsers(a.ids.TrustDomain().Name(), a.cfg.NATSPrefix)
+		opts.Users = NATSUsers(a.ids.TrustDomain().Name(), a.cfg.Events.Prefix)
 	}
 	ns, err := server.NewServer(opts)
 	if err != nil {
@@ -162,7 +168,7 @@ func (a *App) addRelay(service string, outbox eventbus.Outbox, stream string, su
 	}
 	r := eventbus.NewRelay(bus, outbox, eventbus.RelayConfig{
 		Service:   service,
-		Retention: a.cfg.OutboxRetention,
+		Retention: a.cfg.Outbox.Retention,
 		Prepare:   func(ctx context.Context) error { return bus.EnsureStream(ctx, stream, subjects...) },
 	}, a.log.With("component", service), a.eventMetrics())
 	a.workers = append(a.workers, r.Run)

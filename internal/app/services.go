@@ -15,7 +15,7 @@ import (
 
 // addUser builds the user service: its store and outbox relay, its gRPC
 // server.
-func (a *App) addUser(ctx context.Context, srvCfg mesh.ServerConfig) error {
+func (a *App) addUser(ctx context.Context) error {
 	db, err := a.openDB(ctx, "user")
 	if err != nil {
 		return err
@@ -28,11 +28,13 @@ func (a *App) addUser(ctx context.Context, srvCfg mesh.ServerConfig) error {
 	if err != nil {
 		return err
 	}
-	svc := user.NewService(store, user.Config{BcryptCost: a.cfg.BcryptCost, Committed: relay.Notify})
-	if srvCfg, err = a.secureServer(TargetUser, srvCfg); err != nil {
+	ucfg := a.cfg.User
+	ucfg.Committed = relay.Notify
+	svc := user.NewService(store, ucfg)
+	srv, err := a.newServer(TargetUser)
+	if err != nil {
 		return err
 	}
-	srv := mesh.NewServer(srvCfg, a.log.With("component", TargetUser), a.metrics)
 	srv.Register(&userv1.UserService_ServiceDesc, user.NewGRPC(svc), user.Validate)
 	return a.addGRPC(TargetUser, a.cfg.UserAddr, srv, store.Ping)
 }
@@ -41,7 +43,7 @@ func (a *App) addUser(ctx context.Context, srvCfg mesh.ServerConfig) error {
 // client of the user service (breaker shared through Redis when
 // configured), the user-event consumer, the reconciler and its gRPC
 // server.
-func (a *App) addOrder(ctx context.Context, srvCfg mesh.ServerConfig) error {
+func (a *App) addOrder(ctx context.Context) error {
 	db, err := a.openDB(ctx, "order")
 	if err != nil {
 		return err
@@ -52,14 +54,14 @@ func (a *App) addOrder(ctx context.Context, srvCfg mesh.ServerConfig) error {
 	}
 	var shared mesh.SharedBreakerState
 	if a.cfg.RedisURL != "" {
-		rs, err := redisbreaker.New(a.cfg.RedisURL, a.cfg.NATSPrefix)
+		rs, err := redisbreaker.New(a.cfg.RedisURL, a.cfg.Events.Prefix)
 		if err != nil {
 			return fmt.Errorf("--redis-url: %w", err)
 		}
 		a.closers = append(a.closers, rs.Close)
 		shared = rs
 	}
-	conn, err := a.dial(TargetOrder, "user", a.upstream(a.cfg.UserUpstream, TargetUser), shared, userv1.File_trellis_user_v1_user_proto.Services().Get(0))
+	conn, err := a.dial(TargetOrder, "user", a.upstream(TargetUser), shared, userv1.File_trellis_user_v1_user_proto.Services().Get(0))
 	if err != nil {
 		return err
 	}
@@ -68,16 +70,18 @@ func (a *App) addOrder(ctx context.Context, srvCfg mesh.ServerConfig) error {
 	if err != nil {
 		return err
 	}
-	svc := order.NewService(store, users, order.Config{Committed: relay.Notify})
+	ocfg := a.cfg.Order
+	ocfg.Committed = relay.Notify
+	svc := order.NewService(store, users, ocfg)
 	if err := a.addUserConsumer(svc); err != nil {
 		return err
 	}
 	log := a.log.With("component", TargetOrder)
-	a.workers = append(a.workers, func(ctx context.Context) { svc.RunReconciler(ctx, a.cfg.ReconcileInterval, log) })
-	if srvCfg, err = a.secureServer(TargetOrder, srvCfg); err != nil {
+	a.workers = append(a.workers, func(ctx context.Context) { svc.RunReconciler(ctx, ocfg.ReconcileInterval, log) })
+	srv, err := a.newServer(TargetOrder)
+	if err != nil {
 		return err
 	}
-	srv := mesh.NewServer(srvCfg, log, a.metrics)
 	srv.Register(&orderv1.OrderService_ServiceDesc, order.NewGRPC(svc), order.Validate)
 	return a.addGRPC(TargetOrder, a.cfg.OrderAddr, srv, store.Ping)
 }

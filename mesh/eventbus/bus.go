@@ -2,6 +2,7 @@ package eventbus
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"strings"
 	"time"
@@ -30,9 +31,29 @@ type Config struct {
 	Tracer trace.TracerProvider
 }
 
+// Stream settings that are flags, and their limits.
+const (
+	DefaultReplicas = 1
+	MaxReplicas     = 5
+)
+
+// RegisterFlags defines nats-prefix and nats-replicas, each prefixed.
+func (c *Config) RegisterFlags(prefix string, fs *flag.FlagSet) {
+	fs.StringVar(&c.Prefix, prefix+"nats-prefix", "", "prefix for every NATS subject and stream name, to share one NATS between installations")
+	fs.IntVar(&c.Replicas, prefix+"nats-replicas", DefaultReplicas, "replicas of each JetStream stream (3 on a clustered JetStream)")
+}
+
+// Validate reports settings that cannot work.
+func (c *Config) Validate() error {
+	if c.Replicas < 1 || c.Replicas > MaxReplicas {
+		return fmt.Errorf("--nats-replicas must be between 1 and %d", MaxReplicas)
+	}
+	return nil
+}
+
 func (c Config) withDefaults() Config {
 	if c.Replicas <= 0 {
-		c.Replicas = 1
+		c.Replicas = DefaultReplicas
 	}
 	if c.Duplicates <= 0 {
 		c.Duplicates = 2 * time.Minute

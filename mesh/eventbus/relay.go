@@ -3,6 +3,7 @@ package eventbus
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"log/slog"
 	"time"
@@ -53,6 +54,22 @@ type RelayConfig struct {
 	Prepare func(ctx context.Context) error
 }
 
+// DefaultRetention is how long sent outbox rows are kept unless configured.
+const DefaultRetention = 24 * time.Hour
+
+// RegisterFlags defines outbox-retention, prefixed.
+func (c *RelayConfig) RegisterFlags(prefix string, fs *flag.FlagSet) {
+	fs.DurationVar(&c.Retention, prefix+"outbox-retention", DefaultRetention, "how long sent outbox rows are kept before pruning")
+}
+
+// Validate reports settings that cannot work.
+func (c *RelayConfig) Validate() error {
+	if c.Retention <= 0 {
+		return errors.New("--outbox-retention must be positive")
+	}
+	return nil
+}
+
 func (c RelayConfig) withDefaults() RelayConfig {
 	if c.Batch <= 0 {
 		c.Batch = 256
@@ -64,7 +81,7 @@ func (c RelayConfig) withDefaults() RelayConfig {
 		c.LeaseTTL = 10 * time.Second
 	}
 	if c.Retention <= 0 {
-		c.Retention = 24 * time.Hour
+		c.Retention = DefaultRetention
 	}
 	if c.MaxBackoff <= 0 {
 		c.MaxBackoff = 5 * time.Second

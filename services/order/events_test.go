@@ -143,8 +143,8 @@ func TestUserDeletedCancelsOpenOrders(t *testing.T) {
 func TestDegradedOrderIsPendingThenConfirmed(t *testing.T) {
 	t.Parallel()
 	s := startStack(t, func(c *app.Config) {
-		c.ReconcileInterval = 100 * time.Millisecond
-		c.Breaker.Timeout = 300 * time.Millisecond
+		c.Order.ReconcileInterval = 100 * time.Millisecond
+		c.Upstream.Breaker.Timeout = 300 * time.Millisecond
 	})
 	ctx := context.Background()
 	uid := s.newUser(t)

@@ -277,7 +277,7 @@ func TestListOrdersPaginatesPerUser(t *testing.T) {
 func TestBreakerOpensAndRecovers(t *testing.T) {
 	t.Parallel()
 	const breakerTimeout = 700 * time.Millisecond
-	s := startStack(t, func(c *app.Config) { c.Breaker.Timeout = breakerTimeout })
+	s := startStack(t, func(c *app.Config) { c.Upstream.Breaker.Timeout = breakerTimeout })
 	ctx := context.Background()
 	uid := s.newUser(t)
 	req := func(n int) *orderv1.CreateOrderRequest {

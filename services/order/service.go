@@ -3,6 +3,7 @@ package order
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"strings"
 	"time"
@@ -29,11 +30,30 @@ type Service struct {
 
 // Config tunes the order service.
 type Config struct {
+	// ReconcileInterval is how often RunReconciler checks PENDING orders.
+	ReconcileInterval time.Duration
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
 	// Committed is called after changes with events committed (the outbox
 	// relay's Notify); nil means nobody is told.
 	Committed func()
+}
+
+// DefaultReconcileInterval is how often PENDING orders are checked unless
+// configured.
+const DefaultReconcileInterval = 5 * time.Second
+
+// RegisterFlags defines reconcile-interval, prefixed.
+func (c *Config) RegisterFlags(prefix string, fs *flag.FlagSet) {
+	fs.DurationVar(&c.ReconcileInterval, prefix+"reconcile-interval", DefaultReconcileInterval, "how often PENDING orders are checked with the user service")
+}
+
+// Validate reports settings that cannot work.
+func (c *Config) Validate() error {
+	if c.ReconcileInterval <= 0 {
+		return errors.New("--reconcile-interval must be positive")
+	}
+	return nil
 }
 
 // NewService returns the order service.

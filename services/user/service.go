@@ -3,6 +3,7 @@ package user
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"time"
 
@@ -29,6 +30,19 @@ type Config struct {
 	// Committed is called after a change and its event committed (the
 	// outbox relay's Notify); nil means nobody is told.
 	Committed func()
+}
+
+// RegisterFlags defines bcrypt-cost, prefixed.
+func (c *Config) RegisterFlags(prefix string, fs *flag.FlagSet) {
+	fs.IntVar(&c.BcryptCost, prefix+"bcrypt-cost", bcrypt.DefaultCost, "bcrypt cost of password hashes (4-31)")
+}
+
+// Validate reports settings that cannot work.
+func (c *Config) Validate() error {
+	if c.BcryptCost < bcrypt.MinCost || c.BcryptCost > bcrypt.MaxCost {
+		return fmt.Errorf("--bcrypt-cost must be between %d and %d", bcrypt.MinCost, bcrypt.MaxCost)
+	}
+	return nil
 }
 
 // Service holds the user use cases. Requests reach it already validated by

@@ -74,8 +74,8 @@ func Config(t testing.TB, target string) app.Config {
 	c := app.Defaults()
 	c.NATSURL, c.Target, c.DataDir = nats, target, t.TempDir()
 	c.UserAddr, c.OrderAddr, c.AdminAddr, c.HTTPAddr = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
-	c.UpstreamTimeout, c.DrainTimeout = 2*time.Second, 5*time.Second
-	c.BcryptCost = 4
+	c.Upstream.Timeout, c.Server.DrainTimeout = 2*time.Second, 5*time.Second
+	c.User.BcryptCost = 4
 	c.Identity.Dir = identityDir(t)
 	return c
 }
