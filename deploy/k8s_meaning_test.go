@@ -17,6 +17,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"sigs.k8s.io/yaml"
+
+	"github.com/trellis-mesh/trellis/internal/app"
 )
 
 var overlays = []string{"deploy/k8s/overlays/dev", "deploy/k8s/overlays/prod"}
@@ -344,4 +346,73 @@ func TestEveryPodHasAWorkloadIdentity(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestNATSValuesEnforceTheEventPermissions reads the NATS Helm values and
+// checks they secure the broker as the embedded server does: client TLS
+// required and mapped by certificate (verify_and_map), a trust bundle, and
+// exactly the users and permissions of app.NATSUsers — so only the user
+// service may publish user events — and that Trellis connects with TLS.
+func TestNATSValuesEnforceTheEventPermissions(t *testing.T) {
+	t.Parallel()
+	b, err := os.ReadFile(filepath.Join(root, "deploy/k8s/nats/values.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	type perm struct {
+		Allow []string `json:"allow"`
+	}
+	var v struct {
+		TLSCA struct {
+			Enabled    bool   `json:"enabled"`
+			SecretName string `json:"secretName"`
+		} `json:"tlsCA"`
+		Config struct {
+			NATS struct {
+				TLS struct {
+					Enabled    bool   `json:"enabled"`
+					SecretName string `json:"secretName"`
+					Merge      struct {
+						VerifyAndMap bool `json:"verify_and_map"`
+					} `json:"merge"`
+				} `json:"tls"`
+			} `json:"nats"`
+			Merge struct {
+				Authorization struct {
+					Users []struct {
+						User        string `json:"user"`
+						Permissions struct {
+							Publish   perm `json:"publish"`
+							Subscribe perm `json:"subscribe"`
+						} `json:"permissions"`
+					} `json:"users"`
+				} `json:"authorization"`
+			} `json:"merge"`
+		} `json:"config"`
+	}
+	if err := yaml.Unmarshal(b, &v); err != nil { // the chart's other keys are its business
+		t.Fatal(err)
+	}
+	tls := v.Config.NATS.TLS
+	if !tls.Enabled || tls.SecretName == "" || !tls.Merge.VerifyAndMap || !v.TLSCA.Enabled || v.TLSCA.SecretName == "" {
+		t.Errorf("NATS client TLS: %+v, CA %+v; want TLS on, verify_and_map, a trust bundle", tls, v.TLSCA)
+	}
+	want := map[string][2][]string{}
+	for _, u := range app.NATSUsers("trellis.local", "") {
+		want[u.Username] = [2][]string{u.Permissions.Publish.Allow, u.Permissions.Subscribe.Allow}
+	}
+	got := map[string][2][]string{}
+	for _, u := range v.Config.Merge.Authorization.Users {
+		got[u.User] = [2][]string{u.Permissions.Publish.Allow, u.Permissions.Subscribe.Allow}
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("NATS users in the Helm values:\n%v\nwant (app.NATSUsers):\n%v", got, want)
+	}
+	cm, err := os.ReadFile(filepath.Join(root, "deploy/k8s/base/config.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(cm), "NATS_URL: tls://") {
+		t.Error("the ConfigMap's NATS_URL is not tls://")
+	}
 }
