@@ -23,26 +23,9 @@ import (
 	"github.com/trellis-mesh/trellis/internal/app"
 	"github.com/trellis-mesh/trellis/internal/app/apptest"
 	"github.com/trellis-mesh/trellis/internal/testenv"
-	"github.com/trellis-mesh/trellis/mesh/eventbus"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m, testenv.LeakOptions()...) }
-
-// streamCounts returns, per subject, how many messages the stream holds
-// and how many distinct event ids.
-func streamCounts(t *testing.T, js jetstream.JetStream, stream string) (msgs map[string]int, distinct map[string]int) {
-	t.Helper()
-	msgs, distinct = map[string]int{}, map[string]int{}
-	seen := map[string]bool{}
-	for _, m := range testenv.StreamMessages(t, js, stream, "") {
-		msgs[m.Subject()]++
-		if id := m.Headers().Get(eventbus.HeaderID); !seen[id] {
-			seen[id] = true
-			distinct[m.Subject()]++
-		}
-	}
-	return msgs, distinct
-}
 
 // TestNoEventLostAcrossNATSOutageAndRestart creates users and orders under
 // steady load while NATS goes down and the process restarts, then counts:
@@ -173,16 +156,16 @@ func TestNoEventLostAcrossNATSOutageAndRestart(t *testing.T) {
 	js, _ := jetstream.New(nc)
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		um, ud := streamCounts(t, js, "TRELLIS_USER")
-		om, od := streamCounts(t, js, "TRELLIS_ORDER")
-		if ud["trellis.user.v1.created"] >= nUsers && od["trellis.order.v1.created"] >= nOrders || time.Now().After(deadline) {
-			t.Logf("database: %d users, %d orders (%d calls failed during the restart); stream: %v users, %v orders",
+		um, ud := testenv.EventCount(t, js, "TRELLIS_USER", "trellis.user.v1.created")
+		om, od := testenv.EventCount(t, js, "TRELLIS_ORDER", "trellis.order.v1.created")
+		if ud >= nUsers && od >= nOrders || time.Now().After(deadline) {
+			t.Logf("database: %d users, %d orders (%d calls failed during the restart); stream: %d user.created, %d order.created",
 				nUsers, nOrders, failures.Load(), um, om)
-			if ud["trellis.user.v1.created"] != nUsers || um["trellis.user.v1.created"] != nUsers {
-				t.Errorf("user.created: %d messages, %d distinct, want %d (one per user row)", um["trellis.user.v1.created"], ud["trellis.user.v1.created"], nUsers)
+			if ud != nUsers || um != nUsers {
+				t.Errorf("user.created: %d messages, %d distinct, want %d (one per user row)", um, ud, nUsers)
 			}
-			if od["trellis.order.v1.created"] != nOrders || om["trellis.order.v1.created"] != nOrders {
-				t.Errorf("order.created: %d messages, %d distinct, want %d", om["trellis.order.v1.created"], od["trellis.order.v1.created"], nOrders)
+			if od != nOrders || om != nOrders {
+				t.Errorf("order.created: %d messages, %d distinct, want %d", om, od, nOrders)
 			}
 			return
 		}

@@ -34,7 +34,6 @@ import (
 
 	sysproc "github.com/trellis-mesh/trellis/internal/proc"
 	"github.com/trellis-mesh/trellis/internal/testenv"
-	"github.com/trellis-mesh/trellis/mesh/eventbus"
 	"github.com/trellis-mesh/trellis/mesh/identity"
 )
 
@@ -508,7 +507,7 @@ func (l *load) ledger(s *system) summary {
 	js, _ := jetstream.New(nc)
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		msgs, distinct := subjectCounts(t, js, "TRELLIS_ORDER", "trellis.order.v1.created")
+		msgs, distinct := testenv.EventCount(t, js, "TRELLIS_ORDER", "trellis.order.v1.created")
 		sum.eventsDelivered, sum.eventsDuplicated = distinct, msgs-distinct
 		if distinct >= rows || time.Now().After(deadline) {
 			break
@@ -523,15 +522,6 @@ func (l *load) ledger(s *system) summary {
 	}
 	sum.duplicateApplied = processed - distinctProcessed
 	return sum
-}
-
-func subjectCounts(t *testing.T, js jetstream.JetStream, stream, subject string) (msgs, distinct int) {
-	seen := map[string]bool{}
-	for _, m := range testenv.StreamMessages(t, js, stream, subject) {
-		msgs++
-		seen[m.Headers().Get(eventbus.HeaderID)] = true
-	}
-	return msgs, len(seen)
 }
 
 // report prints the scenario's one line and fails on loss or duplication.

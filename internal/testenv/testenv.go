@@ -24,6 +24,7 @@ import (
 
 	"github.com/trellis-mesh/trellis/internal/sqldb"
 	"github.com/trellis-mesh/trellis/mesh"
+	"github.com/trellis-mesh/trellis/mesh/eventbus"
 )
 
 // PostgresURL is the server tests use: $TRELLIS_TEST_DATABASE_URL, or the
@@ -193,4 +194,18 @@ func StreamMessages(t testing.TB, js jetstream.JetStream, stream, subject string
 			return out
 		}
 	}
+}
+
+// EventCount is the event side of a ledger: how many messages a stream
+// holds on subject and how many distinct event ids (ce-id) among them.
+// Every acknowledged change must have exactly one: msgs == distinct ==
+// rows. The app tests and the chaos suite both count with it.
+func EventCount(t testing.TB, js jetstream.JetStream, stream, subject string) (msgs, distinct int) {
+	t.Helper()
+	seen := map[string]bool{}
+	for _, m := range StreamMessages(t, js, stream, subject) {
+		msgs++
+		seen[m.Headers().Get(eventbus.HeaderID)] = true
+	}
+	return msgs, len(seen)
 }
