@@ -82,7 +82,6 @@ bench-quick: bench-bins ## the load harness's quick profile (<2 min), checked ag
 bench-bins:
 	go build -trimpath -o bin/trellis ./cmd/trellis
 	cd cmd/trellis-bench && go build -trimpath -o ../../bin/trellis-bench .
-	go test -c -o bin/events-bench.test ./internal/outbox/
 
 # Throughput floor of the mesh chain against bare grpc-go on a handler that
 # does nothing (Go benchmark, median of five interleaved rounds, measured

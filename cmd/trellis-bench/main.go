@@ -71,7 +71,6 @@ func run() int {
 	rounds := flag.Int("rounds", 0, "interleaved baseline/candidate rounds per ratio; 0: the profile's (quick 7, full 5)")
 	dur := flag.Duration("duration", 0, "time bound of each load run; 0: the profile's (quick 1.2s, full 5s)")
 	requests := flag.Int64("requests", 0, "count bound of each load run (it ends at whichever bound comes first); 0: time only")
-	eventsBench := flag.String("events-bench", "bin/events-bench.test", "test binary of internal/outbox (go test -c) whose event benchmarks scenario 4 runs")
 	from := flag.String("from", "", "render the Markdown table and report.html of an earlier results.json into -out, running nothing")
 	conc := flag.Int("concurrency", 32, "callers of a closed-loop run")
 	flag.Parse()
@@ -88,7 +87,7 @@ func run() int {
 	}
 	defer os.RemoveAll(tmp)
 	logDir = tmp
-	r := &runner{bin: *bin, tmp: tmp, quick: *profile == "quick", profile: "all-in-one (SQLite, embedded NATS)", conc: *conc, requests: *requests, eventsBench: *eventsBench,
+	r := &runner{bin: *bin, tmp: tmp, quick: *profile == "quick", profile: "all-in-one (SQLite, embedded NATS)", conc: *conc, requests: *requests,
 		rep: &report{Profile: *profile, Started: time.Now().UTC(), Ratios: map[string]float64{}, Floors: map[string]float64{},
 			Machine: fmt.Sprintf("%s/%s, %d CPUs", runtime.GOOS, runtime.GOARCH, runtime.NumCPU())}}
 	// The quick profile gates CI: more, shorter rounds, so that one noisy

@@ -3,17 +3,18 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"log/slog"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
+	"testing"
 	"time"
 
 	"github.com/google/uuid"
@@ -26,6 +27,7 @@ import (
 
 	orderv1 "github.com/trellis-mesh/trellis/gen/trellis/order/v1"
 	userv1 "github.com/trellis-mesh/trellis/gen/trellis/user/v1"
+	"github.com/trellis-mesh/trellis/internal/outbox/outboxbench"
 	"github.com/trellis-mesh/trellis/mesh/identity"
 )
 
@@ -101,11 +103,9 @@ type runner struct {
 	rounds   int
 	dur      time.Duration
 	requests int64
-	// eventsBench is the compiled internal/outbox test binary.
-	eventsBench string
-	rep         *report
-	conc        int
-	profile     string
+	rep      *report
+	conc     int
+	profile  string
 }
 
 // warmup is how long each target is called before it is measured.
@@ -520,59 +520,75 @@ func (r *runner) maxRate(ctx context.Context, sys target) error {
 }
 
 // Scenario 4: raw JetStream async publish vs the outbox relay, and
-// commit-to-consumer lag, from the Go benchmarks of internal/sqldb (its
-// test binary, built by make bench-bins, run here so the numbers land in
-// the same report).
-func (r *runner) events(ctx context.Context) error {
+// commit-to-consumer lag: the event benchmarks of internal/outbox
+// (outboxbench), run here with testing.Benchmark so the numbers land in
+// the same report. NATS is embedded in this process; its CPU is this
+// process's during each benchmark.
+func (r *runner) events(context.Context) error {
 	// Publishing 2000 events took ~30 ms, too short to outlast this
-	// machine's noise: both profiles publish 20000, five times.
-	benchtime, lagN := "20000x", "1000x"
+	// machine's noise: both profiles publish 20000, five times. The lag
+	// benchmark runs at a fixed 200 events/s: 1000 events are 5 s.
+	publishN, lagN := 20000, 1000
 	if !r.quick {
-		lagN = "2000x"
+		lagN = 2000
 	}
-	// The lag benchmark runs at a fixed 200 events/s: 1000 events are 5 s.
-	var out []byte
-	var used []usage // of each benchmark process (NATS is embedded in it)
-	for _, b := range [][2]string{{"BenchmarkPublish", benchtime}, {"BenchmarkCommitToConsumerLag", lagN}} {
-		count := 3 // the lag benchmark runs at 200/s: 3 × 1000 events are 15 s
-		if b[0] == "BenchmarkPublish" {
-			count = 5
-		}
-		cmd := exec.CommandContext(ctx, r.eventsBench, "-test.run", "^$", "-test.bench", b[0], "-test.benchtime", b[1],
-			"-test.count", strconv.Itoa(count))
-		o, err := cmd.CombinedOutput()
-		if err != nil {
-			return fmt.Errorf("event benchmarks (%s): %v\n%s", r.eventsBench, err, o)
-		}
-		out = append(out, o...)
-		used = append(used, rusage(cmd.ProcessState))
-	}
-	ns := map[string][]float64{}
+	var raw, relay []float64
 	lag := map[string][]float64{} // by unit: p50-ms, p90-ms, ...
-	line := regexp.MustCompile(`(Benchmark\S+?)-\d+\s+\d+\s+([\d.]+) ns/op(.*)`)
-	metric := regexp.MustCompile(`([\d.]+) (p[\d.]+-ms)`)
-	for _, m := range line.FindAllStringSubmatch(string(out), -1) {
-		v, _ := strconv.ParseFloat(m[2], 64)
-		ns[m[1]] = append(ns[m[1]], v)
-		for _, q := range metric.FindAllStringSubmatch(m[3], -1) {
-			ms, _ := strconv.ParseFloat(q[1], 64)
-			lag[q[2]] = append(lag[q[2]], ms)
+	var publishUse, lagUse usage
+	for range 5 {
+		for _, b := range []struct {
+			fn  func(*testing.B)
+			out *[]float64
+		}{{outboxbench.PublishRaw, &raw}, {outboxbench.PublishRelay, &relay}} {
+			res, u, err := benchmark(b.fn, publishN)
+			if err != nil {
+				return err
+			}
+			*b.out = append(*b.out, float64(res.NsPerOp()))
+			publishUse = plus(publishUse, u)
 		}
 	}
-	raw, relay := ns["BenchmarkPublish/raw"], ns["BenchmarkPublish/relay-sqlite"]
-	if len(raw) == 0 || len(relay) == 0 || len(lag["p50-ms"]) == 0 || len(lag["p99.9-ms"]) == 0 {
-		return errors.New("event benchmarks printed no results:\n" + string(out))
+	for range 3 {
+		res, u, err := benchmark(outboxbench.CommitToConsumerLag, lagN)
+		if err != nil {
+			return err
+		}
+		for unit, v := range res.Extra {
+			lag[unit] = append(lag[unit], v)
+		}
+		lagUse = plus(lagUse, u)
+	}
+	if len(lag["p50-ms"]) == 0 || len(lag["p99.9-ms"]) == 0 {
+		return errors.New("the lag benchmark reported no latencies")
 	}
 	rawRes := &result{Throughput: 1e9 / median(raw)}
 	relayRes := &result{Throughput: 1e9 / median(relay)}
-	publish := map[string]usage{"publish benchmark, both runs, NATS embedded": used[0]}
+	publish := map[string]usage{"publish benchmarks, both, NATS embedded": publishUse}
 	r.addUsage("4 events", "raw JetStream async publish", true, rawRes, publish, "")
 	r.addUsage("4 events", "outbox relay (SQLite)", false, relayRes, publish, fmt.Sprintf("throughput ratio %.3f", relayRes.Throughput/rawRes.Throughput))
 	r.addUsage("4 events", "commit → consumer at 200/s", false,
 		&result{P50ms: median(lag["p50-ms"]), P90ms: median(lag["p90-ms"]), P99ms: median(lag["p99-ms"]), P999ms: median(lag["p99.9-ms"])},
-		map[string]usage{"lag benchmark, NATS embedded": used[1]}, "")
+		map[string]usage{"lag benchmark, NATS embedded": lagUse}, "")
 	r.rep.Ratios["relay_vs_raw_publish"] = relayRes.Throughput / rawRes.Throughput
 	return nil
+}
+
+var testingInit sync.Once
+
+// benchmark runs fn n times with testing.Benchmark and returns its result
+// and the CPU this process used meanwhile. A benchmark that fails (b.Fatal)
+// is an error, not a zero result.
+func benchmark(fn func(*testing.B), n int) (testing.BenchmarkResult, usage, error) {
+	testingInit.Do(testing.Init) // registers -test.benchtime, which sets b.N
+	if err := flag.Set("test.benchtime", strconv.Itoa(n)+"x"); err != nil {
+		return testing.BenchmarkResult{}, usage{}, err
+	}
+	before := selfUsage()
+	res := testing.Benchmark(fn)
+	if res.N == 0 {
+		return res, usage{}, errors.New("event benchmark failed (its error is on stderr)")
+	}
+	return res, since(selfUsage(), before), nil
 }
 
 // Scenario 5: the latency of a call answered by an open breaker vs a

@@ -53,14 +53,24 @@ func (p *proc) stop() { p.Stop(15 * time.Second) }
 // usage is a process's CPU time and peak resident memory.
 type usage = sysproc.Usage
 
-// rusage is what the kernel counted for a finished child process.
-func rusage(ps *os.ProcessState) usage {
-	ru, ok := ps.SysUsage().(*syscall.Rusage)
-	if !ok {
+// selfUsage is the CPU this process has used so far and its peak RSS.
+func selfUsage() usage {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
 		return usage{}
 	}
 	sec := func(tv syscall.Timeval) float64 { return float64(tv.Sec) + float64(tv.Usec)/1e6 }
 	return usage{CPUSeconds: sec(ru.Utime) + sec(ru.Stime), PeakRSSMiB: float64(ru.Maxrss) / 1024}
+}
+
+// since is the CPU used between before and u; the peak RSS stays u's.
+func since(u, before usage) usage {
+	return usage{CPUSeconds: u.CPUSeconds - before.CPUSeconds, PeakRSSMiB: u.PeakRSSMiB}
+}
+
+// plus sums CPU and keeps the higher peak RSS.
+func plus(u, o usage) usage {
+	return usage{CPUSeconds: u.CPUSeconds + o.CPUSeconds, PeakRSSMiB: max(u.PeakRSSMiB, o.PeakRSSMiB)}
 }
 
 // freeAddr is a free loopback address; the harness cannot run without one.
