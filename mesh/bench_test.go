@@ -18,7 +18,6 @@ import (
 	userv1 "github.com/trellis-mesh/trellis/gen/trellis/user/v1"
 	"github.com/trellis-mesh/trellis/internal/testenv"
 	"github.com/trellis-mesh/trellis/mesh"
-	"github.com/trellis-mesh/trellis/services/user"
 )
 
 // benchTarget serves GetUser (a fixed answer) and returns a client of it,
@@ -37,7 +36,7 @@ func benchTarget(tb testing.TB, withMesh bool) (userv1.UserServiceClient, func()
 		// them, write them nowhere.
 		log := slog.New(slog.NewJSONHandler(io.Discard, nil))
 		srv := mesh.NewServer(mesh.ServerConfig{}, log, m)
-		srv.Register(&userv1.UserService_ServiceDesc, fake, user.Validate)
+		srv.Register(&userv1.UserService_ServiceDesc, fake, validate)
 		go srv.Serve(lis)
 		conn, err = mesh.Dial(mesh.ClientConfig{Name: "user", Target: lis.Addr().String(),
 			Services: []protoreflect.ServiceDescriptor{userv1.File_trellis_user_v1_user_proto.Services().Get(0)}}, log, m)

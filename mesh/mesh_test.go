@@ -28,7 +28,6 @@ import (
 	"github.com/trellis-mesh/trellis/internal/testenv"
 	"github.com/trellis-mesh/trellis/mesh"
 	"github.com/trellis-mesh/trellis/mesh/redisbreaker"
-	"github.com/trellis-mesh/trellis/services/user"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -60,7 +59,7 @@ func serve(t *testing.T, fake *fakeUsers, cfg mesh.ServerConfig) (string, *mesh.
 	logs := &testenv.SyncBuffer{}
 	m, _ := testenv.Metrics()
 	srv := mesh.NewServer(cfg, slog.New(slog.NewJSONHandler(logs, nil)), m)
-	srv.Register(&userv1.UserService_ServiceDesc, fake, user.Validate)
+	srv.Register(&userv1.UserService_ServiceDesc, fake, validate)
 	return testenv.Serve(t, srv), srv, logs
 }
 
