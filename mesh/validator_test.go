@@ -13,7 +13,9 @@ import (
 // service's code.
 func validate(req any) []*errdetails.BadRequest_FieldViolation {
 	var v []*errdetails.BadRequest_FieldViolation
-	bad := func(field, why string) { v = append(v, &errdetails.BadRequest_FieldViolation{Field: field, Description: why}) }
+	bad := func(field, why string) {
+		v = append(v, &errdetails.BadRequest_FieldViolation{Field: field, Description: why})
+	}
 	switch r := req.(type) {
 	case *userv1.GetUserRequest:
 		if _, err := uuid.Parse(r.GetId()); err != nil {

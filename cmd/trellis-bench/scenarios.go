@@ -22,8 +22,10 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/valyala/fasthttp"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	orderv1 "github.com/trellis-mesh/trellis/gen/trellis/order/v1"
 	userv1 "github.com/trellis-mesh/trellis/gen/trellis/user/v1"
@@ -194,25 +196,14 @@ func (r *runner) chain(ctx context.Context) error {
 	if err := waitTCP(bareAddr); err != nil {
 		return err
 	}
-	clients := map[string]userv1.UserServiceClient{}
-	ids := map[string]string{}
-	for name, addr := range map[string]string{"bare": bareAddr, "mesh": mesh.user} {
-		conn, err := dial(addr)
-		if err != nil {
-			return err
-		}
-		defer conn.Close()
-		clients[name] = userv1.NewUserServiceClient(conn)
-		if ids[name], err = createUser(ctx, clients[name]); err != nil {
-			return fmt.Errorf("%s: %w", name, err)
-		}
+	get, closeAll, err := getUserCalls(ctx, map[string]func() (*grpc.ClientConn, error){
+		"bare": func() (*grpc.ClientConn, error) { return dial(bareAddr) },
+		"mesh": func() (*grpc.ClientConn, error) { return dial(mesh.user) },
+	})
+	if err != nil {
+		return err
 	}
-	get := func(name string) call {
-		return func(ctx context.Context) error {
-			_, err := clients[name].GetUser(ctx, &userv1.GetUserRequest{Id: ids[name]})
-			return err
-		}
-	}
+	defer closeAll()
 	closedLoop(ctx, r.conc, warmup, get("bare")) // warm up
 	closedLoop(ctx, r.conc, warmup, get("mesh"))
 	c := r.compare(ctx, get("bare"), []*proc{bare}, get("mesh"), []*proc{mesh.proc})
@@ -253,25 +244,11 @@ func (r *runner) mtls(ctx context.Context) error {
 			return grpc.NewClient(secure.user, grpc.WithTransportCredentials(creds))
 		},
 	}
-	clients := map[string]userv1.UserServiceClient{}
-	ids := map[string]string{}
-	for name, d := range dials {
-		conn, err := d()
-		if err != nil {
-			return err
-		}
-		defer conn.Close()
-		clients[name] = userv1.NewUserServiceClient(conn)
-		if ids[name], err = createUser(ctx, clients[name]); err != nil {
-			return fmt.Errorf("%s: %w", name, err)
-		}
+	get, closeAll, err := getUserCalls(ctx, dials)
+	if err != nil {
+		return err
 	}
-	get := func(name string) call {
-		return func(ctx context.Context) error {
-			_, err := clients[name].GetUser(ctx, &userv1.GetUserRequest{Id: ids[name]})
-			return err
-		}
-	}
+	defer closeAll()
 	closedLoop(ctx, r.conc, warmup, get("plain"))
 	closedLoop(ctx, r.conc, warmup, get("secure"))
 	c := r.compare(ctx, get("plain"), []*proc{plain.proc}, get("secure"), []*proc{secure.proc})
@@ -283,10 +260,12 @@ func (r *runner) mtls(ctx context.Context) error {
 			if err != nil {
 				return 0, err
 			}
-			_, err = userv1.NewUserServiceClient(conn).GetUser(ctx, &userv1.GetUserRequest{Id: ids[name]})
+			// The first call on the new connection (a user that does not
+			// exist: the same lookup, answered NOT_FOUND).
+			_, err = userv1.NewUserServiceClient(conn).GetUser(ctx, &userv1.GetUserRequest{Id: uuid.NewString()})
 			conn.Close()
-			if err != nil {
-				return 0, err
+			if status.Code(err) != codes.NotFound {
+				return 0, fmt.Errorf("%s: first call on a new connection: %v", name, err)
 			}
 			ds = append(ds, float64(time.Since(start)))
 		}
@@ -329,6 +308,38 @@ func clientCredentials(dir string) (credentials.TransportCredentials, error) {
 	}
 	log := slog.New(slog.DiscardHandler)
 	return identity.ClientCredentials(identity.Static(svid, ca.Bundle()), identity.Component(td, "user"), log, identity.NewMetrics(prometheus.NewRegistry())), nil
+}
+
+// getUserCalls connects to each named system, creates a user on it, and
+// returns the call that reads that user back on that connection.
+func getUserCalls(ctx context.Context, dials map[string]func() (*grpc.ClientConn, error)) (get func(name string) call, closeAll func(), err error) {
+	clients := map[string]userv1.UserServiceClient{}
+	ids := map[string]string{}
+	var conns []*grpc.ClientConn
+	closeAll = func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}
+	for name, d := range dials {
+		conn, err := d()
+		if err != nil {
+			closeAll()
+			return nil, nil, err
+		}
+		conns = append(conns, conn)
+		clients[name] = userv1.NewUserServiceClient(conn)
+		if ids[name], err = createUser(ctx, clients[name]); err != nil {
+			closeAll()
+			return nil, nil, fmt.Errorf("%s: %w", name, err)
+		}
+	}
+	return func(name string) call {
+		return func(ctx context.Context) error {
+			_, err := clients[name].GetUser(ctx, &userv1.GetUserRequest{Id: ids[name]})
+			return err
+		}
+	}, closeAll, nil
 }
 
 func round3(xs []float64) []float64 {

@@ -14,7 +14,6 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/nats-io/nats.go"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 	"google.golang.org/grpc"
@@ -41,21 +40,9 @@ import (
 // refused at connect: nc is nil and err says so.
 func natsAs(t *testing.T, cfg app.Config, url, path string) (nc *nats.Conn, errs chan error, err error) {
 	t.Helper()
-	td := spiffeid.RequireTrustDomainFromString(cfg.Identity.TrustDomain)
-	ca, err := identity.OpenDevCA(cfg.Identity.Dir, td)
-	if err != nil {
-		t.Fatal(err)
-	}
-	id, err := spiffeid.FromPath(td, "/"+path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	svid, err := ca.Issue(id, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
+	svid, ca := apptest.Issue(t, cfg, path)
 	errs = make(chan error, 16)
-	tlsCfg := identity.TLSConfig(identity.Static(svid, ca.Bundle()), tlsconfig.AuthorizeID(identity.Component(td, "nats")))
+	tlsCfg := identity.TLSConfig(identity.Static(svid, ca.Bundle()), tlsconfig.AuthorizeID(identity.Component(ca.TrustDomain(), "nats")))
 	nc, err = nats.Connect(url, nats.Secure(tlsCfg), nats.MaxReconnects(0), nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
 		select {
 		case errs <- err:
@@ -297,22 +284,8 @@ func TestBuiltInPolicyMatrix(t *testing.T) {
 	t.Parallel()
 	cfg := apptest.Config(t, "user,order")
 	running := apptest.Start(t, cfg)
-	td := spiffeid.RequireTrustDomainFromString(cfg.Identity.TrustDomain)
-	ca, err := identity.OpenDevCA(cfg.Identity.Dir, td)
-	if err != nil {
-		t.Fatal(err)
-	}
 	dial := func(path, server string) *grpc.ClientConn {
-		id, err := spiffeid.FromPath(td, "/"+path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		svid, err := ca.Issue(id, time.Hour)
-		if err != nil {
-			t.Fatal(err)
-		}
-		creds := identity.ClientCredentials(identity.Static(svid, ca.Bundle()), identity.Component(td, server), testenv.Logger(), identity.NewMetrics(prometheus.NewRegistry()))
-		conn, err := grpc.NewClient(running.Addr(server), grpc.WithTransportCredentials(creds))
+		conn, err := grpc.NewClient(running.Addr(server), grpc.WithTransportCredentials(apptest.CredentialsAs(t, cfg, path, server)))
 		if err != nil {
 			t.Fatal(err)
 		}

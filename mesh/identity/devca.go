@@ -136,9 +136,21 @@ func createDevCA(dir string, td spiffeid.TrustDomain) error {
 	return placeOnce(dir, caCertFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644)
 }
 
-// placeOnce writes data to dir/name unless it exists.
+// placeOnce writes data to dir/name unless it exists (a hard link fails
+// on an existing name, where a rename would replace it).
 func placeOnce(dir, name string, data []byte, mode os.FileMode) error {
-	f, err := os.CreateTemp(dir, name+".tmp*")
+	return viaTemp(filepath.Join(dir, name), data, mode, func(tmp, path string) error {
+		if err := os.Link(tmp, path); err != nil && !errors.Is(err, os.ErrExist) {
+			return err
+		}
+		return nil
+	})
+}
+
+// viaTemp writes data with mode to a temporary file beside path, then
+// hands both names to place, which puts it at path.
+func viaTemp(path string, data []byte, mode os.FileMode, place func(tmp, path string) error) error {
+	f, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+".tmp*")
 	if err != nil {
 		return err
 	}
@@ -154,10 +166,7 @@ func placeOnce(dir, name string, data []byte, mode os.FileMode) error {
 	if err := f.Close(); err != nil {
 		return err
 	}
-	if err := os.Link(f.Name(), filepath.Join(dir, name)); err != nil && !errors.Is(err, os.ErrExist) {
-		return err
-	}
-	return nil
+	return place(f.Name(), path)
 }
 
 func serial() *big.Int {
@@ -312,23 +321,7 @@ func WriteFiles(dir string, svid *x509svid.SVID, bundle *x509bundle.Bundle) erro
 // writeAtomic replaces path with data, so a watcher never reads half a
 // file.
 func writeAtomic(path string, data []byte, mode os.FileMode) error {
-	f, err := os.CreateTemp(filepath.Dir(path), filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	if err := f.Chmod(mode); err != nil {
-		f.Close()
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(f.Name(), path)
+	return viaTemp(path, data, mode, os.Rename)
 }
 
 // Static is a Source that serves one SVID and bundle, e.g. a client's

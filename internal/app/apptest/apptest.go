@@ -96,12 +96,14 @@ func Credentials(t testing.TB, cfg app.Config, client, server string) credential
 // development CA, for calling the component server.
 func CredentialsAs(t testing.TB, cfg app.Config, path, server string) credentials.TransportCredentials {
 	t.Helper()
-	svid, ca := issue(t, cfg, path)
+	svid, ca := Issue(t, cfg, path)
 	m := identity.NewMetrics(prometheus.NewRegistry())
 	return identity.ClientCredentials(identity.Static(svid, ca.Bundle()), identity.Component(ca.TrustDomain(), server), testenv.Logger(), m)
 }
 
-func issue(t testing.TB, cfg app.Config, path string) (*x509svid.SVID, *identity.DevCA) {
+// Issue is an SVID for spiffe://<td>/<path> from cfg's development CA,
+// and the CA.
+func Issue(t testing.TB, cfg app.Config, path string) (*x509svid.SVID, *identity.DevCA) {
 	t.Helper()
 	td := spiffeid.RequireTrustDomainFromString(cfg.Identity.TrustDomain)
 	ca, err := identity.OpenDevCA(cfg.Identity.Dir, td)
@@ -123,7 +125,7 @@ func issue(t testing.TB, cfg app.Config, path string) (*x509svid.SVID, *identity
 // files (svid.pem, svid-key.pem, bundle.pem) and returns their directory.
 func ClientFiles(t testing.TB, cfg app.Config, client string) string {
 	t.Helper()
-	svid, ca := issue(t, cfg, "client/"+client)
+	svid, ca := Issue(t, cfg, "client/"+client)
 	dir := t.TempDir()
 	if err := identity.WriteFiles(dir, svid, ca.Bundle()); err != nil {
 		t.Fatal(err)
