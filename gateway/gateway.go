@@ -37,6 +37,10 @@ type Config struct {
 	// CORSOrigins lists the origins (scheme://host[:port]) allowed to call
 	// the API from a browser. Empty: same-origin only.
 	CORSOrigins []string
+	// Limits are the per-client rate limits of the API. The zero value
+	// limits nothing; the flags' defaults are DefaultReadQuota and its
+	// siblings.
+	Limits RateLimits
 	// MaxBodyBytes caps request bodies; larger ones get 413. Default 1 MiB.
 	MaxBodyBytes int64
 	// OverviewTimeout is the shared deadline of the overview's two upstream
@@ -54,6 +58,7 @@ type Config struct {
 // RegisterFlags defines cors-origins, prefixed.
 func (c *Config) RegisterFlags(prefix string, fs *flag.FlagSet) {
 	fs.Var((*originList)(&c.CORSOrigins), prefix+"cors-origins", "comma list of browser origins (https://app.example.com) allowed to call the gateway; empty: same-origin only")
+	c.Limits.RegisterFlags(prefix, fs)
 }
 
 // Validate reports settings that cannot work.
@@ -64,7 +69,7 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("--cors-origins: %q is not an origin (scheme://host[:port])", o)
 		}
 	}
-	return nil
+	return c.Limits.Validate()
 }
 
 // originList is a flag.Value of comma-separated origins.
@@ -105,6 +110,7 @@ type Gateway struct {
 	mux     *runtime.ServeMux
 	handler http.Handler
 	metrics *httpMetrics
+	limits  *rateLimiter
 	openapi []byte
 }
 
@@ -131,6 +137,9 @@ func New(cfg Config, userConn, orderConn grpc.ClientConnInterface, log *slog.Log
 		},
 		metrics: newHTTPMetrics(reg),
 		openapi: spec,
+	}
+	if g.limits, err = newRateLimiter(cfg.Limits, reg); err != nil {
+		return nil, err
 	}
 	g.mux = runtime.NewServeMux(
 		runtime.WithIncomingHeaderMatcher(headerPolicy(cfg.Tracer != nil)),
@@ -159,7 +168,7 @@ func New(cfg Config, userConn, orderConn grpc.ClientConnInterface, log *slog.Log
 
 	web, _ := fs.Sub(assets, "web")
 	root := http.NewServeMux()
-	root.Handle("/api/", g.limitBody(g.apiEdge(g.mux)))
+	root.Handle("/api/", g.rateLimit(g.limitBody(g.apiEdge(g.mux))))
 	root.HandleFunc("GET /api/openapi.json", g.serveOpenAPI)
 	// For load balancers; /metrics, /healthz and /readyz are served on the
 	// admin address only, never on the public port.

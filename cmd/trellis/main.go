@@ -9,6 +9,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -18,6 +19,8 @@ import (
 	"time"
 
 	"github.com/KimMachineGun/automemlimit/memlimit"
+	"github.com/redis/go-redis/v9"
+	"golang.org/x/time/rate"
 
 	"github.com/trellis-mesh/trellis/internal/app"
 	"github.com/trellis-mesh/trellis/internal/redact"
@@ -112,6 +115,10 @@ func runCmd(args []string, stderr io.Writer) int {
 	// before the kernel kills the process. A GOMEMLIMIT in the environment
 	// wins; no limit (a laptop) leaves it unlimited.
 	_, _ = memlimit.Set(memlimit.WithRatio(0.9), memlimit.WithLogger(log))
+	// go-redis logs (a failed dial while Redis is away) through one
+	// process-wide logger: into ours, as structured warnings, at most one
+	// a second.
+	redis.SetLogger(redisLog{log: log, every: rate.NewLimiter(1, 3)})
 	a, err := app.New(ctx, cfg, log)
 	if err != nil {
 		log.Error("start failed", "error", redact.String(err.Error()))
@@ -218,6 +225,18 @@ func natsConfigCmd(args []string, stdout, stderr io.Writer) int {
 	}
 	fmt.Fprint(stdout, app.NATSServerConfig(*td, *prefix, *cert, *key, *bundle))
 	return 0
+}
+
+// redisLog is go-redis's Logging on slog, rate-limited.
+type redisLog struct {
+	log   *slog.Logger
+	every *rate.Limiter
+}
+
+func (l redisLog) Printf(ctx context.Context, format string, v ...any) {
+	if l.every.Allow() {
+		l.log.WarnContext(ctx, "redis", "message", redact.String(fmt.Sprintf(format, v...)))
+	}
 }
 
 func buildVersion() string {

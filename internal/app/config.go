@@ -87,7 +87,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.OrderUpstream, "order-upstream", "", "where the gateway finds the order service (same forms as --user-upstream); default: the order service in this process")
 	fs.StringVar(&c.DatabaseURL, "database-url", "", "PostgreSQL URL (postgres://user@host:5432/db); empty means SQLite in --data-dir")
 	fs.StringVar(&c.NATSURL, "nats-url", "", "NATS server with JetStream for domain events (nats://127.0.0.1:4222); empty: an embedded server, stored in --data-dir/nats")
-	fs.StringVar(&c.RedisURL, "redis-url", "", "Redis URL (redis://host:6379/0) for breaker state shared by the order service's replicas; empty: each replica's breaker is its own")
+	fs.StringVar(&c.RedisURL, "redis-url", "", "Redis URL (redis://host:6379/0, rediss:// for TLS) for breaker state shared by the order service's replicas and rate-limit counters shared by the gateway's; empty: each replica keeps its own")
 	fs.StringVar(&c.NATSListen, "nats-listen", "", "TCP address for the embedded NATS server (e.g. 127.0.0.1:4222); empty: in-process only")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&c.LogFormat, "log-format", "json", "log format: json or text")

@@ -2,6 +2,13 @@ package app
 
 import (
 	"context"
+	"fmt"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	goredisstore "github.com/throttled/throttled/v2/store/goredisstore.v9"
+
+	"github.com/trellis-mesh/trellis/internal/redact"
 
 	"github.com/trellis-mesh/trellis/gateway"
 	orderv1 "github.com/trellis-mesh/trellis/gen/trellis/order/v1"
@@ -20,6 +27,21 @@ func (a *App) addGateway(context.Context) error {
 	}
 	gcfg := a.cfg.Gateway
 	gcfg.Tracer = a.tp
+	if a.cfg.RedisURL != "" {
+		// Gateway replicas share their clients' counters.
+		opt, err := redis.ParseURL(a.cfg.RedisURL)
+		if err != nil {
+			return fmt.Errorf("--redis-url: %s", redact.String(err.Error()))
+		}
+		// A check must not hold a request for long: Redis answers in well
+		// under a millisecond or the limits let the request through.
+		opt.DialTimeout, opt.ReadTimeout, opt.WriteTimeout, opt.MaxRetries = 250*time.Millisecond, 250*time.Millisecond, 250*time.Millisecond, -1
+		client := redis.NewClient(opt)
+		a.closers = append(a.closers, client.Close)
+		if gcfg.Limits.Store, err = goredisstore.NewCtx(client, "trellis:"+a.cfg.Events.Prefix+"ratelimit:"); err != nil {
+			return err
+		}
+	}
 	gw, err := gateway.New(gcfg, userConn, orderConn, a.log.With("component", TargetGateway), a.reg)
 	if err != nil {
 		return err

@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/trellis-mesh/trellis/gateway"
 	"github.com/trellis-mesh/trellis/mesh/identity"
 
 	"github.com/trellis-mesh/trellis/internal/app"
@@ -76,6 +77,9 @@ func Config(t testing.TB, target string) app.Config {
 	c.UserAddr, c.OrderAddr, c.AdminAddr, c.HTTPAddr = "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0", "127.0.0.1:0"
 	c.Upstream.Timeout, c.Server.DrainTimeout = 2*time.Second, 5*time.Second
 	c.User.BcryptCost = 4
+	// Tests call from one address far faster than a person: no rate
+	// limits unless a test sets them.
+	c.Gateway.Limits = gateway.RateLimits{}
 	c.Identity.Dir = identityDir(t)
 	return c
 }

@@ -1,0 +1,265 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"math"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/throttled/throttled/v2"
+	"github.com/throttled/throttled/v2/store/memstore"
+	"golang.org/x/time/rate"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// Rate-limit classes: each request counts against one, per client.
+const (
+	ClassRead  = "read"  // GET and HEAD
+	ClassWrite = "write" // every other method
+	ClassAuth  = "auth"  // creating an account (and signing in, once it exists): what brute force and sign-up spam go through
+)
+
+// Quota is N requests per period, bursts of up to N. The zero Quota is
+// no limit.
+type Quota struct {
+	N   int
+	Per time.Duration
+}
+
+// String renders a quota as a flag value: "100/s", "10/m", "0".
+func (q Quota) String() string {
+	if q.N == 0 {
+		return "0"
+	}
+	for _, u := range []struct {
+		s string
+		d time.Duration
+	}{{"s", time.Second}, {"m", time.Minute}, {"h", time.Hour}} {
+		if q.Per == u.d {
+			return strconv.Itoa(q.N) + "/" + u.s
+		}
+	}
+	return strconv.Itoa(q.N) + "/" + q.Per.String()
+}
+
+// ParseQuota reads "N/s", "N/m", "N/h", "N/<duration>" or "0" (off).
+func ParseQuota(v string) (Quota, error) {
+	if v == "0" {
+		return Quota{}, nil
+	}
+	n, per, ok := strings.Cut(v, "/")
+	count, err := strconv.Atoi(n)
+	if !ok || err != nil || count < 1 || count > 1_000_000 {
+		return Quota{}, fmt.Errorf("%q: want N/s, N/m, N/h or 0 (off), N from 1 to 1000000", v)
+	}
+	q := Quota{N: count}
+	switch per {
+	case "s":
+		q.Per = time.Second
+	case "m":
+		q.Per = time.Minute
+	case "h":
+		q.Per = time.Hour
+	default:
+		if q.Per, err = time.ParseDuration(per); err != nil || q.Per < time.Second || q.Per > 24*time.Hour {
+			return Quota{}, fmt.Errorf("%q: the period must be s, m, h or a duration from 1s to 24h", v)
+		}
+	}
+	return q, nil
+}
+
+type quotaFlag struct{ q *Quota }
+
+func (f quotaFlag) String() string {
+	if f.q == nil {
+		return ""
+	}
+	return f.q.String()
+}
+
+func (f quotaFlag) Set(v string) (err error) {
+	*f.q, err = ParseQuota(v)
+	return err
+}
+
+// RateLimits are the gateway's per-client limits, one quota per class.
+type RateLimits struct {
+	Read, Write, Auth Quota
+	// KeyHeader names a header that carries the client's address (e.g.
+	// X-Forwarded-For, first entry) when the gateway sits behind a proxy
+	// that sets it. Empty: the connection's remote address. Never set it
+	// without such a proxy: clients could choose their own bucket.
+	KeyHeader string
+	// MaxClients bounds the clients the local store remembers (least
+	// recently seen are forgotten). Default 65536.
+	MaxClients int
+	// Store, when set, holds the counters instead of this process's
+	// memory, so gateway replicas share them (a Redis store).
+	Store throttled.GCRAStoreCtx
+}
+
+// Default per-client quotas.
+var (
+	DefaultReadQuota  = Quota{N: 200, Per: time.Second}
+	DefaultWriteQuota = Quota{N: 50, Per: time.Second}
+	DefaultAuthQuota  = Quota{N: 10, Per: time.Minute}
+)
+
+// RegisterFlags defines rate-read, rate-write, rate-auth and
+// rate-key-header, prefixed.
+func (c *RateLimits) RegisterFlags(prefix string, fs *flag.FlagSet) {
+	c.Read, c.Write, c.Auth = DefaultReadQuota, DefaultWriteQuota, DefaultAuthQuota
+	fs.Var(quotaFlag{&c.Read}, prefix+"rate-read", "requests per client for reads (GET, HEAD): N/s, N/m, N/h; 0 turns the limit off")
+	fs.Var(quotaFlag{&c.Write}, prefix+"rate-write", "requests per client for writes (POST, PATCH, PUT, DELETE)")
+	fs.Var(quotaFlag{&c.Auth}, prefix+"rate-auth", "requests per client that create accounts (POST /api/v1/users) or sign in")
+	fs.StringVar(&c.KeyHeader, prefix+"rate-key-header", "", "header naming the client for rate limits behind a trusted proxy (X-Forwarded-For: its first address); empty: the connection's address")
+}
+
+// limiter is one class's GCRA limiter.
+type limiter struct {
+	class  string
+	quota  Quota
+	gcra   *throttled.GCRARateLimiterCtx
+	policy string // the RateLimit-Policy header value
+}
+
+// rateLimiter applies the classes' limiters to API requests.
+type rateLimiter struct {
+	byClass   map[string]*limiter
+	keyHeader string
+	limited   *prometheus.CounterVec
+	storeErrs prometheus.Counter
+	logEvery  *rate.Limiter
+}
+
+func newRateLimiter(c RateLimits, reg prometheus.Registerer) (*rateLimiter, error) {
+	store := c.Store
+	if store == nil {
+		if c.MaxClients <= 0 {
+			c.MaxClients = 65536
+		}
+		var err error
+		if store, err = memstore.NewCtx(c.MaxClients); err != nil {
+			return nil, err
+		}
+	}
+	rl := &rateLimiter{byClass: map[string]*limiter{}, keyHeader: http.CanonicalHeaderKey(c.KeyHeader),
+		limited: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "trellis_gateway_rate_limited_total",
+			Help: "API requests answered 429 by the per-client rate limits, by class (read, write, auth).",
+		}, []string{"class"}),
+		storeErrs: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "trellis_gateway_rate_limit_store_errors_total",
+			Help: "Rate-limit checks the shared store could not answer; the request was let through.",
+		}),
+		logEvery: rate.NewLimiter(0.2, 1),
+	}
+	for class, q := range map[string]Quota{ClassRead: c.Read, ClassWrite: c.Write, ClassAuth: c.Auth} {
+		rl.limited.WithLabelValues(class)
+		if q.N == 0 {
+			continue
+		}
+		g, err := throttled.NewGCRARateLimiterCtx(store, throttled.RateQuota{MaxRate: throttled.PerDuration(q.N, q.Per), MaxBurst: q.N - 1})
+		if err != nil {
+			return nil, err
+		}
+		rl.byClass[class] = &limiter{class: class, quota: q, gcra: g,
+			policy: fmt.Sprintf("%q;q=%d;w=%d", class, q.N, int(q.Per/time.Second))}
+	}
+	if err := reg.Register(rl.limited); err != nil {
+		return nil, err
+	}
+	return rl, reg.Register(rl.storeErrs)
+}
+
+// classOf names the quota a request counts against.
+func classOf(r *http.Request) string {
+	switch {
+	case r.Method == http.MethodGet || r.Method == http.MethodHead:
+		return ClassRead
+	case r.Method == http.MethodPost && strings.TrimSuffix(r.URL.Path, "/") == "/api/v1/users":
+		return ClassAuth
+	}
+	return ClassWrite
+}
+
+// clientKey identifies the client: the configured header's first address
+// when it holds one, else the connection's address (without the port).
+func (rl *rateLimiter) clientKey(r *http.Request) string {
+	if rl.keyHeader != "" {
+		first, _, _ := strings.Cut(r.Header.Get(rl.keyHeader), ",")
+		if ip := net.ParseIP(strings.TrimSpace(first)); ip != nil {
+			return ip.String()
+		}
+	}
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return host
+}
+
+// rateLimit answers 429 with Retry-After once a client has used its
+// class's quota, and tells every client where it stands with the IETF
+// RateLimit-Policy and RateLimit headers. It runs before the body is read.
+// A store that cannot answer (Redis down) lets the request through: the
+// limits protect the service, they must not take it down.
+func (g *Gateway) rateLimit(next http.Handler) http.Handler {
+	rl := g.limits
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		l := rl.byClass[classOf(r)]
+		if l == nil {
+			next.ServeHTTP(w, r)
+			return
+		}
+		ctx, cancel := context.WithTimeout(r.Context(), storeTimeout)
+		limited, res, err := l.gcra.RateLimitCtx(ctx, l.class+":"+rl.clientKey(r), 1)
+		cancel()
+		if err != nil {
+			rl.storeErrs.Inc()
+			if rl.logEvery.Allow() {
+				g.log.Warn("rate-limit store unavailable; requests pass unlimited", "error", err.Error())
+			}
+			next.ServeHTTP(w, r)
+			return
+		}
+		h := w.Header()
+		h.Set("RateLimit-Policy", l.policy)
+		h.Set("RateLimit", fmt.Sprintf("%q;r=%d;t=%d", l.class, max(res.Remaining, 0), ceilSeconds(res.ResetAfter)))
+		if !limited {
+			next.ServeHTTP(w, r)
+			return
+		}
+		rl.limited.WithLabelValues(l.class).Inc()
+		retry := max(ceilSeconds(res.RetryAfter), 1)
+		h.Set("Retry-After", strconv.Itoa(retry))
+		g.writeStatus(w, http.StatusTooManyRequests, status.Newf(codes.ResourceExhausted,
+			"rate limit: %s requests are limited to %s per client; retry after %d s", l.class, l.quota, retry))
+	})
+}
+
+// storeTimeout bounds one check against a shared store.
+const storeTimeout = 250 * time.Millisecond
+
+func ceilSeconds(d time.Duration) int {
+	if d <= 0 {
+		return 0
+	}
+	return int(math.Ceil(d.Seconds()))
+}
+
+// Validate reports limits that cannot work.
+func (c *RateLimits) Validate() error {
+	if c.KeyHeader != "" && strings.ContainsAny(c.KeyHeader, " :\r\n") {
+		return errors.New("--rate-key-header is not a header name")
+	}
+	return nil
+}
