@@ -86,7 +86,10 @@ func (p *positive) Set(s string) error {
 // against the breaker), as opposed to the request being wrong or the caller
 // giving up. DEADLINE_EXCEEDED counts only when the deadline was one the
 // mesh applied (the per-upstream timeout): a caller's own tighter deadline
-// says nothing about the upstream's health.
+// says nothing about the upstream's health. RESOURCE_EXHAUSTED never
+// counts: it is a limit the caller went over (a message too large, a rate)
+// or a server shedding load — which is alive, and a breaker opening on it
+// would turn a partial overload into a full outage.
 func IsServerFault(ctx context.Context, err error) bool {
 	if err == nil {
 		return false
@@ -95,7 +98,7 @@ func IsServerFault(ctx context.Context, err error) bool {
 		return false // the caller went away
 	}
 	switch status.Code(err) {
-	case codes.Unavailable, codes.Internal, codes.Unknown, codes.ResourceExhausted:
+	case codes.Unavailable, codes.Internal, codes.Unknown:
 		return true
 	case codes.DeadlineExceeded:
 		ours, _ := ctx.Value(defaultDeadlineKey{}).(bool)

@@ -257,7 +257,7 @@ func TestIsServerFault(t *testing.T) {
 		{"unavailable", context.Background(), status.Error(codes.Unavailable, ""), true},
 		{"internal", context.Background(), status.Error(codes.Internal, ""), true},
 		{"unknown", context.Background(), status.Error(codes.Unknown, ""), true},
-		{"resource exhausted", context.Background(), status.Error(codes.ResourceExhausted, ""), true},
+		{"resource exhausted: a limit, or a server shedding load (alive)", context.Background(), status.Error(codes.ResourceExhausted, ""), false},
 		{"invalid argument", context.Background(), status.Error(codes.InvalidArgument, ""), false},
 		{"not found", context.Background(), status.Error(codes.NotFound, ""), false},
 		{"already exists", context.Background(), status.Error(codes.AlreadyExists, ""), false},

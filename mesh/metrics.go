@@ -15,6 +15,7 @@ type Metrics struct {
 	breakerTransitions *prometheus.CounterVec
 	breakerRejected    *prometheus.CounterVec
 	authzDenied        *prometheus.CounterVec
+	refused            *prometheus.CounterVec
 }
 
 // latencyBuckets suit loopback and LAN calls: 0.5 ms to 10 s.
@@ -41,7 +42,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "trellis_authz_denied_total",
 			Help: "Calls refused by the per-method authorization policy, by caller (the peer's SPIFFE ID, or unauthenticated) and method.",
 		}, []string{"caller", "method"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "trellis_server_refused_total",
+			Help: "Calls a server refused before its handler ran, by method and reason (deadline: too short for what the method usually takes).",
+		}, []string{"method", "reason"}),
 	}
-	reg.MustRegister(m.server, m.client, m.breakerState, m.breakerTransitions, m.breakerRejected, m.authzDenied)
+	reg.MustRegister(m.server, m.client, m.breakerState, m.breakerTransitions, m.breakerRejected, m.authzDenied, m.refused)
 	return m
 }

@@ -152,7 +152,8 @@ type Server struct {
 //  4. error edge — non-status errors become INTERNAL "internal error" so
 //     neither logs above nor clients see a raw Go error as the status;
 //  5. recovery — a panic becomes INTERNAL, its stack goes only to the log;
-//  6. deadline cap — bound the work before the handler starts;
+//  6. deadline cap — bound the work before the handler starts; then refuse
+//     a call whose deadline is too short for what the method usually takes;
 //  7. validation — reject bad requests before any handler code runs.
 func NewServer(cfg ServerConfig, log *slog.Logger, m *Metrics, opts ...grpc.ServerOption) *Server {
 	cfg = cfg.withDefaults()
@@ -170,7 +171,7 @@ func NewServer(cfg ServerConfig, log *slog.Logger, m *Metrics, opts ...grpc.Serv
 			log.ErrorContext(ctx, "panic in handler", "request_id", RequestID(ctx), "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
 			return InternalError(ctx)
 		})),
-		capDeadline(cfg.MaxDeadline),
+		deadlines(cfg.MaxDeadline, &serviceTimes{est: map[string]*serviceTime{}}, m),
 		validation(s.validators),
 	)...)
 	all := append(serverTracing(cfg.Tracer), chain, grpc.ChainStreamInterceptor(stream...),
