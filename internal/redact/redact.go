@@ -9,8 +9,11 @@ import (
 	"strings"
 )
 
-// urlWithUserinfo finds scheme://user:password@ in any text.
-var urlWithUserinfo = regexp.MustCompile(`([A-Za-z][A-Za-z0-9+.-]*://)([^/@\s:]*):([^@\s]*)@`)
+// urlWithUserinfo finds scheme://user:password@ in any text. Only space,
+// tab and line breaks end the password; other control characters (a form
+// feed, a vertical tab) are part of it and redacted with it — a property
+// test found \f ending the match early and leaving the rest in the clear.
+var urlWithUserinfo = regexp.MustCompile(`([A-Za-z][A-Za-z0-9+.-]*://)([^/@ \t\n\r:]*):([^@ \t\n\r]*)@`)
 
 // keyValueSecret finds password=..., pass=... and token=... in key=value
 // strings (libpq DSNs, query parameters).
