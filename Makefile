@@ -10,6 +10,9 @@ GOTEST ?= go test
 # Contracts are compared against this git ref by `make breaking`; see
 # README "Evolving the contracts" for how it is chosen.
 BREAKING_AGAINST ?= $(shell ./.ci/breaking-base)
+# buf clones the repository 50 commits deep unless told: deep enough to
+# reach the base, however many commits ago it is.
+BREAKING_DEPTH ?= $(shell git rev-list --count HEAD 2>/dev/null || echo 50)
 
 .PHONY: help
 help: ## list the targets
@@ -54,7 +57,7 @@ breaking: ## fail if proto/ breaks the previous version of the contracts
 	  echo "breaking: no previous version of proto/ to compare against"; \
 	else \
 	  echo "breaking: proto/ against git ref $(BREAKING_AGAINST)"; \
-	  $(BUF) breaking --error-format=msvs --against '.git#ref=$(BREAKING_AGAINST)'; \
+	  $(BUF) breaking --error-format=msvs --against '.git#ref=$(BREAKING_AGAINST),depth=$(BREAKING_DEPTH)'; \
 	fi
 
 .PHONY: check-generated
