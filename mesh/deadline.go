@@ -2,7 +2,7 @@ package mesh
 
 import (
 	"context"
-	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -31,41 +31,40 @@ func defaultDeadline(d time.Duration) grpc.UnaryClientInterceptor {
 	}
 }
 
-// serviceTimes keeps, per method, a moving estimate of how long the
-// handler takes: an exponentially weighted mean of the last calls'
+// serviceTimes holds, per method registered with Server.Register, a
+// moving estimate of how long its handler takes. Entries are added before
+// the server serves (as validators are), so calls read the map without a
+// lock, and each method's estimate is updated with atomics: no lock is
+// taken on the call path.
+type serviceTimes map[string]*serviceTime
+
+// serviceTime is an exponentially weighted mean of a method's last calls'
 // durations (about the last 20 weigh in).
-type serviceTimes struct {
-	mu  sync.Mutex
-	est map[string]*serviceTime
-}
-
 type serviceTime struct {
-	mean    time.Duration
-	samples int
+	mean    atomic.Int64 // nanoseconds
+	samples atomic.Int64
 }
 
-func (s *serviceTimes) observe(method string, d time.Duration) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	st := s.est[method]
-	if st == nil {
-		st = &serviceTime{mean: d}
-		s.est[method] = st
+func (st *serviceTime) observe(d time.Duration) {
+	if st.samples.Add(1) == 1 {
+		st.mean.Store(int64(d))
+		return
 	}
-	st.mean += (d - st.mean) / 10
-	st.samples++
+	for {
+		old := st.mean.Load()
+		if st.mean.CompareAndSwap(old, old+(int64(d)-old)/10) {
+			return
+		}
+	}
 }
 
-// needs is the time method can be expected to take; false until it has
-// been seen often enough to say.
-func (s *serviceTimes) needs(method string) (time.Duration, bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	st := s.est[method]
-	if st == nil || st.samples < minSamples {
+// needs is the time the method can be expected to take; false until it
+// has been seen often enough to say.
+func (st *serviceTime) needs() (time.Duration, bool) {
+	if st.samples.Load() < minSamples {
 		return 0, false
 	}
-	return st.mean, true
+	return time.Duration(st.mean.Load()), true
 }
 
 // minSamples is how many calls a method needs before its estimate is used.
@@ -81,7 +80,10 @@ const minSamples = 20
 // the message so the caller can give more time. Half, not all: a call
 // faster than usual still gets its chance. One interceptor for both: each
 // link of the chain costs an allocation per call.
-func deadlines(max time.Duration, times *serviceTimes, m *Metrics) grpc.UnaryServerInterceptor {
+//
+// Methods not registered through Server.Register (health, reflection) are
+// only bounded, never refused.
+func deadlines(max time.Duration, times serviceTimes, m *Metrics) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 		dl, ok := ctx.Deadline()
 		if !ok || time.Until(dl) > max {
@@ -90,14 +92,18 @@ func deadlines(max time.Duration, times *serviceTimes, m *Metrics) grpc.UnarySer
 			defer cancel()
 			dl = time.Now().Add(max)
 		}
-		if need, ok := times.needs(info.FullMethod); ok && time.Until(dl) < need/2 {
+		st := times[info.FullMethod]
+		if st == nil {
+			return handler(ctx, req)
+		}
+		if need, ok := st.needs(); ok && time.Until(dl) < need/2 {
 			m.refused.WithLabelValues(info.FullMethod, "deadline").Inc()
 			return nil, status.Errorf(codes.DeadlineExceeded, "refused: %s usually takes %s and the call's deadline is %s away",
 				info.FullMethod, need.Round(time.Microsecond), time.Until(dl).Round(time.Microsecond))
 		}
 		start := time.Now()
 		resp, err := handler(ctx, req)
-		times.observe(info.FullMethod, time.Since(start))
+		st.observe(time.Since(start))
 		return resp, err
 	}
 }

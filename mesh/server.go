@@ -134,6 +134,7 @@ type Server struct {
 	grpc       *grpc.Server
 	health     *health.Server
 	validators map[string]Validator
+	times      serviceTimes
 	services   []string
 	metrics    *Metrics
 
@@ -158,7 +159,7 @@ type Server struct {
 func NewServer(cfg ServerConfig, log *slog.Logger, m *Metrics, opts ...grpc.ServerOption) *Server {
 	cfg = cfg.withDefaults()
 	log = slog.New(WithTraceIDs(log.Handler())) // every server log line names its trace
-	s := &Server{cfg: cfg, log: log, health: health.NewServer(), validators: map[string]Validator{}, metrics: m}
+	s := &Server{cfg: cfg, log: log, health: health.NewServer(), validators: map[string]Validator{}, times: serviceTimes{}, metrics: m}
 	unary := []grpc.UnaryServerInterceptor{serverRequestID, accessLog(log), m.server.UnaryServerInterceptor()}
 	var stream []grpc.StreamServerInterceptor
 	if cfg.Policy != nil {
@@ -171,7 +172,7 @@ func NewServer(cfg ServerConfig, log *slog.Logger, m *Metrics, opts ...grpc.Serv
 			log.ErrorContext(ctx, "panic in handler", "request_id", RequestID(ctx), "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
 			return InternalError(ctx)
 		})),
-		deadlines(cfg.MaxDeadline, &serviceTimes{est: map[string]*serviceTime{}}, m),
+		deadlines(cfg.MaxDeadline, s.times, m),
 		validation(s.validators),
 	)...)
 	all := append(serverTracing(cfg.Tracer), chain, grpc.ChainStreamInterceptor(stream...),
@@ -209,6 +210,9 @@ func (s *Server) Register(desc *grpc.ServiceDesc, impl any, v Validator) {
 	s.grpc.RegisterService(desc, impl)
 	if v != nil {
 		s.validators[desc.ServiceName] = v
+	}
+	for _, md := range desc.Methods {
+		s.times["/"+desc.ServiceName+"/"+md.MethodName] = &serviceTime{}
 	}
 	s.services = append(s.services, desc.ServiceName)
 	s.health.SetServingStatus(desc.ServiceName, healthpb.HealthCheckResponse_NOT_SERVING)
