@@ -294,20 +294,12 @@ func (r *runner) mtls(ctx context.Context) error {
 // from the development CA in dir, for calling the user service.
 func clientCredentials(dir string) (credentials.TransportCredentials, error) {
 	td := spiffeid.RequireTrustDomainFromString(identity.DefaultTrustDomain)
-	ca, err := identity.OpenDevCA(dir, td)
-	if err != nil {
-		return nil, err
-	}
-	id, err := identity.Client(td, "bench")
-	if err != nil {
-		return nil, err
-	}
-	svid, err := ca.Issue(id, time.Hour)
+	svid, bundle, err := identity.IssueFromDir(dir, td, "client/bench", time.Hour)
 	if err != nil {
 		return nil, err
 	}
 	log := slog.New(slog.DiscardHandler)
-	return identity.ClientCredentials(identity.Static(svid, ca.Bundle()), identity.Component(td, "user"), log, identity.NewMetrics(prometheus.NewRegistry())), nil
+	return identity.ClientCredentials(identity.Static(svid, bundle), identity.Component(td, "user"), log, identity.NewMetrics(prometheus.NewRegistry())), nil
 }
 
 // getUserCalls connects to each named system, creates a user on it, and

@@ -40,18 +40,13 @@ func Issue(c IssueConfig) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("--trust-domain: %w", err)
 	}
-	id, err := spiffeid.FromPath(td, "/"+c.Name)
-	if err != nil || c.Name == "" {
+	if _, err := spiffeid.FromPath(td, "/"+c.Name); err != nil || c.Name == "" {
 		return "", fmt.Errorf("--name %q: want a SPIFFE path like client/alice (%v)", c.Name, err)
 	}
 	if c.TTL < time.Minute {
 		return "", errors.New("--ttl must be at least 1m")
 	}
-	ca, err := identity.OpenDevCA(c.Dir, td)
-	if err != nil {
-		return "", err
-	}
-	svid, err := ca.Issue(id, c.TTL)
+	svid, bundle, err := identity.IssueFromDir(c.Dir, td, c.Name, c.TTL)
 	if err != nil {
 		return "", err
 	}
@@ -59,7 +54,7 @@ func Issue(c IssueConfig) (string, error) {
 	if out == "" {
 		out = filepath.Join(c.Dir, filepath.FromSlash(c.Name))
 	}
-	return out, identity.WriteFiles(out, svid, ca.Bundle())
+	return out, identity.WriteFiles(out, svid, bundle)
 }
 
 // clientTLS is the TLS configuration a command-line tool presents as
@@ -86,17 +81,9 @@ func clientTLS(ctx context.Context, cfg identity.Config, name string) (*tls.Conf
 		return nil, nil, err
 	}
 	td := spiffeid.RequireTrustDomainFromString(cfg.TrustDomain)
-	ca, err := identity.OpenDevCA(cfg.Dir, td)
+	svid, bundle, err := identity.IssueFromDir(cfg.Dir, td, "client/"+name, cfg.TTL)
 	if err != nil {
 		return nil, nil, err
 	}
-	id, err := identity.Client(td, name)
-	if err != nil {
-		return nil, nil, err
-	}
-	svid, err := ca.Issue(id, cfg.TTL)
-	if err != nil {
-		return nil, nil, err
-	}
-	return identity.TLSConfig(identity.Static(svid, ca.Bundle()), identity.AuthorizeComponent(td)), func() error { return nil }, nil
+	return identity.TLSConfig(identity.Static(svid, bundle), identity.AuthorizeComponent(td)), func() error { return nil }, nil
 }

@@ -40,9 +40,9 @@ import (
 // refused at connect: nc is nil and err says so.
 func natsAs(t *testing.T, cfg app.Config, url, path string) (nc *nats.Conn, errs chan error, err error) {
 	t.Helper()
-	svid, ca := apptest.Issue(t, cfg, path)
+	svid, bundle := apptest.Issue(t, cfg, path)
 	errs = make(chan error, 16)
-	tlsCfg := identity.TLSConfig(identity.Static(svid, ca.Bundle()), tlsconfig.AuthorizeID(identity.Component(ca.TrustDomain(), "nats")))
+	tlsCfg := identity.TLSConfig(identity.Static(svid, bundle), tlsconfig.AuthorizeID(identity.Component(svid.ID.TrustDomain(), "nats")))
 	nc, err = nats.Connect(url, nats.Secure(tlsCfg), nats.MaxReconnects(0), nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
 		select {
 		case errs <- err:
@@ -143,14 +143,9 @@ func forgeries(t *testing.T, cfg app.Config, natsURL string, uc userv1.UserServi
 	}
 	other := cfg
 	other.Identity.Dir = t.TempDir() // a second CA for the same trust domain
-	if _, err := identity.OpenDevCA(other.Identity.Dir, spiffeid.RequireTrustDomainFromString(cfg.Identity.TrustDomain)); err != nil {
-		t.Fatal(err)
-	}
-	td := spiffeid.RequireTrustDomainFromString(cfg.Identity.TrustDomain)
-	ca, _ := identity.OpenDevCA(other.Identity.Dir, td)
-	svid, _ := ca.Issue(identity.Component(td, "user"), time.Hour)
-	real, _ := identity.OpenDevCA(cfg.Identity.Dir, td)
-	forged := identity.TLSConfig(identity.Static(svid, real.Bundle()), tlsconfig.AuthorizeAny())
+	forgedSVID, _ := apptest.Issue(t, other, "trellis/user")
+	_, realBundle := apptest.Issue(t, cfg, "client/bystander")
+	forged := identity.TLSConfig(identity.Static(forgedSVID, realBundle), tlsconfig.AuthorizeAny())
 	if _, err := nats.Connect(natsURL, nats.Secure(forged), nats.MaxReconnects(0)); err == nil {
 		t.Error("connected to NATS as the user service with a certificate from another CA")
 	}
@@ -187,16 +182,9 @@ func TestExternalNATSServerWithTheDocumentedConfig(t *testing.T) {
 	}
 	cfg := apptest.Config(t, app.TargetAll)
 	td := spiffeid.RequireTrustDomainFromString(cfg.Identity.TrustDomain)
-	ca, err := identity.OpenDevCA(cfg.Identity.Dir, td)
-	if err != nil {
-		t.Fatal(err)
-	}
-	svid, err := ca.Issue(identity.Component(td, "nats"), time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
+	svid, bundle := apptest.Issue(t, cfg, "trellis/nats")
 	dir := t.TempDir()
-	if err := identity.WriteFiles(dir, svid, ca.Bundle()); err != nil {
+	if err := identity.WriteFiles(dir, svid, bundle); err != nil {
 		t.Fatal(err)
 	}
 	conf := filepath.Join(dir, "nats.conf")

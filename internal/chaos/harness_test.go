@@ -159,20 +159,11 @@ type options struct {
 
 // issue is an SVID for spiffe://trellis.local/<path> from the system's CA.
 func (s *system) issue(path string) (*x509svid.SVID, *x509bundle.Bundle) {
-	td := spiffeid.RequireTrustDomainFromString(identity.DefaultTrustDomain)
-	ca, err := identity.OpenDevCA(s.idDir, td)
+	svid, bundle, err := identity.IssueFromDir(s.idDir, spiffeid.RequireTrustDomainFromString(identity.DefaultTrustDomain), path, time.Hour)
 	if err != nil {
 		s.t.Fatal(err)
 	}
-	id, err := spiffeid.FromPath(td, "/"+path)
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	svid, err := ca.Issue(id, time.Hour)
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	return svid, ca.Bundle()
+	return svid, bundle
 }
 
 // tlsAs is the TLS configuration of the identity path, accepting the

@@ -108,15 +108,11 @@ func TestImpostors(t *testing.T) {
 	}
 	defer forger.Close()
 	td := spiffeid.RequireTrustDomainFromString(identity.DefaultTrustDomain)
-	rogueCA, err := identity.OpenDevCA(t.TempDir(), td)
+	rogueSVID, rogueBundle, err := identity.IssueFromDir(t.TempDir(), td, "trellis/gateway", time.Hour) // a CA nobody trusts
 	if err != nil {
 		t.Fatal(err)
 	}
-	rogueSVID, err := rogueCA.Issue(identity.Component(td, "gateway"), time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rogue := credentials.NewTLS(identity.TLSConfig(identity.Static(rogueSVID, rogueCA.Bundle()), identity.AuthorizeComponent(td)))
+	rogue := credentials.NewTLS(identity.TLSConfig(identity.Static(rogueSVID, rogueBundle), identity.AuthorizeComponent(td)))
 
 	var attempts, denied, admitted, forged, refusedConns int
 	for stop := time.Now().Add(10 * time.Second); time.Now().Before(stop); time.Sleep(20 * time.Millisecond) {

@@ -129,12 +129,12 @@ func TestBrokenHandshakesAreRefusedAndCounted(t *testing.T) {
 		t.Errorf("%d refused handshakes counted for %d broken ones", counted, attempts)
 	}
 	// A client from another trust domain is refused too.
-	other, err := identity.OpenDevCA(t.TempDir(), spiffeid.RequireTrustDomainFromString("evil.example"))
+	evilTD := spiffeid.RequireTrustDomainFromString("evil.example")
+	svid, bundle, err := identity.IssueFromDir(t.TempDir(), evilTD, "trellis/gateway", time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
-	svid, _ := other.Issue(identity.Component(other.TrustDomain(), "gateway"), time.Hour)
-	evil, err := grpc.NewClient(s.user, grpc.WithTransportCredentials(credentials.NewTLS(identity.TLSConfig(identity.Static(svid, other.Bundle()), identity.AuthorizeComponent(other.TrustDomain())))))
+	evil, err := grpc.NewClient(s.user, grpc.WithTransportCredentials(credentials.NewTLS(identity.TLSConfig(identity.Static(svid, bundle), identity.AuthorizeComponent(evilTD)))))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -160,12 +160,7 @@ func (s *system) healthy(t testing.TB) {
 func (s *system) tlsConfig(t testing.TB, addr string) *tls.Config {
 	t.Helper()
 	td := spiffeid.RequireTrustDomainFromString(identity.DefaultTrustDomain)
-	ca, err := identity.OpenDevCA(filepath.Join(s.dir, "data", "identity"), td)
-	if err != nil {
-		t.Fatal(err)
-	}
-	id, _ := identity.Client(td, "hostile")
-	svid, err := ca.Issue(id, time.Hour)
+	svid, bundle, err := identity.IssueFromDir(filepath.Join(s.dir, "data", "identity"), td, "client/hostile", time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -173,7 +168,7 @@ func (s *system) tlsConfig(t testing.TB, addr string) *tls.Config {
 	if addr == s.order {
 		server = "order"
 	}
-	return identity.TLSConfig(identity.Static(svid, ca.Bundle()), tlsconfig.AuthorizeID(identity.Component(td, server)))
+	return identity.TLSConfig(identity.Static(svid, bundle), tlsconfig.AuthorizeID(identity.Component(td, server)))
 }
 
 // dial is a gRPC connection to the component server at addr as a client

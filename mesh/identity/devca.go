@@ -324,6 +324,26 @@ func writeAtomic(path string, data []byte, mode os.FileMode) error {
 	return viaTemp(path, data, mode, os.Rename)
 }
 
+// IssueFromDir issues an SVID for spiffe://<td>/<path> (path without its
+// leading slash, e.g. client/alice) from the development CA in dir,
+// creating the CA if it does not exist yet, and returns it with the CA's
+// trust bundle: what a tool, a test or `trellis identity issue` needs.
+func IssueFromDir(dir string, td spiffeid.TrustDomain, path string, ttl time.Duration) (*x509svid.SVID, *x509bundle.Bundle, error) {
+	id, err := spiffeid.FromPath(td, "/"+path)
+	if err != nil {
+		return nil, nil, fmt.Errorf("identity: %q is not a SPIFFE path: %w", path, err)
+	}
+	ca, err := OpenDevCA(dir, td)
+	if err != nil {
+		return nil, nil, err
+	}
+	svid, err := ca.Issue(id, ttl)
+	if err != nil {
+		return nil, nil, err
+	}
+	return svid, ca.Bundle(), nil
+}
+
 // Static is a Source that serves one SVID and bundle, e.g. a client's
 // identity issued for a test or a command-line tool.
 func Static(svid *x509svid.SVID, bundle *x509bundle.Bundle) Source {

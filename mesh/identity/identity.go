@@ -47,12 +47,6 @@ func Component(td spiffeid.TrustDomain, name string) spiffeid.ID {
 	return id
 }
 
-// Client is the SPIFFE ID of a person or tool calling Trellis:
-// spiffe://<td>/client/<name>.
-func Client(td spiffeid.TrustDomain, name string) (spiffeid.ID, error) {
-	return spiffeid.FromSegments(td, "client", name)
-}
-
 // ID returns the SPIFFE ID a source currently presents.
 func ID(src Source) (spiffeid.ID, error) {
 	svid, err := src.GetX509SVID()

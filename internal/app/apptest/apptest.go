@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"google.golang.org/grpc"
@@ -100,38 +101,29 @@ func Credentials(t testing.TB, cfg app.Config, client, server string) credential
 // development CA, for calling the component server.
 func CredentialsAs(t testing.TB, cfg app.Config, path, server string) credentials.TransportCredentials {
 	t.Helper()
-	svid, ca := Issue(t, cfg, path)
+	svid, bundle := Issue(t, cfg, path)
 	m := identity.NewMetrics(prometheus.NewRegistry())
-	return identity.ClientCredentials(identity.Static(svid, ca.Bundle()), identity.Component(ca.TrustDomain(), server), testenv.Logger(), m)
+	return identity.ClientCredentials(identity.Static(svid, bundle), identity.Component(svid.ID.TrustDomain(), server), testenv.Logger(), m)
 }
 
 // Issue is an SVID for spiffe://<td>/<path> from cfg's development CA,
-// and the CA.
-func Issue(t testing.TB, cfg app.Config, path string) (*x509svid.SVID, *identity.DevCA) {
+// and the CA's trust bundle.
+func Issue(t testing.TB, cfg app.Config, path string) (*x509svid.SVID, *x509bundle.Bundle) {
 	t.Helper()
-	td := spiffeid.RequireTrustDomainFromString(cfg.Identity.TrustDomain)
-	ca, err := identity.OpenDevCA(cfg.Identity.Dir, td)
+	svid, bundle, err := identity.IssueFromDir(cfg.Identity.Dir, spiffeid.RequireTrustDomainFromString(cfg.Identity.TrustDomain), path, time.Hour)
 	if err != nil {
 		t.Fatal(err)
 	}
-	id, err := spiffeid.FromPath(td, "/"+path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	svid, err := ca.Issue(id, time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return svid, ca
+	return svid, bundle
 }
 
 // ClientFiles writes the client identity spiffe://<td>/client/<client> as
 // files (svid.pem, svid-key.pem, bundle.pem) and returns their directory.
 func ClientFiles(t testing.TB, cfg app.Config, client string) string {
 	t.Helper()
-	svid, ca := Issue(t, cfg, "client/"+client)
+	svid, bundle := Issue(t, cfg, "client/"+client)
 	dir := t.TempDir()
-	if err := identity.WriteFiles(dir, svid, ca.Bundle()); err != nil {
+	if err := identity.WriteFiles(dir, svid, bundle); err != nil {
 		t.Fatal(err)
 	}
 	return dir
