@@ -39,6 +39,8 @@ func (g *Gateway) writeError(ctx context.Context, _ *runtime.ServeMux, _ runtime
 	case st.Code() == codes.InvalidArgument && strings.HasPrefix(st.Message(), "type mismatch, parameter: "):
 		name, _, _ := strings.Cut(strings.TrimPrefix(st.Message(), "type mismatch, parameter: "), ",")
 		st = badParam(name, "not a valid value for this path parameter")
+	case st.Code() == codes.Unauthenticated:
+		w.Header().Set("WWW-Authenticate", challenge)
 	case st.Code() == codes.Aborted:
 		// The only ABORTED is a stale etag: the precondition failed.
 		httpStatus = http.StatusPreconditionFailed

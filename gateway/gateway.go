@@ -49,6 +49,9 @@ type Config struct {
 	// OverviewOrders is how many recent orders the overview shows.
 	// Default 10.
 	OverviewOrders int32
+	// Tokens verifies access tokens at the edge (the services check them
+	// again). Nil: tokens are checked only by the services.
+	Tokens mesh.TokenVerifier
 	// Tracer, when set, gives every request a server span (continuing a
 	// traceparent the client sent) that the gRPC calls continue. Nil: the
 	// client's traceparent is passed on as it came.
@@ -105,6 +108,7 @@ type Gateway struct {
 	cfg     Config
 	log     *slog.Logger
 	users   userv1.UserServiceClient
+	auth    userv1.AuthServiceClient
 	orders  orderv1.OrderServiceClient
 	health  map[string]healthpb.HealthClient // upstream service name -> its health client
 	mux     *runtime.ServeMux
@@ -130,6 +134,7 @@ func New(cfg Config, userConn, orderConn grpc.ClientConnInterface, log *slog.Log
 		cfg:    cfg,
 		log:    log,
 		users:  userv1.NewUserServiceClient(userConn),
+		auth:   userv1.NewAuthServiceClient(userConn),
 		orders: orderv1.NewOrderServiceClient(orderConn),
 		health: map[string]healthpb.HealthClient{
 			userv1.UserService_ServiceDesc.ServiceName:   healthpb.NewHealthClient(userConn),
@@ -159,6 +164,9 @@ func New(cfg Config, userConn, orderConn grpc.ClientConnInterface, log *slog.Log
 	if err := orderv1.RegisterOrderServiceHandlerClient(ctx, g.mux, g.orders); err != nil {
 		return nil, err
 	}
+	if err := userv1.RegisterAuthServiceHandlerClient(ctx, g.mux, g.auth); err != nil {
+		return nil, err
+	}
 	// Registered after the generated handlers so it is matched first: the
 	// mux tries the newest pattern first, and GetUser's {id} would
 	// otherwise never see the :overview verb.
@@ -168,7 +176,8 @@ func New(cfg Config, userConn, orderConn grpc.ClientConnInterface, log *slog.Log
 
 	web, _ := fs.Sub(assets, "web")
 	root := http.NewServeMux()
-	root.Handle("/api/", g.rateLimit(g.limitBody(g.apiEdge(g.mux))))
+	root.Handle("/api/", g.authenticate(g.rateLimit(g.limitBody(g.apiEdge(g.mux)))))
+	root.Handle("GET /.well-known/jwks.json", g.rateLimit(http.HandlerFunc(g.jwks)))
 	root.HandleFunc("GET /api/openapi.json", g.serveOpenAPI)
 	// For load balancers; /metrics, /healthz and /readyz are served on the
 	// admin address only, never on the public port.

@@ -40,7 +40,8 @@ func (g *Gateway) overview(w http.ResponseWriter, r *http.Request, params map[st
 		g.writeError(r.Context(), nil, nil, w, r, apperr.InvalidArgument(v).Err())
 		return
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), g.cfg.OverviewTimeout)
+	// The overview calls on the signed-in user's behalf.
+	ctx, cancel := context.WithTimeout(mesh.ForwardToken(r.Context()), g.cfg.OverviewTimeout)
 	defer cancel()
 
 	var (

@@ -18,13 +18,15 @@ import (
 	"golang.org/x/time/rate"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/trellis-mesh/trellis/mesh"
 )
 
 // Rate-limit classes: each request counts against one, per client.
 const (
 	ClassRead  = "read"  // GET and HEAD
 	ClassWrite = "write" // every other method
-	ClassAuth  = "auth"  // creating an account (and signing in, once it exists): what brute force and sign-up spam go through
+	ClassAuth  = "auth"  // creating an account and signing in, refreshing and signing out: what brute force and sign-up spam go through
 )
 
 // Quota is N requests per period, bursts of up to N. The zero Quota is
@@ -119,7 +121,7 @@ func (c *RateLimits) RegisterFlags(prefix string, fs *flag.FlagSet) {
 	c.Read, c.Write, c.Auth = DefaultReadQuota, DefaultWriteQuota, DefaultAuthQuota
 	fs.Var(quotaFlag{&c.Read}, prefix+"rate-read", "requests per client for reads (GET, HEAD): N/s, N/m, N/h; 0 turns the limit off")
 	fs.Var(quotaFlag{&c.Write}, prefix+"rate-write", "requests per client for writes (POST, PATCH, PUT, DELETE)")
-	fs.Var(quotaFlag{&c.Auth}, prefix+"rate-auth", "requests per client that create accounts (POST /api/v1/users) or sign in")
+	fs.Var(quotaFlag{&c.Auth}, prefix+"rate-auth", "requests per client that create accounts (POST /api/v1/users), sign in, refresh or sign out (POST /api/v1/auth:*)")
 	fs.StringVar(&c.KeyHeader, prefix+"rate-key-header", "", "header naming the client for rate limits behind a trusted proxy (X-Forwarded-For: its first address); empty: the connection's address")
 }
 
@@ -185,7 +187,7 @@ func classOf(r *http.Request) string {
 	switch {
 	case r.Method == http.MethodGet || r.Method == http.MethodHead:
 		return ClassRead
-	case r.Method == http.MethodPost && strings.TrimSuffix(r.URL.Path, "/") == "/api/v1/users":
+	case r.Method == http.MethodPost && (strings.TrimSuffix(r.URL.Path, "/") == "/api/v1/users" || strings.HasPrefix(r.URL.Path, "/api/v1/auth:")):
 		return ClassAuth
 	}
 	return ClassWrite
@@ -194,6 +196,9 @@ func classOf(r *http.Request) string {
 // clientKey identifies the client: the configured header's first address
 // when it holds one, else the connection's address (without the port).
 func (rl *rateLimiter) clientKey(r *http.Request) string {
+	if p := mesh.PrincipalFrom(r.Context()); p != nil && p.Subject != "" {
+		return "user:" + p.Subject // a signed-in client is limited as itself, wherever it calls from
+	}
 	if rl.keyHeader != "" {
 		first, _, _ := strings.Cut(r.Header.Get(rl.keyHeader), ",")
 		if ip := net.ParseIP(strings.TrimSpace(first)); ip != nil {

@@ -61,6 +61,9 @@ type ServerConfig struct {
 	// Policy decides which peers may call which methods (grpc/authz).
 	// Nil: every caller may call every method.
 	Policy Policy
+	// Auth authenticates end users by their access tokens (see
+	// Authentication). Zero: no end-user authentication.
+	Auth Authentication
 	// Unreachable recognises errors that mean a backing service (the
 	// database) cannot be reached, beyond the network errors the mesh
 	// knows itself; such errors are answered UNAVAILABLE. Optional.
@@ -150,6 +153,8 @@ type Server struct {
 //  3. metrics — count and time the call with the code the client sees;
 //     then, when a Policy is set, authorization — refuse a caller before
 //     any work is done for it, with its refusal logged and counted;
+//     then, when Auth is set, authentication of the end user — an invalid
+//     token or a missing one on a non-public method ends the call here;
 //  4. error edge — non-status errors become INTERNAL "internal error" so
 //     neither logs above nor clients see a raw Go error as the status;
 //  5. recovery — a panic becomes INTERNAL, its stack goes only to the log;
@@ -165,6 +170,9 @@ func NewServer(cfg ServerConfig, log *slog.Logger, m *Metrics, opts ...grpc.Serv
 	if cfg.Policy != nil {
 		unary = append(unary, authorize(cfg.Policy, log, m))
 		stream = append(stream, authorizeStream(cfg.Policy, log, m))
+	}
+	if cfg.Auth.Tokens != nil {
+		unary = append(unary, authenticate(cfg.Auth, s.times, log))
 	}
 	chain := grpc.ChainUnaryInterceptor(append(unary,
 		errorEdge(log, cfg.Unreachable),

@@ -38,6 +38,8 @@ commands:
   identity      issue a client or component certificate from the development CA
                 ("trellis identity issue -h"), or print the NATS server configuration
                 that enforces Trellis's event permissions ("trellis identity nats-config -h")
+  users grant-admin
+                give an existing account the admin role ("trellis users grant-admin -h")
   healthcheck   exit 0 if the local admin server's /readyz answers 200 (container health checks)
   version       print the version
 `
@@ -69,6 +71,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return issueCmd(args[2:], stdout, stderr)
 		}
 		return natsConfigCmd(args[2:], stdout, stderr)
+	case "users":
+		if len(args) < 2 || args[1] != "grant-admin" {
+			fmt.Fprint(stderr, "usage: trellis users grant-admin --email E [--data-dir D | --database-url URL]\n")
+			return 2
+		}
+		return grantAdminCmd(args[2:], stdout, stderr)
 	case "healthcheck":
 		return healthcheckCmd(args[1:], stderr)
 	case "version", "--version", "-version":
@@ -182,6 +190,26 @@ func tailCmd(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "trellis events tail:", err)
 		return 1
 	}
+	return 0
+}
+
+// grantAdminCmd makes an existing account an admin.
+func grantAdminCmd(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("trellis users grant-admin", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var cfg app.GrantAdminConfig
+	cfg.RegisterFlags(fs)
+	if err := app.ParseFlags(fs, args, os.Getenv); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if err := app.GrantAdmin(context.Background(), cfg); err != nil {
+		fmt.Fprintln(stderr, "trellis users grant-admin:", redact.String(err.Error()))
+		return 1
+	}
+	fmt.Fprintf(stdout, "%s is an admin; tokens issued from now on carry the role\n", cfg.Email)
 	return 0
 }
 

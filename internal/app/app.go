@@ -26,6 +26,7 @@ import (
 	"github.com/trellis-mesh/trellis/mesh"
 	"github.com/trellis-mesh/trellis/mesh/eventbus"
 	"github.com/trellis-mesh/trellis/mesh/identity"
+	"github.com/trellis-mesh/trellis/mesh/token"
 )
 
 // App is a built set of components with their listeners open. Run serves
@@ -54,6 +55,10 @@ type App struct {
 	idMetrics *identity.Metrics
 	sources   map[string]identity.Source
 	policy    mesh.Policy
+
+	// tokenKeys verify access tokens: the user service's own keys, or the
+	// key set fetched from it.
+	tokenKeys token.KeySource
 }
 
 // component is one thing App serves.
@@ -110,9 +115,9 @@ func (a *App) upstream(name string) string {
 
 // newServer is a mesh server for component with the process's server
 // settings, its identity and the authorization policy.
-func (a *App) newServer(component string) (*mesh.Server, error) {
+func (a *App) newServer(component string, auth mesh.Authentication) (*mesh.Server, error) {
 	cfg := a.cfg.Server
-	cfg.Unreachable, cfg.Tracer = sqldb.Unreachable, a.tp
+	cfg.Unreachable, cfg.Tracer, cfg.Auth = sqldb.Unreachable, a.tp, auth
 	cfg, err := a.secureServer(component, cfg)
 	if err != nil {
 		return nil, err

@@ -19,6 +19,7 @@ import (
 	"github.com/trellis-mesh/trellis/mesh"
 	"github.com/trellis-mesh/trellis/mesh/eventbus"
 	"github.com/trellis-mesh/trellis/mesh/identity"
+	"github.com/trellis-mesh/trellis/mesh/token"
 	"github.com/trellis-mesh/trellis/services/order"
 	"github.com/trellis-mesh/trellis/services/user"
 )
@@ -59,6 +60,7 @@ type Config struct {
 	Server   mesh.ServerConfig   // every gRPC server: deadlines, drain
 	Upstream mesh.UpstreamConfig // every upstream: timeout, breaker
 	Identity identity.Config     // workload identities (mTLS, NATS)
+	Token    token.Config        // access tokens: issuer, audience, leeway
 	Events   eventbus.Config     // streams: prefix, replicas
 	Outbox   eventbus.RelayConfig
 	User     user.Config
@@ -97,6 +99,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	c.Server.RegisterFlags("", fs)
 	c.Upstream.RegisterFlags("", fs)
 	c.Identity.RegisterFlags("", fs)
+	c.Token.RegisterFlags("", fs)
 	c.Events.RegisterFlags("", fs)
 	c.Outbox.RegisterFlags("", fs)
 	c.User.RegisterFlags("", fs)
@@ -212,7 +215,7 @@ func (c *Config) Validate() error {
 		return err
 	}
 	errs := []error{c.Server.Validate(), c.Upstream.Validate(), c.Identity.Validate(), c.Events.Validate(),
-		c.Outbox.Validate(), c.User.Validate(), c.Order.Validate(), c.Gateway.Validate()}
+		c.Outbox.Validate(), c.User.Validate(), c.Order.Validate(), c.Gateway.Validate(), c.Token.Validate()}
 	for _, m := range t {
 		for _, dep := range m.needs {
 			if !runs(t, dep) && c.upstreamOf(dep) == "" {

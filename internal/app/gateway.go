@@ -27,6 +27,7 @@ func (a *App) addGateway(context.Context) error {
 	}
 	gcfg := a.cfg.Gateway
 	gcfg.Tracer = a.tp
+	gcfg.Tokens = a.verifier(userConn)
 	if a.cfg.RedisURL != "" {
 		// Gateway replicas share their clients' counters.
 		opt, err := redis.ParseURL(a.cfg.RedisURL)

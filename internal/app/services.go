@@ -30,12 +30,16 @@ func (a *App) addUser(ctx context.Context) error {
 	}
 	ucfg := a.cfg.User
 	ucfg.Committed = relay.Notify
+	ucfg.Auth.Issuer, ucfg.Auth.Audience = a.cfg.Token.Issuer, a.cfg.Token.Audience
 	svc := user.NewService(store, ucfg)
-	srv, err := a.newServer(TargetUser)
+	a.tokenKeys = svc.TokenKeys()
+	// The order service's reconciler asks for users as itself.
+	srv, err := a.newServer(TargetUser, a.serverAuth(a.verifier(nil), user.PublicMethods, TargetOrder))
 	if err != nil {
 		return err
 	}
 	srv.Register(&userv1.UserService_ServiceDesc, user.NewGRPC(svc), user.Validate)
+	srv.Register(&userv1.AuthService_ServiceDesc, user.NewAuthGRPC(svc), user.Validate)
 	return a.addGRPC(TargetUser, a.cfg.UserAddr, srv, store.Ping)
 }
 
@@ -78,7 +82,7 @@ func (a *App) addOrder(ctx context.Context) error {
 	}
 	log := a.log.With("component", TargetOrder)
 	a.workers = append(a.workers, func(ctx context.Context) { svc.RunReconciler(ctx, ocfg.ReconcileInterval, log) })
-	srv, err := a.newServer(TargetOrder)
+	srv, err := a.newServer(TargetOrder, a.serverAuth(a.verifier(conn), nil))
 	if err != nil {
 		return err
 	}

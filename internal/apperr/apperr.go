@@ -96,3 +96,16 @@ func InvalidArgument(violations []*errdetails.BadRequest_FieldViolation) *status
 func Violation(field, description string) *errdetails.BadRequest_FieldViolation {
 	return &errdetails.BadRequest_FieldViolation{Field: field, Description: description}
 }
+
+// Unauthenticated is a caller that did not prove who it is (no, wrong or
+// expired credentials).
+func Unauthenticated(format string, args ...any) *Error {
+	return newf(codes.Unauthenticated, format, args...)
+}
+
+// PermissionDenied is a known caller without the right to do this at all
+// (a missing role). Objects of others answer NotFound instead, so that
+// nobody learns they exist.
+func PermissionDenied(format string, args ...any) *Error {
+	return newf(codes.PermissionDenied, format, args...)
+}

@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"sync"
 	"testing"
 	"time"
 
@@ -119,9 +120,9 @@ func Violations(err error) []string {
 }
 
 // Dial connects a plain gRPC client (no mesh) to addr.
-func Dial(t testing.TB, addr string) *grpc.ClientConn {
+func Dial(t testing.TB, addr string, opts ...grpc.DialOption) *grpc.ClientConn {
 	t.Helper()
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(addr, append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -209,3 +210,35 @@ func EventCount(t testing.TB, js jetstream.JetStream, stream, subject string) (m
 	}
 	return msgs, len(seen)
 }
+
+// Bearer sends an access token with every call of a connection
+// (grpc.WithPerRPCCredentials) or one call (grpc.PerRPCCredentials); it
+// can be changed while in use, and sends nothing while empty.
+type Bearer struct {
+	mu    sync.Mutex
+	token string
+}
+
+// NewBearer returns a Bearer holding token.
+func NewBearer(token string) *Bearer { return &Bearer{token: token} }
+
+// Set replaces the token.
+func (b *Bearer) Set(token string) {
+	b.mu.Lock()
+	b.token = token
+	b.mu.Unlock()
+}
+
+// GetRequestMetadata implements credentials.PerRPCCredentials.
+func (b *Bearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.token == "" {
+		return nil, nil
+	}
+	return map[string]string{"authorization": "Bearer " + b.token}, nil
+}
+
+// RequireTransportSecurity implements credentials.PerRPCCredentials:
+// tests also call plaintext servers.
+func (*Bearer) RequireTransportSecurity() bool { return false }

@@ -47,8 +47,11 @@ func startStack(t *testing.T, tune func(*app.Config)) *stack {
 		tune(&s.orderCfg)
 	}
 	s.order = apptest.Start(t, s.orderCfg)
-	s.users = userv1.NewUserServiceClient(s.user.Dial(t, app.TargetUser))
-	s.orders = orderv1.NewOrderServiceClient(s.order.Dial(t, app.TargetOrder))
+	// These tests are about orders, not authorization (see the matrix
+	// test): they call as an admin.
+	admin := apptest.Admin(t, s.user)
+	s.users = userv1.NewUserServiceClient(s.user.DialAs(t, app.TargetUser, admin))
+	s.orders = orderv1.NewOrderServiceClient(s.order.DialAs(t, app.TargetOrder, admin))
 	return s
 }
 

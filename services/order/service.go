@@ -88,6 +88,11 @@ type CreateInput struct {
 // once the user service answers; an unknown user gets UNAVAILABLE. A user
 // the replica knows as deleted gets no new orders at all.
 func (s *Service) Create(ctx context.Context, in CreateInput) (Order, error) {
+	if !mayAccess(mesh.PrincipalFrom(ctx), in.UserID) {
+		// Orders are placed by their user (or an admin); for anyone else
+		// the user does not exist.
+		return Order{}, apperr.NotFound("user %q not found", in.UserID)
+	}
 	hash := payloadHash(in.UserID, in.Currency, in.Items)
 	if o, ok, err := s.replay(ctx, in.UserID, in.IdempotencyKey, hash); ok || err != nil {
 		return o, err
@@ -100,7 +105,9 @@ func (s *Service) Create(ctx context.Context, in CreateInput) (Order, error) {
 		return Order{}, apperr.NotFound("user %q not found: the user was deleted", in.UserID)
 	}
 	status := StatusConfirmed
-	switch err := s.users.Exists(ctx, in.UserID); {
+	// Checked on the user's behalf: the user service applies the user's
+	// rights, not the order service's.
+	switch err := s.users.Exists(mesh.ForwardToken(ctx), in.UserID); {
 	case errors.Is(err, errUserNotFound):
 		return Order{}, apperr.NotFound("user %q not found", in.UserID)
 	case errors.Is(err, errUserUnavailable) && known.ID != "":
@@ -170,18 +177,26 @@ func total(items []Item) int64 {
 	return t
 }
 
-// Get returns one order.
+// Get returns one order to its user or an admin; for anyone else it does
+// not exist.
 func (s *Service) Get(ctx context.Context, id string) (Order, error) {
 	o, err := s.store.Get(ctx, id)
-	if errors.Is(err, ErrNotFound) {
+	if errors.Is(err, ErrNotFound) || err == nil && !mayAccess(mesh.PrincipalFrom(ctx), o.UserID) {
 		return Order{}, apperr.NotFound("order %q not found", id)
 	}
 	return o, err
 }
 
+// mayAccess reports whether the principal may see and change the orders
+// of user userID: the user or an admin.
+func mayAccess(p *mesh.Principal, userID string) bool { return p.Is(userID) || p.Admin() }
+
 // List returns one page of a user's orders, newest first, and the next
 // page's token ("" at the end).
 func (s *Service) List(ctx context.Context, userID string, pageSize int32, token string) ([]Order, string, error) {
+	if !mayAccess(mesh.PrincipalFrom(ctx), userID) {
+		return nil, "", apperr.NotFound("user %q not found", userID)
+	}
 	scope := "orders:" + userID
 	before, err := pagetoken.Decode(token, scope)
 	if err != nil {

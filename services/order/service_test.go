@@ -12,7 +12,13 @@ import (
 	"github.com/trellis-mesh/trellis/internal/event"
 	"github.com/trellis-mesh/trellis/internal/sqldb"
 	"github.com/trellis-mesh/trellis/internal/testenv"
+	"github.com/trellis-mesh/trellis/mesh"
 )
+
+// as is a context acting for the end user userID.
+func as(userID string) context.Context {
+	return mesh.WithPrincipal(context.Background(), &mesh.Principal{Subject: userID}, "")
+}
 
 // fakeUsers is the user service as the use case sees it (the Users seam):
 // its answer is what the test says, and it counts the questions.
@@ -62,7 +68,7 @@ func TestCreateDecidesFromTheUserServiceAndTheReplica(t *testing.T) {
 			}
 			users := &fakeUsers{exists: func(string) error { return tt.answer }}
 			svc := NewService(store, users, Config{})
-			o, err := svc.Create(context.Background(), CreateInput{UserID: tt.user, Currency: "EUR", IdempotencyKey: "k",
+			o, err := svc.Create(as(tt.user), CreateInput{UserID: tt.user, Currency: "EUR", IdempotencyKey: "k",
 				Items: []Item{{ProductID: "p", Quantity: 2, UnitPrice: 150}}})
 			if got := status.Code(err); got != tt.wantCode {
 				t.Fatalf("code %v (%v), want %v", got, err, tt.wantCode)
@@ -90,16 +96,16 @@ func TestCreateIsIdempotentPerKey(t *testing.T) {
 	svc := NewService(store, users, Config{})
 	in := CreateInput{UserID: "0192f7a4-7c4e-7d1a-9b7e-000000000009", Currency: "EUR", IdempotencyKey: "k",
 		Items: []Item{{ProductID: "p", Quantity: 1, UnitPrice: 100}}}
-	first, err := svc.Create(context.Background(), in)
+	first, err := svc.Create(as(in.UserID), in)
 	if err != nil {
 		t.Fatal(err)
 	}
-	again, err := svc.Create(context.Background(), in)
+	again, err := svc.Create(as(in.UserID), in)
 	if err != nil || again.ID != first.ID || users.calls != 1 {
 		t.Errorf("retry: order %s (first %s), err %v, user service asked %d times", again.ID, first.ID, err, users.calls)
 	}
 	in.Items[0].Quantity = 2
-	if _, err := svc.Create(context.Background(), in); status.Code(err) != codes.AlreadyExists {
+	if _, err := svc.Create(as(in.UserID), in); status.Code(err) != codes.AlreadyExists {
 		t.Errorf("same key, other payload: %v, want AlreadyExists", err)
 	}
 }

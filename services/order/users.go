@@ -41,6 +41,10 @@ func (u *UserClient) Exists(ctx context.Context, id string) error {
 	switch {
 	case st.Code() == codes.NotFound:
 		return errUserNotFound
+	case st.Code() == codes.Unauthenticated || st.Code() == codes.PermissionDenied:
+		// The caller's rights, passed on as the user service said them: a
+		// refusal, not an outage.
+		return st.Err()
 	case ctx.Err() != nil:
 		return ctx.Err() // the caller's deadline or cancellation
 	case errors.Is(err, context.DeadlineExceeded) || st.Code() == codes.DeadlineExceeded:

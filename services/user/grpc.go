@@ -29,6 +29,7 @@ func ToProto(u User) *userv1.User {
 		CreateTime: timestamppb.New(u.CreateTime),
 		UpdateTime: timestamppb.New(u.UpdateTime),
 		Etag:       u.Etag(),
+		Roles:      u.Roles,
 	}
 }
 

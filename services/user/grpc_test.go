@@ -8,6 +8,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/uuid"
 	"golang.org/x/crypto/bcrypt"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -18,11 +19,14 @@ import (
 	"github.com/trellis-mesh/trellis/internal/sqldb"
 	"github.com/trellis-mesh/trellis/internal/testenv"
 	"github.com/trellis-mesh/trellis/mesh"
+	"github.com/trellis-mesh/trellis/mesh/token"
 	"github.com/trellis-mesh/trellis/services/user"
 )
 
 // startUser serves the user service through the mesh server on a loopback
-// port and returns a plain client and the store behind it.
+// port, with end-user authentication, and returns the store behind it and
+// a plain client that calls as an admin (the authorization rules have
+// their own matrix test).
 func startUser(t *testing.T) (userv1.UserServiceClient, user.Store) {
 	t.Helper()
 	return startUserOn(t, sqldb.SQLite)
@@ -35,10 +39,19 @@ func startUserOn(t *testing.T, backend sqldb.Dialect) (userv1.UserServiceClient,
 	if err != nil {
 		t.Fatal(err)
 	}
+	svc := user.NewService(store, user.Config{BcryptCost: bcrypt.MinCost})
 	m, _ := testenv.Metrics()
-	srv := mesh.NewServer(mesh.ServerConfig{}, testenv.Logger(), m)
-	srv.Register(&userv1.UserService_ServiceDesc, user.NewGRPC(user.NewService(store, user.Config{BcryptCost: bcrypt.MinCost})), user.Validate)
-	return userv1.NewUserServiceClient(testenv.Dial(t, testenv.Serve(t, srv))), store
+	srv := mesh.NewServer(mesh.ServerConfig{Auth: mesh.Authentication{
+		Tokens: &token.Verifier{Issuer: token.DefaultIssuer, Audience: token.DefaultAudience, Keys: svc.TokenKeys()},
+		Public: user.PublicMethods,
+	}}, testenv.Logger(), m)
+	srv.Register(&userv1.UserService_ServiceDesc, user.NewGRPC(svc), user.Validate)
+	srv.Register(&userv1.AuthService_ServiceDesc, user.NewAuthGRPC(svc), user.Validate)
+	admin, err := svc.AccessToken(context.Background(), uuid.NewString(), user.RoleAdmin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return userv1.NewUserServiceClient(testenv.Dial(t, testenv.Serve(t, srv), grpc.WithPerRPCCredentials(testenv.NewBearer(admin)))), store
 }
 
 func create(t *testing.T, c userv1.UserServiceClient, email string) *userv1.User {

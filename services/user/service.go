@@ -18,6 +18,7 @@ import (
 	"github.com/trellis-mesh/trellis/internal/pagetoken"
 	"github.com/trellis-mesh/trellis/internal/validate"
 	"github.com/trellis-mesh/trellis/mesh"
+	"github.com/trellis-mesh/trellis/mesh/token"
 )
 
 // Config tunes the user service.
@@ -30,11 +31,14 @@ type Config struct {
 	// Committed is called after a change and its event committed (the
 	// outbox relay's Notify); nil means nobody is told.
 	Committed func()
+	// Auth tunes sign-in and tokens.
+	Auth AuthConfig
 }
 
 // RegisterFlags defines bcrypt-cost, prefixed.
 func (c *Config) RegisterFlags(prefix string, fs *flag.FlagSet) {
 	fs.IntVar(&c.BcryptCost, prefix+"bcrypt-cost", bcrypt.DefaultCost, "bcrypt cost of password hashes (4-31)")
+	c.Auth.RegisterFlags(prefix, fs)
 }
 
 // Validate reports settings that cannot work.
@@ -42,7 +46,7 @@ func (c *Config) Validate() error {
 	if c.BcryptCost < bcrypt.MinCost || c.BcryptCost > bcrypt.MaxCost {
 		return fmt.Errorf("--bcrypt-cost must be between %d and %d", bcrypt.MinCost, bcrypt.MaxCost)
 	}
-	return nil
+	return c.Auth.Validate()
 }
 
 // Service holds the user use cases. Requests reach it already validated by
@@ -52,6 +56,9 @@ type Service struct {
 	cost      int
 	now       func() time.Time
 	committed func()
+	auth      AuthConfig
+	keys      *keyring
+	dummy     []byte // see dummyHash
 }
 
 // NewService returns the user service over store.
@@ -65,7 +72,9 @@ func NewService(store Store, cfg Config) *Service {
 	if cfg.Committed == nil {
 		cfg.Committed = func() {}
 	}
-	return &Service{store: store, cost: cfg.BcryptCost, now: cfg.Now, committed: cfg.Committed}
+	auth := cfg.Auth.withDefaults()
+	return &Service{store: store, cost: cfg.BcryptCost, now: cfg.Now, committed: cfg.Committed, auth: auth, dummy: dummyHash(cfg.BcryptCost),
+		keys: &keyring{store: store, rotation: auth.KeyRotation, keep: auth.AccessTTL + token.DefaultLeeway + time.Minute, now: cfg.Now}}
 }
 
 func (s *Service) timestamp() time.Time { return s.now().UTC().Truncate(time.Microsecond) }
@@ -123,8 +132,12 @@ func (s *Service) Create(ctx context.Context, email, name, password string) (Use
 	return u, nil
 }
 
-// Get returns one user.
+// Get returns one user: to the user, an admin, or a trusted workload (the
+// order service checking a user on its own account).
 func (s *Service) Get(ctx context.Context, id string) (User, error) {
+	if p := mesh.PrincipalFrom(ctx); !mayAccess(p, id) && (p == nil || p.Workload == "") {
+		return User{}, apperr.NotFound("user %q not found", id)
+	}
 	u, err := s.store.Get(ctx, id)
 	if errors.Is(err, ErrNotFound) {
 		return User{}, apperr.NotFound("user %q not found", id)
@@ -135,6 +148,13 @@ func (s *Service) Get(ctx context.Context, id string) (User, error) {
 // BatchGet returns the users in the order of ids; any missing id fails the
 // whole call, naming the first one missing.
 func (s *Service) BatchGet(ctx context.Context, ids []string) ([]User, error) {
+	if p := mesh.PrincipalFrom(ctx); p == nil || p.Workload == "" {
+		for _, id := range ids {
+			if !mayAccess(p, id) {
+				return nil, apperr.NotFound("user %q not found", id)
+			}
+		}
+	}
 	found, err := s.store.GetMany(ctx, ids)
 	if err != nil {
 		return nil, fmt.Errorf("batch get users: %w", err)
@@ -157,6 +177,9 @@ func (s *Service) BatchGet(ctx context.Context, ids []string) ([]User, error) {
 // List returns one page of users and the token of the next page ("" at
 // the end).
 func (s *Service) List(ctx context.Context, pageSize int32, token string) ([]User, string, error) {
+	if !mesh.PrincipalFrom(ctx).Admin() {
+		return nil, "", apperr.PermissionDenied("listing users needs the admin role")
+	}
 	after, err := pagetoken.Decode(token, "users")
 	if err != nil {
 		return nil, "", apperr.Invalid(apperr.Violation("page_token", "not a token returned by ListUsers"))
@@ -182,6 +205,9 @@ type Patch struct {
 // patched fields are written, atomically; with a non-empty etag only if it
 // is still the user's (ABORTED otherwise).
 func (s *Service) Update(ctx context.Context, id string, patch Patch, tag string) (User, error) {
+	if !mayAccess(mesh.PrincipalFrom(ctx), id) {
+		return User{}, apperr.NotFound("user %q not found", id)
+	}
 	if err := normalize(patch.Email, patch.Name, nil); err != nil {
 		return User{}, err
 	}
@@ -210,6 +236,9 @@ func (s *Service) Update(ctx context.Context, id string, patch Patch, tag string
 // Delete removes a user; with a non-empty etag only if it is still the
 // user's.
 func (s *Service) Delete(ctx context.Context, id, tag string) error {
+	if !mayAccess(mesh.PrincipalFrom(ctx), id) {
+		return apperr.NotFound("user %q not found", id)
+	}
 	ifVersion, err := etag.Condition(tag)
 	if err != nil {
 		return err

@@ -32,6 +32,7 @@ type Store interface {
 	// Delete removes the user if its version is still ifVersion (0: any).
 	Delete(ctx context.Context, id string, ifVersion int64, ev event.Event) error
 	Ping(ctx context.Context) error
+	AuthStore
 }
 
 //go:embed migrations
@@ -54,7 +55,7 @@ func NewSQLStore(ctx context.Context, db *sqldb.DB) (*SQLStore, error) {
 	return &SQLStore{Base: base, db: db}, nil
 }
 
-const userColumns = "id, email, name, password_hash, create_time, update_time, version"
+const userColumns = "id, email, name, password_hash, create_time, update_time, version, roles"
 
 func emailKey(email string) string { return strings.ToLower(email) }
 
@@ -79,8 +80,12 @@ type scanner interface{ Scan(dest ...any) error }
 func scanUser(row scanner) (User, error) {
 	var u User
 	var created, updated int64
-	if err := row.Scan(&u.ID, &u.Email, &u.Name, &u.PasswordHash, &created, &updated, &u.Version); err != nil {
+	var roles string
+	if err := row.Scan(&u.ID, &u.Email, &u.Name, &u.PasswordHash, &created, &updated, &u.Version, &roles); err != nil {
 		return User{}, err
+	}
+	if roles != "" {
+		u.Roles = strings.Split(roles, ",")
 	}
 	u.CreateTime, u.UpdateTime = time.UnixMicro(created).UTC(), time.UnixMicro(updated).UTC()
 	return u, nil
@@ -199,6 +204,10 @@ func (s *SQLStore) Delete(ctx context.Context, id string, ifVersion int64, ev ev
 		res, err := tx.ExecContext(ctx, q, args...)
 		if err := sqldb.AffectedOne(res, err, ErrNotFound); err != nil {
 			return s.staleOrMissing(ctx, tx, id, err)
+		}
+		// A deleted user's sign-ins end with it.
+		if _, err := tx.ExecContext(ctx, "DELETE FROM refresh_tokens WHERE user_id = $1", id); err != nil {
+			return err
 		}
 		return outbox.Add(ctx, tx, ev)
 	})

@@ -22,6 +22,9 @@ type User struct {
 	PasswordHash string
 	CreateTime   time.Time
 	UpdateTime   time.Time
+	// Roles are the user's roles ("admin"); only `trellis users
+	// grant-admin` sets them.
+	Roles []string
 	// Version counts changes, starting at 1; the etag is made from it.
 	Version int64
 }

@@ -38,6 +38,32 @@ func Validate(req any) []*errdetails.BadRequest_FieldViolation {
 		checkPassword(&v, "password", r.GetPassword())
 	case *userv1.GetUserRequest:
 		v.ID("id", r.GetId())
+	case *userv1.SignInRequest:
+		// Only presence and size: what a stored email or password looks
+		// like is not told to someone guessing them.
+		switch {
+		case r.GetEmail() == "":
+			v.Add("email", "required")
+		case len(r.GetEmail()) > MaxEmailLen:
+			v.Add("email", "at most 254 characters")
+		}
+		switch {
+		case r.GetPassword() == "":
+			v.Add("password", "required")
+		case len(r.GetPassword()) > MaxPasswordLen:
+			v.Add("password", "at most 72 bytes")
+		}
+	case *userv1.RefreshTokenRequest:
+		switch {
+		case r.GetRefreshToken() == "":
+			v.Add("refresh_token", "required")
+		case len(r.GetRefreshToken()) > MaxRefreshTokenLen:
+			v.Add("refresh_token", "at most 128 characters")
+		}
+	case *userv1.SignOutRequest:
+		if len(r.GetRefreshToken()) > MaxRefreshTokenLen {
+			v.Add("refresh_token", "at most 128 characters")
+		}
 	case *userv1.DeleteUserRequest:
 		v.ID("id", r.GetId())
 		v.Etag("etag", r.GetEtag())

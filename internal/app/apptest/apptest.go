@@ -4,6 +4,8 @@ package apptest
 
 import (
 	"context"
+	"crypto/rand"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -17,6 +19,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/trellis-mesh/trellis/gateway"
+	userv1 "github.com/trellis-mesh/trellis/gen/trellis/user/v1"
 	"github.com/trellis-mesh/trellis/mesh/identity"
 
 	"github.com/trellis-mesh/trellis/internal/app"
@@ -178,4 +181,57 @@ func (r *Running) Stop(t testing.TB) {
 	if err := <-r.done; err != nil {
 		t.Errorf("run: %v", err)
 	}
+}
+
+// SignUp creates an account through the user service of r (target user or
+// all) and signs it in; it returns the user's id and access token.
+func SignUp(t testing.TB, r *Running, email string) (id, token string) {
+	t.Helper()
+	conn := r.Dial(t, app.TargetUser)
+	ctx := context.Background()
+	created, err := userv1.NewUserServiceClient(conn).CreateUser(ctx, &userv1.CreateUserRequest{Email: email, Name: "Test User", Password: Password})
+	if err != nil {
+		t.Fatalf("sign up %s: %v", email, err)
+	}
+	return created.GetUser().GetId(), SignIn(t, r, email)
+}
+
+// SignIn signs the account with email (and Password) in and returns its
+// access token.
+func SignIn(t testing.TB, r *Running, email string) string {
+	t.Helper()
+	resp, err := userv1.NewAuthServiceClient(r.Dial(t, app.TargetUser)).SignIn(context.Background(), &userv1.SignInRequest{Email: email, Password: Password})
+	if err != nil {
+		t.Fatalf("sign in %s: %v", email, err)
+	}
+	return resp.GetAccessToken()
+}
+
+// Password is the password of the accounts SignUp makes.
+const Password = "correct-horse-battery"
+
+// Admin signs up an account, makes it an admin as an operator would
+// (trellis users grant-admin, on r's database) and returns its access
+// token. Tests of features other than authorization call as an admin.
+func Admin(t testing.TB, r *Running) string {
+	t.Helper()
+	email := "admin-" + strings.ToLower(rand.Text()[:10]) + "@trellis.test"
+	SignUp(t, r, email)
+	if err := app.GrantAdmin(context.Background(), app.GrantAdminConfig{Email: email, DataDir: r.cfg.DataDir, DatabaseURL: r.cfg.DatabaseURL}); err != nil {
+		t.Fatal(err)
+	}
+	return SignIn(t, r, email)
+}
+
+// DialAs connects to one of r's components as a client that sends token
+// with every call.
+func (r *Running) DialAs(t testing.TB, server, token string) *grpc.ClientConn {
+	t.Helper()
+	conn, err := grpc.NewClient(r.Addr(server), grpc.WithTransportCredentials(Credentials(t, r.cfg, "test", server)),
+		grpc.WithPerRPCCredentials(testenv.NewBearer(token)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
 }

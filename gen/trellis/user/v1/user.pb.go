@@ -45,7 +45,10 @@ type User struct {
 	// back in UpdateUserRequest.user.etag or DeleteUserRequest.etag to make
 	// the change conditional: a stale etag is ABORTED (HTTP 412 through the
 	// gateway, where it is also the ETag / If-Match header).
-	Etag          string `protobuf:"bytes,6,opt,name=etag,proto3" json:"etag,omitempty"`
+	Etag string `protobuf:"bytes,6,opt,name=etag,proto3" json:"etag,omitempty"`
+	// Roles of the user, set by the server only: "admin" may read and change
+	// every user and order. Granted with `trellis users grant-admin`.
+	Roles         []string `protobuf:"bytes,7,rep,name=roles,proto3" json:"roles,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -120,6 +123,13 @@ func (x *User) GetEtag() string {
 		return x.Etag
 	}
 	return ""
+}
+
+func (x *User) GetRoles() []string {
+	if x != nil {
+		return x.Roles
+	}
+	return nil
 }
 
 // CreateUserRequest carries the fields of a new user.
@@ -731,7 +741,7 @@ var File_trellis_user_v1_user_proto protoreflect.FileDescriptor
 
 const file_trellis_user_v1_user_proto_rawDesc = "" +
 	"\n" +
-	"\x1atrellis/user/v1/user.proto\x12\x0ftrellis.user.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xce\x01\n" +
+	"\x1atrellis/user/v1/user.proto\x12\x0ftrellis.user.v1\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe4\x01\n" +
 	"\x04User\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05email\x18\x02 \x01(\tR\x05email\x12\x12\n" +
@@ -740,7 +750,8 @@ const file_trellis_user_v1_user_proto_rawDesc = "" +
 	"createTime\x12;\n" +
 	"\vupdate_time\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"updateTime\x12\x12\n" +
-	"\x04etag\x18\x06 \x01(\tR\x04etag\"Y\n" +
+	"\x04etag\x18\x06 \x01(\tR\x04etag\x12\x14\n" +
+	"\x05roles\x18\a \x03(\tR\x05roles\"Y\n" +
 	"\x11CreateUserRequest\x12\x14\n" +
 	"\x05email\x18\x01 \x01(\tR\x05email\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x1a\n" +
