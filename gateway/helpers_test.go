@@ -54,6 +54,9 @@ func (r response) violations(t testing.TB) []string {
 type client struct {
 	t    testing.TB
 	base string
+	// token, when set, is sent as the bearer token of every request that
+	// does not set its own Authorization.
+	token string
 }
 
 func (c client) do(method, path, body string, header ...string) response {
@@ -68,6 +71,9 @@ func (c client) do(method, path, body string, header ...string) response {
 	}
 	if body != "" {
 		req.Header.Set("Content-Type", "application/json")
+	}
+	if c.token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.token)
 	}
 	for i := 0; i+1 < len(header); i += 2 {
 		req.Header.Set(header[i], header[i+1])
@@ -103,7 +109,9 @@ func wantStatus(t testing.TB, r response, want int) {
 type system struct {
 	user, order, gw *apptest.Running
 	orderCfg        app.Config
-	http            client
+	// http calls as an admin (these tests are about the REST facade; the
+	// authorization rules have their matrix test), anon without a token.
+	http, anon client
 }
 
 func startSystem(t testing.TB, tune func(gw *app.Config)) *system {
@@ -120,7 +128,9 @@ func startSystem(t testing.TB, tune func(gw *app.Config)) *system {
 		tune(&gw)
 	}
 	s.gw = apptest.Start(t, gw)
-	s.http = client{t: t, base: "http://" + s.gw.Addr(app.TargetGateway)}
+	s.anon = client{t: t, base: "http://" + s.gw.Addr(app.TargetGateway)}
+	s.http = s.anon
+	s.http.token = apptest.Admin(t, s.user)
 	return s
 }
 

@@ -17,8 +17,10 @@ import (
 
 func perMinute(n int) gateway.Quota { return gateway.Quota{N: n, Per: time.Minute} }
 
-// getMissingUser is a read that costs nothing upstream but a lookup.
-func getMissingUser(c client, header ...string) response {
+// readAnyUser is a read that costs nothing upstream but a lookup.
+// readAnyUser is a read (class read) of some user: 401 for an anonymous
+// client, which the limits count like any answer.
+func readAnyUser(c client, header ...string) response {
 	return c.do("GET", "/api/v1/users/"+uuid.NewString(), "", header...)
 }
 
@@ -32,8 +34,8 @@ func TestRateLimitsPerClassWithHeaders(t *testing.T) {
 		c.Gateway.Limits = gateway.RateLimits{Read: perMinute(5), Write: perMinute(3), Auth: perMinute(2)}
 	})
 	for i := range 5 {
-		r := getMissingUser(s.http)
-		wantStatus(t, r, http.StatusNotFound)
+		r := readAnyUser(s.anon)
+		wantStatus(t, r, http.StatusUnauthorized)
 		if got := r.header.Get("RateLimit-Policy"); got != `"read";q=5;w=60` {
 			t.Fatalf("RateLimit-Policy %q", got)
 		}
@@ -41,7 +43,7 @@ func TestRateLimitsPerClassWithHeaders(t *testing.T) {
 			t.Fatalf("read %d: RateLimit %q, want prefix %q", i+1, got, want)
 		}
 	}
-	r := getMissingUser(s.http)
+	r := readAnyUser(s.anon)
 	wantStatus(t, r, http.StatusTooManyRequests)
 	retry, err := strconv.Atoi(r.header.Get("Retry-After"))
 	if err != nil || retry < 1 || retry > 13 { // one request's worth of 5/min: 12 s
@@ -52,15 +54,15 @@ func TestRateLimitsPerClassWithHeaders(t *testing.T) {
 	}
 	// Other classes are counted apart.
 	for range 2 {
-		wantStatus(t, s.http.do("POST", "/api/v1/users", mustJSON(map[string]string{"email": uuid.NewString()[:8] + "@example.com", "name": "A", "password": "correct-horse"})), http.StatusCreated)
+		wantStatus(t, s.anon.do("POST", "/api/v1/users", mustJSON(map[string]string{"email": uuid.NewString()[:8] + "@example.com", "name": "A", "password": "correct-horse"})), http.StatusCreated)
 	}
-	wantStatus(t, s.http.do("POST", "/api/v1/users", `{}`), http.StatusTooManyRequests)
+	wantStatus(t, s.anon.do("POST", "/api/v1/users", `{}`), http.StatusTooManyRequests)
 	for range 3 {
-		wantStatus(t, s.http.do("DELETE", "/api/v1/users/"+uuid.NewString(), ""), http.StatusNotFound)
+		wantStatus(t, s.anon.do("DELETE", "/api/v1/users/"+uuid.NewString(), ""), http.StatusUnauthorized)
 	}
-	wantStatus(t, s.http.do("DELETE", "/api/v1/users/"+uuid.NewString(), ""), http.StatusTooManyRequests)
+	wantStatus(t, s.anon.do("DELETE", "/api/v1/users/"+uuid.NewString(), ""), http.StatusTooManyRequests)
 	// Health and the page are not API calls: never limited.
-	wantStatus(t, s.http.do("GET", "/health", ""), http.StatusOK)
+	wantStatus(t, s.anon.do("GET", "/health", ""), http.StatusOK)
 }
 
 // TestRateLimitKeyHeader: behind a proxy the client is the header's first
@@ -72,14 +74,14 @@ func TestRateLimitKeyHeader(t *testing.T) {
 	})
 	a := []string{"X-Forwarded-For", "203.0.113.7, 10.0.0.1"}
 	for range 2 {
-		wantStatus(t, getMissingUser(s.http, a...), http.StatusNotFound)
+		wantStatus(t, readAnyUser(s.anon, a...), http.StatusUnauthorized)
 	}
-	wantStatus(t, getMissingUser(s.http, a...), http.StatusTooManyRequests)
-	wantStatus(t, getMissingUser(s.http, "X-Forwarded-For", "198.51.100.9"), http.StatusNotFound)
+	wantStatus(t, readAnyUser(s.anon, a...), http.StatusTooManyRequests)
+	wantStatus(t, readAnyUser(s.anon, "X-Forwarded-For", "198.51.100.9"), http.StatusUnauthorized)
 	// Garbage in the header: the connection's address is the key.
 	for _, junk := range []string{"not an address", "", "203.0.113.7x", strings.Repeat("9", 4000)} {
-		r := getMissingUser(s.http, "X-Forwarded-For", junk)
-		if r.code != http.StatusNotFound && r.code != http.StatusTooManyRequests {
+		r := readAnyUser(s.anon, "X-Forwarded-For", junk)
+		if r.code != http.StatusUnauthorized && r.code != http.StatusTooManyRequests {
 			t.Fatalf("X-Forwarded-For %.20q: %d", junk, r.code)
 		}
 	}
@@ -107,11 +109,11 @@ func TestRateLimitsSharedAcrossGatewaysThroughRedis(t *testing.T) {
 	second.UserUpstream, second.OrderUpstream = s.user.Addr(app.TargetUser), s.order.Addr(app.TargetOrder)
 	limits(&second)
 	gw2 := client{t: t, base: "http://" + apptest.Start(t, second).Addr(app.TargetGateway)}
-	for _, c := range []client{s.http, gw2, s.http, gw2} {
-		wantStatus(t, getMissingUser(c), http.StatusNotFound)
+	for _, c := range []client{s.anon, gw2, s.anon, gw2} {
+		wantStatus(t, readAnyUser(c), http.StatusUnauthorized)
 	}
-	wantStatus(t, getMissingUser(s.http), http.StatusTooManyRequests)
-	wantStatus(t, getMissingUser(gw2), http.StatusTooManyRequests)
+	wantStatus(t, readAnyUser(s.anon), http.StatusTooManyRequests)
+	wantStatus(t, readAnyUser(gw2), http.StatusTooManyRequests)
 
 	down := apptest.Config(t, app.TargetGateway)
 	down.UserUpstream, down.OrderUpstream = second.UserUpstream, second.OrderUpstream
@@ -119,7 +121,7 @@ func TestRateLimitsSharedAcrossGatewaysThroughRedis(t *testing.T) {
 	down.RedisURL = "redis://127.0.0.1:1/0" // nothing listens
 	gw3 := client{t: t, base: "http://" + apptest.Start(t, down).Addr(app.TargetGateway)}
 	for range 3 {
-		wantStatus(t, getMissingUser(gw3), http.StatusNotFound)
+		wantStatus(t, readAnyUser(gw3), http.StatusUnauthorized)
 	}
 }
 

@@ -42,6 +42,7 @@ func TestNoEventLostAcrossNATSOutageAndRestart(t *testing.T) {
 	cfg.NATSURL = natsURL
 	cfg.Order.ReconcileInterval = time.Hour
 	running := apptest.Start(t, cfg)
+	admin := apptest.Admin(t, running) // its keys are in the database: valid across the restart
 
 	var (
 		mu       sync.Mutex
@@ -61,8 +62,8 @@ func TestNoEventLostAcrossNATSOutageAndRestart(t *testing.T) {
 			default:
 			}
 			a := addr.Load().([2]string)
-			uc := userv1.NewUserServiceClient(apptest.Dial(t, cfg, app.TargetUser, a[0]))
-			oc := orderv1.NewOrderServiceClient(apptest.Dial(t, cfg, app.TargetOrder, a[1]))
+			uc := userv1.NewUserServiceClient(apptest.DialAs(t, cfg, app.TargetUser, a[0], admin))
+			oc := orderv1.NewOrderServiceClient(apptest.DialAs(t, cfg, app.TargetOrder, a[1], admin))
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 			ur, err := uc.CreateUser(ctx, &userv1.CreateUserRequest{Email: fmt.Sprintf("load%d@example.com", i), Name: "L", Password: "correct-horse"})
 			if err == nil {
@@ -117,8 +118,8 @@ func TestNoEventLostAcrossNATSOutageAndRestart(t *testing.T) {
 	// The database rows are the truth: every acknowledged write is there,
 	// and each row has exactly one event.
 	a := addr.Load().([2]string)
-	uc := userv1.NewUserServiceClient(apptest.Dial(t, cfg, app.TargetUser, a[0]))
-	oc := orderv1.NewOrderServiceClient(apptest.Dial(t, cfg, app.TargetOrder, a[1]))
+	uc := userv1.NewUserServiceClient(apptest.DialAs(t, cfg, app.TargetUser, a[0], admin))
+	oc := orderv1.NewOrderServiceClient(apptest.DialAs(t, cfg, app.TargetOrder, a[1], admin))
 	all, err := uc.ListUsers(context.Background(), &userv1.ListUsersRequest{PageSize: 1000})
 	if err != nil {
 		t.Fatal(err)

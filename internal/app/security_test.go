@@ -166,8 +166,9 @@ func TestEmbeddedNATSRefusesForgedEvents(t *testing.T) {
 	cfg := apptest.Config(t, app.TargetAll)
 	cfg.NATSListen = "127.0.0.1:0"
 	running := apptest.Start(t, cfg)
-	uc := userv1.NewUserServiceClient(running.Dial(t, app.TargetUser))
-	oc := orderv1.NewOrderServiceClient(running.Dial(t, app.TargetOrder))
+	admin := apptest.Admin(t, running)
+	uc := userv1.NewUserServiceClient(running.DialAs(t, app.TargetUser, admin))
+	oc := orderv1.NewOrderServiceClient(running.DialAs(t, app.TargetOrder, admin))
 	forgeries(t, cfg, "tls://"+running.Addr("nats"), uc, oc)
 }
 
@@ -214,8 +215,9 @@ func TestExternalNATSServerWithTheDocumentedConfig(t *testing.T) {
 	}
 	cfg.NATSURL = "tls://" + addr
 	running := apptest.Start(t, cfg)
-	uc := userv1.NewUserServiceClient(running.Dial(t, app.TargetUser))
-	oc := orderv1.NewOrderServiceClient(running.Dial(t, app.TargetOrder))
+	admin := apptest.Admin(t, running)
+	uc := userv1.NewUserServiceClient(running.DialAs(t, app.TargetUser, admin))
+	oc := orderv1.NewOrderServiceClient(running.DialAs(t, app.TargetOrder, admin))
 	forgeries(t, cfg, cfg.NATSURL, uc, oc)
 	if t.Failed() {
 		t.Logf("nats-server config:\n%s\nnats-server log:\n%s", text, logs.String())
@@ -234,7 +236,7 @@ func TestPolicyFileIsReloaded(t *testing.T) {
 		t.Fatal(err)
 	}
 	running := apptest.Start(t, cfg)
-	users := userv1.NewUserServiceClient(running.Dial(t, app.TargetUser))
+	users := userv1.NewUserServiceClient(running.DialAs(t, app.TargetUser, apptest.Admin(t, running)))
 	list := func() codes.Code {
 		_, err := users.ListUsers(context.Background(), &userv1.ListUsersRequest{})
 		return status.Code(err)

@@ -38,12 +38,9 @@ func TestEventsTail(t *testing.T) {
 	t.Parallel()
 	cfg := apptest.Config(t, "user,order")
 	running := apptest.Start(t, cfg)
-	users := userv1.NewUserServiceClient(running.Dial(t, app.TargetUser))
-	created, err := users.CreateUser(context.Background(), &userv1.CreateUserRequest{Email: "tail@example.com", Name: "Tail", Password: "correct-horse"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	id := created.GetUser().GetId()
+	// The user deletes its own account: no other account, no other event.
+	id, token := apptest.SignUp(t, running, "tail@example.com")
+	users := userv1.NewUserServiceClient(running.DialAs(t, app.TargetUser, token))
 
 	out := &syncBuf{mu: make(chan struct{}, 1)}
 	ctx, cancel := context.WithCancel(context.Background())

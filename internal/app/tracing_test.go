@@ -26,12 +26,14 @@ func TestTraceShapes(t *testing.T) {
 	cfg.Tracer = tp
 	a := apptest.Start(t, cfg)
 	base := "http://" + a.Addr(app.TargetGateway)
+	admin := apptest.Admin(t, a)
 
 	send := func(method, path, body, traceID string) *http.Response {
 		t.Helper()
 		req, _ := http.NewRequest(method, base+path, strings.NewReader(body))
 		req.Header.Set("Content-Type", "application/json")
 		req.Header.Set("traceparent", "00-"+traceID+"-00f067aa0ba902b7-01")
+		req.Header.Set("Authorization", "Bearer "+admin)
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			t.Fatal(err)

@@ -226,8 +226,13 @@ func Admin(t testing.TB, r *Running) string {
 // DialAs connects to one of r's components as a client that sends token
 // with every call.
 func (r *Running) DialAs(t testing.TB, server, token string) *grpc.ClientConn {
+	return DialAs(t, r.cfg, server, r.Addr(server), token)
+}
+
+// DialAs is Dial with token sent as the bearer token of every call.
+func DialAs(t testing.TB, cfg app.Config, server, addr, token string) *grpc.ClientConn {
 	t.Helper()
-	conn, err := grpc.NewClient(r.Addr(server), grpc.WithTransportCredentials(Credentials(t, r.cfg, "test", server)),
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(Credentials(t, cfg, "test", server)),
 		grpc.WithPerRPCCredentials(testenv.NewBearer(token)))
 	if err != nil {
 		t.Fatal(err)
