@@ -165,6 +165,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
 
 	userv1 "example.com/consumer/gen/trellis/user/v1"
 )
@@ -200,6 +201,12 @@ func main() {
 		fmt.Fprintln(os.Stderr, "create:", err)
 		os.Exit(1)
 	}
+	signedIn, err := userv1.NewAuthServiceClient(conn).SignIn(ctx, &userv1.SignInRequest{Email: "sdk@example.com", Password: "correct-horse"})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "sign in:", err)
+		os.Exit(1)
+	}
+	ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+signedIn.GetAccessToken())
 	got, err := c.GetUser(ctx, &userv1.GetUserRequest{Id: created.GetUser().GetId()})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "get:", err)
@@ -240,7 +247,7 @@ func main() {
 		t.Fatalf("consumer printed %q", out)
 	}
 	// The user the consumer created is really there.
-	c := userv1.NewUserServiceClient(srv.Dial(t, app.TargetUser))
+	c := userv1.NewUserServiceClient(srv.DialAs(t, app.TargetUser, apptest.Admin(t, srv)))
 	if _, err := c.GetUser(context.Background(), &userv1.GetUserRequest{Id: fields[0]}); err != nil {
 		t.Errorf("user created by the consumer: %v", err)
 	}

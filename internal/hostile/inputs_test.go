@@ -105,6 +105,10 @@ func checkREST(t testing.TB, s *system, method, path, body string, header ...str
 	if body != "" {
 		req.Header.Set("Content-Type", "application/json")
 	}
+	// As a signed-in user, so that input reaches validation and the
+	// services, not only the 401 of an anonymous caller.
+	_, tok := s.signedIn(t)
+	req.Header.Set("Authorization", "Bearer "+tok)
 	for i := 0; i+1 < len(header); i += 2 {
 		req.Header.Set(header[i], header[i+1])
 	}
@@ -147,11 +151,18 @@ func fill(template string, value func() string) string {
 }
 
 // services are the gRPC services and where they listen.
-func services(s *system) map[string]protoreflect.ServiceDescriptor {
-	return map[string]protoreflect.ServiceDescriptor{
-		s.user:  userv1.File_trellis_user_v1_user_proto.Services().Get(0),
-		s.order: orderv1.File_trellis_order_v1_order_proto.Services().Get(0),
+func services(s *system) []addressedService {
+	return []addressedService{
+		{s.user, userv1.File_trellis_user_v1_user_proto.Services().Get(0)},
+		{s.user, userv1.File_trellis_user_v1_auth_proto.Services().Get(0)},
+		{s.order, orderv1.File_trellis_order_v1_order_proto.Services().Get(0)},
 	}
+}
+
+// addressedService is a service and where it is served.
+type addressedService struct {
+	addr string
+	sd   protoreflect.ServiceDescriptor
 }
 
 // serverFaults are the codes a client's mistake must never produce.
@@ -331,7 +342,8 @@ func TestGeneratedInputsNeverFaultTheServer(t *testing.T) {
 	wg.Wait()
 
 	// gRPC: every RPC, generated messages and damaged encodings of them.
-	for addr, sd := range services(s) {
+	for _, as := range services(s) {
+		addr, sd := as.addr, as.sd
 		conn := s.dial(t, addr)
 		methods := sd.Methods()
 		for i := range methods.Len() {
@@ -383,8 +395,11 @@ func FuzzGRPC(f *testing.F) {
 	s := start(f)
 	conns := map[string]*grpc.ClientConn{}
 	var all, at []string
-	for addr, sd := range services(s) {
-		conns[addr] = s.dial(f, addr)
+	for _, as := range services(s) {
+		addr, sd := as.addr, as.sd
+		if conns[addr] == nil {
+			conns[addr] = s.dial(f, addr)
+		}
 		for i := range sd.Methods().Len() {
 			all = append(all, "/"+string(sd.FullName())+"/"+string(sd.Methods().Get(i).Name()))
 			at = append(at, addr)

@@ -14,8 +14,6 @@ import (
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/protobuf/proto"
 
 	orderv1 "github.com/trellis-mesh/trellis/gen/trellis/order/v1"
@@ -201,22 +199,8 @@ func grpcFrame(declared int, body []byte) []byte {
 func TestOneClientCannotGrowAProcessPastTheBound(t *testing.T) {
 	s := start(t)
 	ctx := context.Background()
-	conn, err := grpc.NewClient(s.order, grpc.WithTransportCredentials(credentials.NewTLS(s.tlsConfig(t, s.order))))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	uconn, err := grpc.NewClient(s.user, grpc.WithTransportCredentials(credentials.NewTLS(s.tlsConfig(t, s.user))))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer uconn.Close()
-	users, orders := userv1.NewUserServiceClient(uconn), orderv1.NewOrderServiceClient(conn)
-	u, err := users.CreateUser(ctx, &userv1.CreateUserRequest{Email: "big@example.com", Name: "Big", Password: "correct-horse"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	uid := u.GetUser().GetId()
+	uid, tok := s.signedIn(t)
+	users, orders := userv1.NewUserServiceClient(s.dial(t, s.user)), orderv1.NewOrderServiceClient(s.dial(t, s.order))
 	lines := make([]*orderv1.OrderItem, 100)
 	for i := range lines {
 		lines[i] = &orderv1.OrderItem{ProductId: strings.Repeat("p", 96) + strconv.Itoa(1000+i), Quantity: 1,
@@ -254,7 +238,7 @@ func TestOneClientCannotGrowAProcessPastTheBound(t *testing.T) {
 	// open, and 36 more, on the order port.
 	h := dialH2(t, s, s.order)
 	for range 100 {
-		if id := h.call("/trellis.order.v1.OrderService/ListOrders"); id != 0 {
+		if id := h.call("/trellis.order.v1.OrderService/ListOrders", hpack.HeaderField{Name: "authorization", Value: "Bearer " + tok}); id != 0 {
 			h.send(id, grpcFrame(len(list), list), true)
 		}
 	}

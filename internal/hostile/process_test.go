@@ -1,11 +1,15 @@
 package hostile
 
 import (
+	"context"
 	"crypto/tls"
 	"io"
+	"math/rand/v2"
 	"net/http"
 	"path/filepath"
 	"regexp"
+	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -14,6 +18,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
+	userv1 "github.com/trellis-mesh/trellis/gen/trellis/user/v1"
 	"github.com/trellis-mesh/trellis/mesh/identity"
 
 	"github.com/trellis-mesh/trellis/internal/proc"
@@ -31,6 +36,34 @@ type system struct {
 	dir                    string // its working directory: ./data/identity holds its CA
 	http, user, order, adm string
 	logs                   *testenv.SyncBuffer
+
+	tokenOnce sync.Once
+	uid, tok  string
+}
+
+// signedIn is the attacker's own account, signed in: the attacks come
+// from a user who may call the API (past authentication), acting on what
+// it owns. It returns the user's id and access token.
+func (s *system) signedIn(t testing.TB) (string, string) {
+	s.tokenOnce.Do(func() {
+		conn, err := grpc.NewClient(s.user, grpc.WithTransportCredentials(credentials.NewTLS(s.tlsConfig(t, s.user))))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		ctx := context.Background()
+		email := "hostile-" + strconv.Itoa(rand.IntN(1e9)) + "@example.com"
+		u, err := userv1.NewUserServiceClient(conn).CreateUser(ctx, &userv1.CreateUserRequest{Email: email, Name: "Mallory", Password: "correct-horse"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		in, err := userv1.NewAuthServiceClient(conn).SignIn(ctx, &userv1.SignInRequest{Email: email, Password: "correct-horse"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.uid, s.tok = u.GetUser().GetId(), in.GetAccessToken()
+	})
+	return s.uid, s.tok
 }
 
 func start(t testing.TB, extra ...string) *system {
@@ -172,11 +205,14 @@ func (s *system) tlsConfig(t testing.TB, addr string) *tls.Config {
 }
 
 // dial is a gRPC connection to the component server at addr as a client
-// with a valid certificate: the attacks below come from inside the trust
-// domain, past mTLS and authorization.
+// with a valid certificate and a signed-in user's token: the attacks below
+// come from inside the trust domain, past mTLS, authorization and
+// authentication.
 func (s *system) dial(t testing.TB, addr string) *grpc.ClientConn {
 	t.Helper()
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(s.tlsConfig(t, addr))))
+	_, tok := s.signedIn(t)
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(s.tlsConfig(t, addr))),
+		grpc.WithPerRPCCredentials(testenv.NewBearer(tok)))
 	if err != nil {
 		t.Fatal(err)
 	}
