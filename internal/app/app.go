@@ -58,7 +58,8 @@ type App struct {
 
 	// tokenKeys verify access tokens: the user service's own keys, or the
 	// key set fetched from it.
-	tokenKeys token.KeySource
+	tokenKeys  token.KeySource
+	tokenCache *token.Cache
 }
 
 // component is one thing App serves.

@@ -34,8 +34,15 @@ func (a *App) verifier(userConn grpc.ClientConnInterface) *token.Verifier {
 		a.workers = append(a.workers, keys.Run)
 		a.tokenKeys = keys
 	}
-	return &token.Verifier{Issuer: a.cfg.Token.Issuer, Audience: a.cfg.Token.Audience, Leeway: a.cfg.Token.Leeway, Keys: a.tokenKeys}
+	if a.tokenCache == nil {
+		a.tokenCache = token.NewCache(tokenCacheSize)
+	}
+	return &token.Verifier{Issuer: a.cfg.Token.Issuer, Audience: a.cfg.Token.Audience, Leeway: a.cfg.Token.Leeway, Keys: a.tokenKeys, Cache: a.tokenCache}
 }
+
+// tokenCacheSize bounds the verified tokens a process remembers (about
+// 3 MiB); a token not remembered is verified again.
+const tokenCacheSize = 10_000
 
 // jwksOf parses the key set with go-jose (the proto's JSON form is the
 // JWK form).

@@ -109,6 +109,70 @@ type system struct {
 	users    []*component
 	orders   []*component
 	gateways []*component
+
+	// tokens are the access tokens of the users createUsers made, by id;
+	// adminToken is an admin's (see admin).
+	tokens     sync.Map
+	adminOnce  sync.Once
+	adminToken string
+}
+
+// token is the access token of user id (made by createUsers), or "".
+func (s *system) token(id string) string {
+	v, _ := s.tokens.Load(id)
+	tok, _ := v.(string)
+	return tok
+}
+
+// signIn signs email in through the first gateway and returns its access
+// token.
+func (s *system) signIn(t *testing.T, email string) string {
+	t.Helper()
+	resp, err := http.Post("http://"+s.gateways[0].addr+"/api/v1/auth:signIn", "application/json",
+		strings.NewReader(fmt.Sprintf(`{"email":%q,"password":"correct-horse"}`, email)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var r struct{ AccessToken string }
+	_ = json.NewDecoder(resp.Body).Decode(&r)
+	if resp.StatusCode != http.StatusOK || r.AccessToken == "" {
+		t.Fatalf("sign in %s: %d", email, resp.StatusCode)
+	}
+	return r.AccessToken
+}
+
+// admin is the access token of an admin, made as an operator would: sign
+// up, `trellis users grant-admin` on the user service's database, sign in.
+func (s *system) admin(t *testing.T) string {
+	t.Helper()
+	s.adminOnce.Do(func() {
+		email := "admin-" + uuid.NewString()[:8] + "@example.com"
+		resp, err := http.Post("http://"+s.gateways[0].addr+"/api/v1/users", "application/json",
+			strings.NewReader(fmt.Sprintf(`{"email":%q,"name":"Admin","password":"correct-horse"}`, email)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if out, err := exec.Command(trellisBin, "users", "grant-admin", "--email", email, "--database-url", s.dbURL).CombinedOutput(); err != nil {
+			t.Fatalf("grant-admin: %v\n%s", err, out)
+		}
+		s.adminToken = s.signIn(t, email)
+	})
+	return s.adminToken
+}
+
+// post sends a JSON body with token as its bearer token ("" for none).
+func post(c *http.Client, url, body, token string) (*http.Response, error) {
+	req, err := http.NewRequest(http.MethodPost, url, strings.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	return c.Do(req)
 }
 
 type component struct {
@@ -346,6 +410,7 @@ type outcome struct {
 // connection errors, across gateways, until it succeeds or retryFor ends.
 type load struct {
 	t        *testing.T
+	s        *system
 	gateways []string
 	users    []string
 	rate     int
@@ -364,7 +429,7 @@ func newLoad(t *testing.T, s *system, users []string, rate int, retryFor time.Du
 	for _, g := range s.gateways {
 		gws = append(gws, "http://"+g.addr)
 	}
-	return &load{t: t, gateways: gws, users: users, rate: rate, retryFor: retryFor, attempts: map[int]int{},
+	return &load{t: t, s: s, gateways: gws, users: users, rate: rate, retryFor: retryFor, attempts: map[int]int{},
 		stop: make(chan struct{}), client: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}}}
 }
 
@@ -404,7 +469,7 @@ func (l *load) one(i int) {
 	for attempt := 0; ; attempt++ {
 		gw := l.gateways[(i+attempt)%len(l.gateways)]
 		start := time.Now()
-		resp, err := l.client.Post(gw+"/api/v1/orders", "application/json", strings.NewReader(body))
+		resp, err := post(l.client, gw+"/api/v1/orders", body, l.s.token(user))
 		o.attempts++
 		o.latency = time.Since(start)
 		code := 0
@@ -554,13 +619,15 @@ func orDash(s string) string {
 	return s
 }
 
-// createUsers makes n users through the gateway and waits until the order
-// service's replica has applied their events.
+// createUsers makes n users through the gateway, signs each in (its token:
+// s.token) and waits until the order service's replica has applied their
+// events.
 func createUsers(t *testing.T, s *system, n int) []string {
 	t.Helper()
 	var ids []string
 	for i := range n {
-		body := fmt.Sprintf(`{"email":"chaos%d-%s@example.com","name":"Chaos","password":"correct-horse"}`, i, uuid.NewString()[:6])
+		email := fmt.Sprintf("chaos%d-%s@example.com", i, uuid.NewString()[:6])
+		body := fmt.Sprintf(`{"email":%q,"name":"Chaos","password":"correct-horse"}`, email)
 		resp, err := http.Post("http://"+s.gateways[0].addr+"/api/v1/users", "application/json", strings.NewReader(body))
 		if err != nil {
 			t.Fatal(err)
@@ -572,6 +639,7 @@ func createUsers(t *testing.T, s *system, n int) []string {
 			t.Fatalf("create user: %d", resp.StatusCode)
 		}
 		ids = append(ids, r.User.ID)
+		s.tokens.Store(r.User.ID, s.signIn(t, email))
 	}
 	applied := func() float64 {
 		sum := 0.0

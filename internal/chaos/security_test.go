@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -50,7 +51,9 @@ func TestIdentityRotationUnderLoad(t *testing.T) {
 		}
 		var p peer.Peer
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		_, err = userv1.NewUserServiceClient(conn).GetUser(ctx, &userv1.GetUserRequest{Id: users[churn%len(users)]}, grpc.Peer(&p))
+		u := users[churn%len(users)]
+		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+s.token(u))
+		_, err = userv1.NewUserServiceClient(conn).GetUser(ctx, &userv1.GetUserRequest{Id: u}, grpc.Peer(&p))
 		cancel()
 		conn.Close()
 		churn++
@@ -185,7 +188,9 @@ func TestImpostors(t *testing.T) {
 		fails = append(fails, fmt.Sprintf("%d orders were cancelled: a forged user.deleted got through", cancelled))
 	}
 	for _, u := range users {
-		resp, err := http.Get("http://" + s.gateways[0].addr + "/api/v1/users/" + u)
+		req, _ := http.NewRequest(http.MethodGet, "http://"+s.gateways[0].addr+"/api/v1/users/"+u, nil)
+		req.Header.Set("Authorization", "Bearer "+s.token(u))
+		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}

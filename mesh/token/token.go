@@ -9,6 +9,7 @@ package token
 import (
 	"context"
 	"crypto/ecdsa"
+	"crypto/sha256"
 	"errors"
 	"flag"
 	"fmt"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
+	lru "github.com/hashicorp/golang-lru/v2"
 
 	"github.com/trellis-mesh/trellis/mesh"
 )
@@ -182,6 +184,25 @@ type Verifier struct {
 	Leeway time.Duration
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// Cache, when set, remembers tokens already verified, so that a
+	// client's next calls with the same token cost a hash and a lookup
+	// instead of an ECDSA verification. Expiry is checked on every call.
+	Cache *Cache
+}
+
+// Cache remembers verified tokens by their SHA-256, a bounded number
+// (least recently used forgotten): a token it holds was verified with a
+// published key, so only the time checks are left.
+type Cache struct{ lru *lru.Cache[[32]byte, *Claims] }
+
+// NewCache returns a cache of up to size verified tokens (each about 300
+// bytes: 10 000 take ~3 MiB).
+func NewCache(size int) *Cache {
+	c, err := lru.New[[32]byte, *Claims](size)
+	if err != nil {
+		panic(err) // size <= 0: a programming error
+	}
+	return &Cache{lru: c}
 }
 
 // Verify implements mesh.TokenVerifier.
@@ -198,6 +219,23 @@ func (v *Verifier) Claims(ctx context.Context, raw string) (*Claims, error) {
 	if len(raw) > MaxTokenBytes {
 		return nil, fmt.Errorf("token longer than %d bytes", MaxTokenBytes)
 	}
+	now, leeway := time.Now, v.Leeway
+	if v.Now != nil {
+		now = v.Now
+	}
+	if leeway == 0 {
+		leeway = DefaultLeeway
+	}
+	var sum [32]byte
+	if v.Cache != nil {
+		sum = sha256.Sum256([]byte(raw))
+		if c, ok := v.Cache.lru.Get(sum); ok {
+			if err := c.ValidateWithLeeway(jwt.Expected{Issuer: v.Issuer, AnyAudience: jwt.Audience{v.Audience}, Time: now()}, leeway); err != nil {
+				return nil, err
+			}
+			return c, nil
+		}
+	}
 	tok, err := jwt.ParseSigned(raw, []jose.SignatureAlgorithm{Algorithm})
 	if err != nil {
 		return nil, err
@@ -213,18 +251,14 @@ func (v *Verifier) Claims(ctx context.Context, raw string) (*Claims, error) {
 	if err := tok.Claims(key, &c); err != nil {
 		return nil, err
 	}
-	now, leeway := time.Now, v.Leeway
-	if v.Now != nil {
-		now = v.Now
-	}
-	if leeway == 0 {
-		leeway = DefaultLeeway
-	}
 	if c.Expiry == nil || c.Subject == "" {
 		return nil, errors.New("token without exp or sub")
 	}
 	if err := c.ValidateWithLeeway(jwt.Expected{Issuer: v.Issuer, AnyAudience: jwt.Audience{v.Audience}, Time: now()}, leeway); err != nil {
 		return nil, err
+	}
+	if v.Cache != nil {
+		v.Cache.lru.Add(sum, &c)
 	}
 	return &c, nil
 }
