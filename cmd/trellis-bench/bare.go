@@ -9,17 +9,25 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
+	"github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 
 	"golang.org/x/crypto/bcrypt"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 
 	userv1 "github.com/trellis-mesh/trellis/gen/trellis/user/v1"
 	"github.com/trellis-mesh/trellis/internal/sqldb"
+	"github.com/trellis-mesh/trellis/mesh"
+	"github.com/trellis-mesh/trellis/mesh/token"
 	"github.com/trellis-mesh/trellis/services/user"
 )
 
@@ -63,6 +71,7 @@ func serveBare(args []string) error {
 	fs := flag.NewFlagSet("serve-bare", flag.ExitOnError)
 	addr := fs.String("addr", "127.0.0.1:0", "gRPC listen address")
 	dataDir := fs.String("data-dir", "", "SQLite directory")
+	verify := fs.String("verify", "cached", "access tokens: cached (verified, verified tokens remembered, as Trellis does), full (verified on every call) or none (claims read unverified: the baseline of what verifying costs)")
 	_ = fs.Parse(args)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -79,9 +88,46 @@ func serveBare(args []string) error {
 	if err != nil {
 		return err
 	}
-	srv := grpc.NewServer()
-	userv1.RegisterUserServiceServer(srv, user.NewGRPC(user.NewService(store, user.Config{BcryptCost: bcrypt.MinCost})))
+	svc := user.NewService(store, user.Config{BcryptCost: bcrypt.MinCost})
+	v := &token.Verifier{Issuer: token.DefaultIssuer, Audience: token.DefaultAudience, Keys: svc.TokenKeys()}
+	if *verify == "cached" {
+		v.Cache = token.NewCache(10_000)
+	}
+	srv := grpc.NewServer(grpc.UnaryInterceptor(bareAuth(v, *verify == "none")))
+	userv1.RegisterUserServiceServer(srv, user.NewGRPC(svc))
+	userv1.RegisterAuthServiceServer(srv, user.NewAuthGRPC(svc))
 	go func() { <-ctx.Done(); srv.GracefulStop() }()
 	fmt.Println("listening", lis.Addr())
 	return srv.Serve(lis)
+}
+
+// bareAuth is the least a server must do with a bearer token for the use
+// cases to know their caller: verify it (or, with unverified, only read
+// its claims) and put the principal in the context.
+func bareAuth(v *token.Verifier, unverified bool) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		vals := metadata.ValueFromIncomingContext(ctx, "authorization")
+		if len(vals) == 0 {
+			return handler(ctx, req)
+		}
+		raw := strings.TrimPrefix(vals[0], "Bearer ")
+		var p *mesh.Principal
+		if unverified {
+			tok, err := jwt.ParseSigned(raw, []jose.SignatureAlgorithm{token.Algorithm})
+			var c token.Claims
+			if err == nil {
+				err = tok.UnsafeClaimsWithoutVerification(&c)
+			}
+			if err != nil {
+				return nil, status.Error(codes.Unauthenticated, "bad token")
+			}
+			p = &mesh.Principal{Subject: c.Subject, Roles: c.Roles}
+		} else {
+			var err error
+			if p, err = v.Verify(ctx, raw); err != nil {
+				return nil, status.Error(codes.Unauthenticated, "bad token")
+			}
+		}
+		return handler(mesh.WithPrincipal(ctx, p, raw), req)
+	}
 }

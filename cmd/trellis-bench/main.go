@@ -138,6 +138,7 @@ func run() int {
 		{"4 events", r.events},
 		{"5 breaker", r.breaker},
 		{"6 security cost", r.mtls},
+		{"7 token verification", r.tokens},
 	}
 	steps = append(steps, struct {
 		name string
