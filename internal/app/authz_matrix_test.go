@@ -159,7 +159,9 @@ func TestAuthorizationMatrix(t *testing.T) {
 		{"UpdateUser", func(ctx context.Context, m *matrix, f fixture) error {
 			_, err := m.users.UpdateUser(ctx, &userv1.UpdateUserRequest{User: &userv1.User{Id: f.id, Name: "Renamed"}, UpdateMask: &fieldmaskpb.FieldMask{Paths: []string{"name"}}})
 			return err
-		}, func(f fixture) (string, string, string) { return "PATCH", "/api/v1/users/" + f.id, `{"name":"Renamed"}` }, mine},
+		}, func(f fixture) (string, string, string) {
+			return "PATCH", "/api/v1/users/" + f.id, `{"name":"Renamed"}`
+		}, mine},
 		{"DeleteUser", func(ctx context.Context, m *matrix, f fixture) error {
 			_, err := m.users.DeleteUser(ctx, &userv1.DeleteUserRequest{Id: f.id})
 			return err
@@ -194,11 +196,15 @@ func TestAuthorizationMatrix(t *testing.T) {
 		{"SignOut", func(ctx context.Context, m *matrix, f fixture) error {
 			_, err := m.auth.SignOut(ctx, &userv1.SignOutRequest{RefreshToken: "unknown"})
 			return err
-		}, func(f fixture) (string, string, string) { return "POST", "/api/v1/auth:signOut", `{"refreshToken":"unknown"}` }, public},
+		}, func(f fixture) (string, string, string) {
+			return "POST", "/api/v1/auth:signOut", `{"refreshToken":"unknown"}`
+		}, public},
 		{"RefreshToken (unknown token)", func(ctx context.Context, m *matrix, f fixture) error {
 			_, err := m.auth.RefreshToken(ctx, &userv1.RefreshTokenRequest{RefreshToken: "unknown"})
 			return err
-		}, func(f fixture) (string, string, string) { return "POST", "/api/v1/auth:refresh", `{"refreshToken":"unknown"}` },
+		}, func(f fixture) (string, string, string) {
+			return "POST", "/api/v1/auth:refresh", `{"refreshToken":"unknown"}`
+		},
 			map[string]codes.Code{anonymous: codes.Unauthenticated, otherUser: codes.Unauthenticated, owner: codes.Unauthenticated, admin: codes.Unauthenticated}},
 	}
 	for _, op := range ops {

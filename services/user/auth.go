@@ -87,10 +87,10 @@ func (c AuthConfig) withDefaults() AuthConfig {
 
 // Tokens is a new token pair.
 type Tokens struct {
-	Access       string
-	ExpiresIn    time.Duration
-	Refresh      string
-	UserID       string
+	Access    string
+	ExpiresIn time.Duration
+	Refresh   string
+	UserID    string
 }
 
 // keyring holds the signing keys: every replica signs with the newest and
