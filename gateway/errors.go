@@ -41,6 +41,9 @@ func (g *Gateway) writeError(ctx context.Context, _ *runtime.ServeMux, _ runtime
 		st = badParam(name, "not a valid value for this path parameter")
 	case st.Code() == codes.Unauthenticated:
 		w.Header().Set("WWW-Authenticate", challenge)
+		if mode := sessionFrom(ctx); mode != nil {
+			setSessionCookie(w, "", mode.secure) // a refresh token refused is gone
+		}
 	case st.Code() == codes.Aborted:
 		// The only ABORTED is a stale etag: the precondition failed.
 		httpStatus = http.StatusPreconditionFailed

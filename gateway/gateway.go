@@ -176,7 +176,7 @@ func New(cfg Config, userConn, orderConn grpc.ClientConnInterface, log *slog.Log
 
 	web, _ := fs.Sub(assets, "web")
 	root := http.NewServeMux()
-	root.Handle("/api/", g.authenticate(g.rateLimit(g.limitBody(g.apiEdge(g.mux)))))
+	root.Handle("/api/", g.authenticate(g.rateLimit(g.limitBody(g.apiEdge(g.session(g.mux))))))
 	root.Handle("GET /.well-known/jwks.json", g.rateLimit(http.HandlerFunc(g.jwks)))
 	root.HandleFunc("GET /api/openapi.json", g.serveOpenAPI)
 	// For load balancers; /metrics, /healthz and /readyz are served on the

@@ -26,7 +26,7 @@ import (
 const (
 	ClassRead  = "read"  // GET and HEAD
 	ClassWrite = "write" // every other method
-	ClassAuth  = "auth"  // creating an account and signing in, refreshing and signing out: what brute force and sign-up spam go through
+	ClassAuth  = "auth"  // creating an account and signing in: what password guessing and sign-up spam go through (refresh tokens are 256 random bits: refresh and sign-out are writes)
 )
 
 // Quota is N requests per period, bursts of up to N. The zero Quota is
@@ -121,7 +121,7 @@ func (c *RateLimits) RegisterFlags(prefix string, fs *flag.FlagSet) {
 	c.Read, c.Write, c.Auth = DefaultReadQuota, DefaultWriteQuota, DefaultAuthQuota
 	fs.Var(quotaFlag{&c.Read}, prefix+"rate-read", "requests per client for reads (GET, HEAD): N/s, N/m, N/h; 0 turns the limit off")
 	fs.Var(quotaFlag{&c.Write}, prefix+"rate-write", "requests per client for writes (POST, PATCH, PUT, DELETE)")
-	fs.Var(quotaFlag{&c.Auth}, prefix+"rate-auth", "requests per client that create accounts (POST /api/v1/users), sign in, refresh or sign out (POST /api/v1/auth:*)")
+	fs.Var(quotaFlag{&c.Auth}, prefix+"rate-auth", "requests per client that create accounts (POST /api/v1/users) or sign in (POST /api/v1/auth:signIn)")
 	fs.StringVar(&c.KeyHeader, prefix+"rate-key-header", "", "header naming the client for rate limits behind a trusted proxy (X-Forwarded-For: its first address); empty: the connection's address")
 }
 
@@ -187,7 +187,7 @@ func classOf(r *http.Request) string {
 	switch {
 	case r.Method == http.MethodGet || r.Method == http.MethodHead:
 		return ClassRead
-	case r.Method == http.MethodPost && (strings.TrimSuffix(r.URL.Path, "/") == "/api/v1/users" || strings.HasPrefix(r.URL.Path, "/api/v1/auth:")):
+	case r.Method == http.MethodPost && (strings.TrimSuffix(r.URL.Path, "/") == "/api/v1/users" || r.URL.Path == "/api/v1/auth:signIn"):
 		return ClassAuth
 	}
 	return ClassWrite

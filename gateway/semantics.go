@@ -14,7 +14,7 @@ import (
 // creates, 204 with no body for deletes; and an ETag header wherever the
 // answer is one user or order (send it back as If-Match to change it
 // conditionally).
-func httpSemantics(_ context.Context, w http.ResponseWriter, m proto.Message) error {
+func httpSemantics(ctx context.Context, w http.ResponseWriter, m proto.Message) error {
 	if e, ok := m.(interface{ GetUser() *userv1.User }); ok && e.GetUser().GetEtag() != "" {
 		w.Header().Set("ETag", `"`+e.GetUser().GetEtag()+`"`)
 	}
@@ -30,6 +30,10 @@ func httpSemantics(_ context.Context, w http.ResponseWriter, m proto.Message) er
 		w.WriteHeader(http.StatusCreated)
 	case *userv1.DeleteUserResponse:
 		w.WriteHeader(http.StatusNoContent)
+	case *userv1.SignInResponse:
+		sessionResponse(ctx, w, m)
+	case *userv1.RefreshTokenResponse:
+		sessionResponse(ctx, w, m)
 	}
 	return nil
 }

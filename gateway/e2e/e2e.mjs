@@ -1,7 +1,9 @@
 // End-to-end test of the browser page: Debian's Chromium, driven by
 // playwright-core, against a running trellis (BASE_URL). It goes through
 // the flow a person would — a rejected sign-up, a sign-up, an order, a
-// rejected order, a cancellation — and saves a screenshot in out/.
+// rejected order, a cancellation, a reload, sign-out, a second user who
+// sees none of the first's orders, signing in again — and saves a
+// screenshot in out/.
 import { chromium } from "playwright-core";
 import { mkdirSync } from "node:fs";
 
@@ -40,17 +42,42 @@ try {
   const err1 = await page.textContent("#error");
   check(err1.includes("400") && err1.includes("• Email:") && err1.includes("• Password:"), "invalid sign-up shows the field errors by the form's labels: " + JSON.stringify(err1));
 
-  const email = `ada+${Date.now()}@example.com`;
-  await page.fill("#email", email);
-  await page.fill("#password", "correct-horse");
-  await page.click("#create-user");
-  await page.waitForFunction(() => document.querySelector("#current-user").textContent.startsWith("Signed up"));
-  check(await page.isHidden("#error"), "sign-up clears the error");
-  check((await page.textContent("#current-user")).includes(email), "signed-up user is shown");
+  const pw = "correct-horse";
+  const signUp = async (email, name) => {
+    await page.fill("#email", email);
+    await page.fill("#name", name);
+    await page.fill("#password", pw);
+    await page.click("#create-user");
+    await page.waitForFunction((e) => document.querySelector("#current-user").textContent.includes(e), email);
+  };
+  const signIn = async (email) => {
+    await page.fill("#email", email);
+    await page.fill("#password", pw);
+    await page.click("#sign-in");
+    await page.waitForFunction((e) => document.querySelector("#current-user").textContent.includes(e), email);
+  };
+  const signOut = async () => {
+    await page.click("#sign-out");
+    await page.waitForFunction(() => document.querySelector("#current-user").textContent === "Not signed in.");
+  };
+  const orderIds = async () => page.$$eval("#orders tr", (rows) => rows.map((r) => r.dataset.orderId));
+  const placeOrder = async (quantity) => {
+    const before = (await orderIds()).length;
+    await page.fill("#quantity", String(quantity));
+    await page.click("#place-order");
+    await page.waitForFunction((n) => document.querySelectorAll("#orders tr").length > n, before);
+  };
 
-  await page.fill("#quantity", "2");
-  await page.click("#place-order");
-  await page.waitForSelector("#orders tr");
+  const ada = `ada+${Date.now()}@example.com`;
+  await signUp(ada, "Ada");
+  check(await page.isHidden("#error"), "sign-up clears the error");
+  check((await page.textContent("#current-user")).startsWith("Signed in") && (await page.textContent("#current-user")).includes(ada), "sign-up signs the user in");
+  check(await page.evaluate(() => localStorage.length === 0 && sessionStorage.length === 0), "no token in localStorage or sessionStorage");
+  check(!(await page.evaluate(() => document.cookie)).includes("trellis_refresh"), "the refresh cookie is not readable by script (HttpOnly)");
+  const cookie = (await page.context().cookies()).find((c) => c.name === "trellis_refresh");
+  check(cookie && cookie.httpOnly && cookie.sameSite === "Strict" && cookie.path === "/api/v1", "refresh token cookie is HttpOnly, SameSite=Strict, scoped to the API");
+
+  await placeOrder(2);
   let row = await page.textContent("#orders tr");
   check(row.includes("CONFIRMED") && row.includes("25.00 EUR"), "order is listed as CONFIRMED with its total: " + row);
 
@@ -64,8 +91,40 @@ try {
   await page.waitForFunction(() => document.querySelector("#orders tr").textContent.includes("CANCELLED"));
   row = await page.textContent("#orders tr");
   check(row.includes("CANCELLED"), "cancelled order is shown as CANCELLED");
-
   check((await page.$("#orders tr button.cancel")) === null, "a cancelled order has no Cancel button");
+  await placeOrder(1);
+  const adaOrders = await orderIds();
+  check(adaOrders.length === 2, "Ada has two orders");
+
+  await page.reload();
+  await page.waitForFunction((e) => document.querySelector("#current-user").textContent.includes(e), ada);
+  await page.waitForFunction(() => document.querySelectorAll("#orders tr").length === 2);
+  check(true, "a reload keeps the session (the cookie gets a new access token) and shows Ada's orders");
+
+  await signOut();
+  check((await orderIds()).length === 0, "signing out clears the orders");
+  await page.reload();
+  await page.waitForTimeout(300);
+  check((await page.textContent("#current-user")) === "Not signed in.", "after sign-out a reload is signed out");
+
+  const grace = `grace+${Date.now()}@example.com`;
+  await signUp(grace, "Grace");
+  await page.waitForTimeout(300);
+  check((await orderIds()).length === 0, "Grace sees none of Ada's orders");
+  await placeOrder(3);
+  const graceOrders = await orderIds();
+  check(graceOrders.length === 1 && !adaOrders.includes(graceOrders[0]), "Grace sees only her own order");
+
+  await signOut();
+  await signIn(ada);
+  await page.waitForFunction(() => document.querySelectorAll("#orders tr").length === 2);
+  const again = await orderIds();
+  check(again.length === 2 && again.every((id) => adaOrders.includes(id)) && !again.includes(graceOrders[0]), "Ada, signed in again, sees her two orders and not Grace's");
+
+  // Straight at the API with Grace's token: Ada's order does not exist.
+  const tokens = await (await page.request.post(base + "/api/v1/auth:signIn", { data: { email: grace, password: pw } })).json();
+  const res = await page.request.get(`${base}/api/v1/orders/${adaOrders[0]}`, { headers: { Authorization: `Bearer ${tokens.accessToken}` } });
+  check(res.status() === 404, "Grace reading Ada's order through the API gets 404, got " + res.status());
 } catch (e) {
   failed = true;
   console.error("FAIL:", e.message);

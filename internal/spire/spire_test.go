@@ -17,6 +17,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
 
 	userv1 "github.com/trellis-mesh/trellis/gen/trellis/user/v1"
 	"github.com/trellis-mesh/trellis/internal/proc"
@@ -223,8 +224,14 @@ plugins {
 	// Through the gateway: gateway → user and order over mTLS with SPIRE
 	// SVIDs; the order service learns of the user from the user service's
 	// event over NATS authenticated with them too.
+	access := ""
 	post := func(path, body string) (int, string) {
-		resp, err := http.Post("http://"+gw+path, "application/json", strings.NewReader(body))
+		req, _ := http.NewRequest(http.MethodPost, "http://"+gw+path, strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		if access != "" {
+			req.Header.Set("Authorization", "Bearer "+access)
+		}
+		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
 			return 0, err.Error()
 		}
@@ -237,6 +244,12 @@ plugins {
 	if code != http.StatusCreated || id == nil {
 		t.Fatalf("create user through the gateway: %d %s", code, body)
 	}
+	code, body = post("/api/v1/auth:signIn", `{"email":"spire@example.com","password":"correct-horse"}`)
+	tok := regexp.MustCompile(`"accessToken":\s*"([^"]+)"`).FindStringSubmatch(body)
+	if code != http.StatusOK || tok == nil {
+		t.Fatalf("sign in through the gateway: %d %s", code, body)
+	}
+	access = tok[1]
 	eventually(t, 30*time.Second, "an order for the new user is confirmed", func() error {
 		code, body := post("/api/v1/orders", `{"userId":"`+id[1]+`","requestId":"spire-1","items":[{"productId":"book","quantity":1,"unitPrice":{"currencyCode":"EUR","amountMinor":"100"}}]}`)
 		if !strings.Contains(body, "ORDER_STATUS_CONFIRMED") {
@@ -260,7 +273,7 @@ plugins {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	if _, err := userv1.NewUserServiceClient(conn).GetUser(ctx, &userv1.GetUserRequest{Id: id[1]}); err != nil {
+	if _, err := userv1.NewUserServiceClient(conn).GetUser(metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+access), &userv1.GetUserRequest{Id: id[1]}); err != nil {
 		t.Fatalf("client/spire-test → GetUser: %v", err)
 	}
 }

@@ -72,9 +72,10 @@ type KeySet struct {
 	maxAge     time.Duration
 	now        func() time.Time
 
-	keys atomic.Pointer[keySnapshot]
-	mu   sync.Mutex // serialises fetches
-	last time.Time  // last fetch attempt
+	keys    atomic.Pointer[keySnapshot]
+	mu      sync.Mutex // serialises fetches
+	last    time.Time  // last fetch attempt
+	lastErr error      // its error
 }
 
 type keySnapshot struct {
@@ -131,6 +132,9 @@ func (k *KeySet) Key(ctx context.Context, kid string) (*ecdsa.PublicKey, error) 
 	}
 	snap, err := k.refresh(ctx)
 	if snap == nil {
+		if err == nil {
+			err = fmt.Errorf("%w: no signing keys yet", mesh.ErrVerifierUnavailable)
+		}
 		return nil, err
 	}
 	if key, ok := snap.byID[kid]; ok {
@@ -149,6 +153,9 @@ func (k *KeySet) refresh(ctx context.Context) (*keySnapshot, error) {
 	defer k.mu.Unlock()
 	snap := k.keys.Load()
 	if now := k.now(); now.Sub(k.last) < k.minRefresh {
+		if snap == nil {
+			return nil, k.lastErr // no keys yet: the last fetch failed
+		}
 		return snap, nil
 	}
 	k.last = k.now()
@@ -157,8 +164,10 @@ func (k *KeySet) refresh(ctx context.Context) (*keySnapshot, error) {
 	defer cancel()
 	jwks, err := k.fetch(ctx)
 	if err != nil {
-		return snap, fmt.Errorf("%w: fetch signing keys: %v", mesh.ErrVerifierUnavailable, err)
+		k.lastErr = fmt.Errorf("%w: fetch signing keys: %v", mesh.ErrVerifierUnavailable, err)
+		return snap, k.lastErr
 	}
+	k.lastErr = nil
 	next := &keySnapshot{byID: make(map[string]*ecdsa.PublicKey, len(jwks)), fetched: k.now()}
 	for _, j := range jwks {
 		if pub, ok := j.Key.(*ecdsa.PublicKey); ok && j.KeyID != "" {

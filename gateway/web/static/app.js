@@ -1,9 +1,15 @@
 // Trellis demo page: plain JavaScript against the REST gateway, no build
 // step, no CDN. Every API error is shown to the person as the gateway
 // reports it (message plus field violations and the request id).
+//
+// Sessions: the access token lives in this page's memory only (never in
+// localStorage); the refresh token is an HttpOnly, SameSite=Strict cookie
+// the gateway sets when asked with X-Session-Cookie, which script cannot
+// read. A reload refreshes to get a new access token.
 "use strict";
 
 let userId = null;
+let accessToken = null;
 
 const $ = (id) => document.getElementById(id);
 
@@ -39,12 +45,20 @@ function newRequestId() {
   return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
 }
 
-async function api(method, path, body) {
+async function api(method, path, body, retried) {
+  const headers = body ? { "Content-Type": "application/json" } : {};
+  if (path.startsWith("/api/v1/auth:")) headers["X-Session-Cookie"] = "1";
+  else if (accessToken) headers.Authorization = `Bearer ${accessToken}`;
   const res = await fetch(path, {
     method,
-    headers: body ? { "Content-Type": "application/json" } : {},
+    headers,
+    credentials: "same-origin",
     body: body ? JSON.stringify(body) : undefined,
   });
+  // An access token expires: get a new one once, then try again.
+  if (res.status === 401 && accessToken && !retried && !path.startsWith("/api/v1/auth:")) {
+    if (await restore()) return api(method, path, body, true);
+  }
   const text = await res.text();
   const data = text ? JSON.parse(text) : {};
   if (!res.ok) {
@@ -101,22 +115,64 @@ async function run(fn) {
   try { await fn(); } catch (e) { showError(e.message); }
 }
 
+// signedIn takes a token answer (sign-in or refresh) and shows the user.
+async function signedIn(tokens) {
+  accessToken = tokens.accessToken;
+  userId = tokens.userId;
+  const { user } = await api("GET", `/api/v1/users/${userId}`);
+  $("current-user").textContent = `Signed in as ${user.name} <${user.email}> (id ${user.id})`;
+  $("sign-out").hidden = false;
+  await refresh();
+}
+
+function signedOut() {
+  accessToken = null;
+  userId = null;
+  $("current-user").textContent = "Not signed in.";
+  $("sign-out").hidden = true;
+  $("orders").replaceChildren();
+  $("orders-note").textContent = "";
+}
+
+// restore exchanges the session cookie for a new access token (after a
+// reload, or when the token expired); false when there is no session.
+async function restore() {
+  try {
+    const tokens = await api("POST", "/api/v1/auth:refresh", {});
+    accessToken = tokens.accessToken;
+    userId = tokens.userId;
+    return true;
+  } catch {
+    signedOut();
+    return false;
+  }
+}
+
+async function signIn() {
+  await signedIn(await api("POST", "/api/v1/auth:signIn", { email: $("email").value, password: $("password").value }));
+}
+
 $("user-form").addEventListener("submit", (ev) => {
   ev.preventDefault();
   run(async () => {
-    const { user } = await api("POST", "/api/v1/users", {
+    await api("POST", "/api/v1/users", {
       email: $("email").value, name: $("name").value, password: $("password").value,
     });
-    userId = user.id;
-    $("current-user").textContent = `Signed up as ${user.name} <${user.email}> (id ${user.id})`;
-    await refresh();
+    await signIn();
   });
 });
+
+$("sign-in").addEventListener("click", () => run(signIn));
+
+$("sign-out").addEventListener("click", () => run(async () => {
+  await api("POST", "/api/v1/auth:signOut", {});
+  signedOut();
+}));
 
 $("order-form").addEventListener("submit", (ev) => {
   ev.preventDefault();
   run(async () => {
-    if (!userId) throw new Error("Create a user first.");
+    if (!userId) throw new Error("Sign up or sign in first.");
     await api("POST", "/api/v1/orders", {
       userId,
       requestId: newRequestId(),
@@ -131,3 +187,8 @@ $("order-form").addEventListener("submit", (ev) => {
 });
 
 $("refresh").addEventListener("click", () => run(refresh));
+
+// A reload keeps the session: the cookie gets a new access token.
+run(async () => {
+  if (await restore()) await signedIn({ accessToken, userId });
+});
