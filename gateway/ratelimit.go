@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/trellis-mesh/trellis/internal/quota"
 	"github.com/trellis-mesh/trellis/mesh"
 )
 
@@ -29,68 +30,14 @@ const (
 	ClassAuth  = "auth"  // creating an account and signing in: what password guessing and sign-up spam go through (refresh tokens are 256 random bits: refresh and sign-out are writes)
 )
 
-// Quota is N requests per period, bursts of up to N. The zero Quota is
-// no limit.
-type Quota struct {
-	N   int
-	Per time.Duration
-}
+// Quota is N requests per period (internal/quota), kept here under its
+// old name for the gateway's users.
+type Quota = quota.Quota
 
-// String renders a quota as a flag value: "100/s", "10/m", "0".
-func (q Quota) String() string {
-	if q.N == 0 {
-		return "0"
-	}
-	for _, u := range []struct {
-		s string
-		d time.Duration
-	}{{"s", time.Second}, {"m", time.Minute}, {"h", time.Hour}} {
-		if q.Per == u.d {
-			return strconv.Itoa(q.N) + "/" + u.s
-		}
-	}
-	return strconv.Itoa(q.N) + "/" + q.Per.String()
-}
+// ParseQuota reads a quota flag value (quota.Parse).
+func ParseQuota(v string) (Quota, error) { return quota.Parse(v) }
 
-// ParseQuota reads "N/s", "N/m", "N/h", "N/<duration>" or "0" (off).
-func ParseQuota(v string) (Quota, error) {
-	if v == "0" {
-		return Quota{}, nil
-	}
-	n, per, ok := strings.Cut(v, "/")
-	count, err := strconv.Atoi(n)
-	if !ok || err != nil || count < 1 || count > 1_000_000 {
-		return Quota{}, fmt.Errorf("%q: want N/s, N/m, N/h or 0 (off), N from 1 to 1000000", v)
-	}
-	q := Quota{N: count}
-	switch per {
-	case "s":
-		q.Per = time.Second
-	case "m":
-		q.Per = time.Minute
-	case "h":
-		q.Per = time.Hour
-	default:
-		if q.Per, err = time.ParseDuration(per); err != nil || q.Per < time.Second || q.Per > 24*time.Hour {
-			return Quota{}, fmt.Errorf("%q: the period must be s, m, h or a duration from 1s to 24h", v)
-		}
-	}
-	return q, nil
-}
-
-type quotaFlag struct{ q *Quota }
-
-func (f quotaFlag) String() string {
-	if f.q == nil {
-		return ""
-	}
-	return f.q.String()
-}
-
-func (f quotaFlag) Set(v string) (err error) {
-	*f.q, err = ParseQuota(v)
-	return err
-}
+type quotaFlag = quota.Flag
 
 // RateLimits are the gateway's per-client limits, one quota per class.
 type RateLimits struct {
@@ -119,9 +66,9 @@ var (
 // rate-key-header, prefixed.
 func (c *RateLimits) RegisterFlags(prefix string, fs *flag.FlagSet) {
 	c.Read, c.Write, c.Auth = DefaultReadQuota, DefaultWriteQuota, DefaultAuthQuota
-	fs.Var(quotaFlag{&c.Read}, prefix+"rate-read", "requests per client for reads (GET, HEAD): N/s, N/m, N/h; 0 turns the limit off")
-	fs.Var(quotaFlag{&c.Write}, prefix+"rate-write", "requests per client for writes (POST, PATCH, PUT, DELETE)")
-	fs.Var(quotaFlag{&c.Auth}, prefix+"rate-auth", "requests per client that create accounts (POST /api/v1/users) or sign in (POST /api/v1/auth:signIn)")
+	fs.Var(quotaFlag{Q: &c.Read}, prefix+"rate-read", "requests per client for reads (GET, HEAD): N/s, N/m, N/h; 0 turns the limit off")
+	fs.Var(quotaFlag{Q: &c.Write}, prefix+"rate-write", "requests per client for writes (POST, PATCH, PUT, DELETE)")
+	fs.Var(quotaFlag{Q: &c.Auth}, prefix+"rate-auth", "requests per client that create accounts (POST /api/v1/users) or sign in (POST /api/v1/auth:signIn)")
 	fs.StringVar(&c.KeyHeader, prefix+"rate-key-header", "", "header naming the client for rate limits behind a trusted proxy (X-Forwarded-For: its first address); empty: the connection's address")
 }
 

@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/redis/go-redis/v9"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/reflect/protoreflect"
@@ -60,6 +61,8 @@ type App struct {
 	// key set fetched from it.
 	tokenKeys  token.KeySource
 	tokenCache *token.Cache
+
+	redisClient *redis.Client // see redis
 }
 
 // component is one thing App serves.

@@ -30,15 +30,10 @@ func (a *App) addGateway(context.Context) error {
 	gcfg.Tokens = a.verifier(userConn)
 	if a.cfg.RedisURL != "" {
 		// Gateway replicas share their clients' counters.
-		opt, err := redis.ParseURL(a.cfg.RedisURL)
+		client, err := a.redis()
 		if err != nil {
-			return fmt.Errorf("--redis-url: %s", redact.String(err.Error()))
+			return err
 		}
-		// A check must not hold a request for long: Redis answers in well
-		// under a millisecond or the limits let the request through.
-		opt.DialTimeout, opt.ReadTimeout, opt.WriteTimeout, opt.MaxRetries = 250*time.Millisecond, 250*time.Millisecond, 250*time.Millisecond, -1
-		client := redis.NewClient(opt)
-		a.closers = append(a.closers, client.Close)
 		if gcfg.Limits.Store, err = goredisstore.NewCtx(client, "trellis:"+a.cfg.Events.Prefix+"ratelimit:"); err != nil {
 			return err
 		}
@@ -48,4 +43,22 @@ func (a *App) addGateway(context.Context) error {
 		return err
 	}
 	return a.addHTTP(TargetGateway, a.cfg.HTTPAddr, gw, gw.Ready)
+}
+
+// redis is the process's Redis client for rate-limit counters (the
+// gateway's per client, the user service's per account), made once.
+func (a *App) redis() (*redis.Client, error) {
+	if a.redisClient != nil {
+		return a.redisClient, nil
+	}
+	opt, err := redis.ParseURL(a.cfg.RedisURL)
+	if err != nil {
+		return nil, fmt.Errorf("--redis-url: %s", redact.String(err.Error()))
+	}
+	// A check must not hold a request for long: Redis answers in well
+	// under a millisecond or the limits let the request through.
+	opt.DialTimeout, opt.ReadTimeout, opt.WriteTimeout, opt.MaxRetries = 250*time.Millisecond, 250*time.Millisecond, 250*time.Millisecond, -1
+	a.redisClient = redis.NewClient(opt)
+	a.closers = append(a.closers, a.redisClient.Close)
+	return a.redisClient, nil
 }

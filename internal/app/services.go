@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 
+	goredisstore "github.com/throttled/throttled/v2/store/goredisstore.v9"
+
 	orderv1 "github.com/trellis-mesh/trellis/gen/trellis/order/v1"
 	userv1 "github.com/trellis-mesh/trellis/gen/trellis/user/v1"
 	"github.com/trellis-mesh/trellis/internal/eventcontract"
@@ -31,6 +33,16 @@ func (a *App) addUser(ctx context.Context) error {
 	ucfg := a.cfg.User
 	ucfg.Committed = relay.Notify
 	ucfg.Auth.Issuer, ucfg.Auth.Audience = a.cfg.Token.Issuer, a.cfg.Token.Audience
+	if a.cfg.RedisURL != "" {
+		// Replicas count an account's failed sign-ins together.
+		client, err := a.redis()
+		if err != nil {
+			return err
+		}
+		if ucfg.Auth.SignInStore, err = goredisstore.NewCtx(client, "trellis:"+a.cfg.Events.Prefix+"signin:"); err != nil {
+			return err
+		}
+	}
 	svc := user.NewService(store, ucfg)
 	a.tokenKeys = svc.TokenKeys()
 	// The order service's reconciler asks for users as itself.

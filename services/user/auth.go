@@ -19,9 +19,11 @@ import (
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
 	"github.com/google/uuid"
+	"github.com/throttled/throttled/v2"
 	"golang.org/x/crypto/bcrypt"
 
 	"github.com/trellis-mesh/trellis/internal/apperr"
+	"github.com/trellis-mesh/trellis/internal/quota"
 	"github.com/trellis-mesh/trellis/mesh"
 	"github.com/trellis-mesh/trellis/mesh/token"
 )
@@ -38,6 +40,12 @@ type AuthConfig struct {
 	// replaces it; a replaced key is still published until the tokens it
 	// signed have expired.
 	KeyRotation time.Duration
+	// SignInQuota limits failed sign-ins per account (zero: none; the
+	// flag's default is DefaultSignInQuota).
+	SignInQuota quota.Quota
+	// SignInStore keeps the counts; nil: in this process (replicas
+	// share them through Redis when --redis-url is set).
+	SignInStore throttled.GCRAStoreCtx
 }
 
 // Defaults of AuthConfig.
@@ -56,6 +64,8 @@ func (c *AuthConfig) RegisterFlags(prefix string, fs *flag.FlagSet) {
 	fs.DurationVar(&c.AccessTTL, prefix+"access-token-ttl", DefaultAccessTTL, "lifetime of access tokens (JWT)")
 	fs.DurationVar(&c.RefreshTTL, prefix+"refresh-token-ttl", DefaultRefreshTTL, "lifetime of an unused refresh token")
 	fs.DurationVar(&c.KeyRotation, prefix+"signing-key-rotation", DefaultKeyRotation, "how long a token signing key is used before a new one replaces it")
+	c.SignInQuota = DefaultSignInQuota
+	fs.Var(quota.Flag{Q: &c.SignInQuota}, prefix+"rate-signin-account", "failed sign-ins per account (N/s, N/m, N/h; 0: no limit); past it: RESOURCE_EXHAUSTED (429) with a retry delay")
 }
 
 // Validate reports settings that cannot work.
@@ -239,6 +249,13 @@ var errRefresh = apperr.Unauthenticated("the refresh token is invalid, expired o
 func (s *Service) SignIn(ctx context.Context, email, password string) (Tokens, error) {
 	var u User
 	found := false
+	key := emailKey(email)
+	if norm, err := NormalizeEmail(email); err == nil {
+		key = emailKey(norm)
+	}
+	if err := s.signIns.check(ctx, key); err != nil {
+		return Tokens{}, err
+	}
 	if norm, err := NormalizeEmail(email); err == nil {
 		switch u, err = s.store.GetByEmail(ctx, emailKey(norm)); {
 		case err == nil:
@@ -254,6 +271,7 @@ func (s *Service) SignIn(ctx context.Context, email, password string) (Tokens, e
 	pw, perr := NormalizePassword(password)
 	ok := bcrypt.CompareHashAndPassword(hash, []byte(pw)) == nil
 	if !found || !ok || perr != nil {
+		s.signIns.failed(ctx, key)
 		return Tokens{}, errSignIn
 	}
 	return s.issue(ctx, u, uuid.NewString())

@@ -10,12 +10,14 @@ import (
 
 	"github.com/go-jose/go-jose/v4"
 	"github.com/google/uuid"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	userv1 "github.com/trellis-mesh/trellis/gen/trellis/user/v1"
+	"github.com/trellis-mesh/trellis/internal/quota"
 	"github.com/trellis-mesh/trellis/internal/sqldb"
 	"github.com/trellis-mesh/trellis/internal/testenv"
 	"github.com/trellis-mesh/trellis/mesh"
@@ -315,3 +317,45 @@ func TestSignInDoesNotTellWhichPartWasWrong(t *testing.T) {
 }
 
 func jsonOf(k *userv1.JsonWebKey) ([]byte, error) { return protojson.Marshal(k) }
+
+// TestFailedSignInsAreLimitedPerAccount: past the quota of failures an
+// account refuses attempts — the right password too — with
+// RESOURCE_EXHAUSTED and a retry delay, for known and unknown emails
+// alike; other accounts are not affected; successes do not count.
+func TestFailedSignInsAreLimitedPerAccount(t *testing.T) {
+	t.Parallel()
+	store, err := user.NewSQLStore(context.Background(), testenv.OpenDB(t, sqldb.SQLite, "user"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc := user.NewService(store, user.Config{BcryptCost: 4, Auth: user.AuthConfig{SignInQuota: quota.Quota{N: 3, Per: time.Hour}}})
+	ctx := context.Background()
+	for _, e := range []string{"victim@example.com", "bystander@example.com"} {
+		if _, err := svc.Create(ctx, e, "V", "correct-horse"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range 5 { // successes take nothing from the quota
+		if _, err := svc.SignIn(ctx, "victim@example.com", "correct-horse"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, email := range []string{"victim@example.com", "nobody@example.com"} {
+		for i := range 3 {
+			if _, err := svc.SignIn(ctx, email, "wrong-password"); status.Code(err) != codes.Unauthenticated {
+				t.Fatalf("%s failure %d: %v, want UNAUTHENTICATED", email, i, err)
+			}
+		}
+		_, err := svc.SignIn(ctx, email, "correct-horse")
+		st := status.Convert(err)
+		if st.Code() != codes.ResourceExhausted || len(st.Details()) != 1 {
+			t.Fatalf("%s past the quota: %v, want RESOURCE_EXHAUSTED with RetryInfo", email, err)
+		}
+		if ri, ok := st.Details()[0].(*errdetails.RetryInfo); !ok || ri.GetRetryDelay().AsDuration() < time.Second {
+			t.Fatalf("retry info %v", st.Details())
+		}
+	}
+	if _, err := svc.SignIn(ctx, "bystander@example.com", "correct-horse"); err != nil {
+		t.Fatalf("another account: %v", err)
+	}
+}

@@ -59,6 +59,7 @@ type Service struct {
 	auth      AuthConfig
 	keys      *keyring
 	dummy     []byte // see dummyHash
+	signIns   *signInLimiter
 }
 
 // NewService returns the user service over store.
@@ -73,7 +74,11 @@ func NewService(store Store, cfg Config) *Service {
 		cfg.Committed = func() {}
 	}
 	auth := cfg.Auth.withDefaults()
-	return &Service{store: store, cost: cfg.BcryptCost, now: cfg.Now, committed: cfg.Committed, auth: auth, dummy: dummyHash(cfg.BcryptCost),
+	limiter, err := newSignInLimiter(auth.SignInQuota, auth.SignInStore)
+	if err != nil {
+		panic(fmt.Sprintf("user: sign-in limit %v: %v", auth.SignInQuota, err)) // validated quotas always build
+	}
+	return &Service{signIns: limiter, store: store, cost: cfg.BcryptCost, now: cfg.Now, committed: cfg.Committed, auth: auth, dummy: dummyHash(cfg.BcryptCost),
 		keys: &keyring{store: store, rotation: auth.KeyRotation, keep: auth.AccessTTL + token.DefaultLeeway + time.Minute, now: cfg.Now}}
 }
 

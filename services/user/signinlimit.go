@@ -1,0 +1,82 @@
+package user
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"time"
+
+	"github.com/throttled/throttled/v2"
+	"github.com/throttled/throttled/v2/store/memstore"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/trellis-mesh/trellis/internal/quota"
+)
+
+// DefaultSignInQuota is how many failed sign-ins an account takes before
+// further attempts wait (GCRA: 10 at once, then one per 6 s). Slows
+// password guessing against one account from any number of addresses;
+// the gateway's auth class limits each address across accounts.
+var DefaultSignInQuota = quota.Quota{N: 10, Per: time.Minute}
+
+// maxLimitedAccounts bounds the accounts an in-process limiter remembers
+// (least recently seen forgotten).
+const maxLimitedAccounts = 65536
+
+// signInLimiter counts failed sign-ins per account (the email key, known
+// or not: a limit that only existing accounts had would tell them apart).
+// Only failures count; a check consumes nothing. A store that cannot
+// answer lets the attempt through, as the gateway's limits do.
+type signInLimiter struct {
+	gcra  *throttled.GCRARateLimiterCtx
+	quota quota.Quota
+}
+
+func newSignInLimiter(q quota.Quota, store throttled.GCRAStoreCtx) (*signInLimiter, error) {
+	if q.N == 0 {
+		return nil, nil
+	}
+	if store == nil {
+		var err error
+		if store, err = memstore.NewCtx(maxLimitedAccounts); err != nil {
+			return nil, err
+		}
+	}
+	g, err := throttled.NewGCRARateLimiterCtx(store, throttled.RateQuota{MaxRate: throttled.PerDuration(q.N, q.Per), MaxBurst: q.N - 1})
+	if err != nil {
+		return nil, err
+	}
+	return &signInLimiter{gcra: g, quota: q}, nil
+}
+
+// check refuses an attempt on an account whose failures used its quota.
+func (l *signInLimiter) check(ctx context.Context, key string) error {
+	if l == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, 250*time.Millisecond)
+	defer cancel()
+	// Quantity 0 asks without taking: RetryAfter is when one more would
+	// be allowed, negative when it is now.
+	_, res, err := l.gcra.RateLimitCtx(ctx, "signin:"+key, 0)
+	if err != nil || res.RetryAfter < 0 {
+		return nil
+	}
+	retry := max(time.Duration(math.Ceil(res.RetryAfter.Seconds()))*time.Second, time.Second)
+	st, _ := status.New(codes.ResourceExhausted, fmt.Sprintf("too many failed sign-ins for this account: at most %s; retry after %d s", l.quota, int(retry.Seconds()))).
+		WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(retry)})
+	return st.Err()
+}
+
+// failed counts a failed attempt.
+func (l *signInLimiter) failed(ctx context.Context, key string) {
+	if l == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, 250*time.Millisecond)
+	defer cancel()
+	_, _, _ = l.gcra.RateLimitCtx(ctx, "signin:"+key, 1)
+}
