@@ -2,10 +2,13 @@ package gateway
 
 import (
 	"context"
+	"math"
 	"net/http"
+	"strconv"
 	"strings"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
@@ -43,6 +46,14 @@ func (g *Gateway) writeError(ctx context.Context, _ *runtime.ServeMux, _ runtime
 		w.Header().Set("WWW-Authenticate", challenge)
 		if mode := sessionFrom(ctx); mode != nil {
 			setSessionCookie(w, "", mode.secure) // a refresh token refused is gone
+		}
+	case st.Code() == codes.ResourceExhausted:
+		// A limit the caller went over (failed sign-ins of an account):
+		// when to come back, in HTTP's words too.
+		for _, d := range st.Details() {
+			if ri, ok := d.(*errdetails.RetryInfo); ok {
+				w.Header().Set("Retry-After", strconv.Itoa(max(int(math.Ceil(ri.GetRetryDelay().AsDuration().Seconds())), 1)))
+			}
 		}
 	case st.Code() == codes.Aborted:
 		// The only ABORTED is a stale etag: the precondition failed.

@@ -116,8 +116,19 @@ type system struct {
 
 func startSystem(t testing.TB, tune func(gw *app.Config)) *system {
 	t.Helper()
+	return startSystemWith(t, nil, tune)
+}
+
+// startSystemWith is startSystem with the user service's configuration
+// tuned too.
+func startSystemWith(t testing.TB, tuneUser, tune func(*app.Config)) *system {
+	t.Helper()
 	s := &system{}
-	s.user = apptest.Start(t, apptest.Config(t, app.TargetUser))
+	userCfg := apptest.Config(t, app.TargetUser)
+	if tuneUser != nil {
+		tuneUser(&userCfg)
+	}
+	s.user = apptest.Start(t, userCfg)
 	s.orderCfg = apptest.Config(t, app.TargetOrder)
 	s.orderCfg.UserUpstream = s.user.Addr(app.TargetUser)
 	s.order = apptest.Start(t, s.orderCfg)
