@@ -39,6 +39,9 @@ type system struct {
 
 	tokenOnce sync.Once
 	uid, tok  string
+
+	bareMu sync.Mutex
+	bare   map[string]*grpc.ClientConn
 }
 
 // signedIn is the attacker's own account, signed in: the attacks come
@@ -76,7 +79,7 @@ func start(t testing.TB, extra ...string) *system {
 		// The attacks come from one address, faster than any limit: with
 		// limits on they would mostly meet 429 and never reach what they
 		// attack. The limits have their own tests (gateway).
-		"--rate-read", "0", "--rate-write", "0", "--rate-auth", "0"}, extra...)
+		"--rate-read", "0", "--rate-write", "0", "--rate-auth", "0", "--rate-signin-account", "0"}, extra...)
 	var err error
 	if s.p, err = proc.StartIn(s.dir, "trellis", trellisBin, s.logs, args...); err != nil {
 		t.Fatal(err)
@@ -202,6 +205,27 @@ func (s *system) tlsConfig(t testing.TB, addr string) *tls.Config {
 		server = "order"
 	}
 	return identity.TLSConfig(identity.Static(svid, bundle), tlsconfig.AuthorizeID(identity.Component(td, server)))
+}
+
+// dialBare is a gRPC connection to the component server at addr with a
+// valid client certificate and no token, made once per address.
+func (s *system) dialBare(t testing.TB, addr string) *grpc.ClientConn {
+	t.Helper()
+	s.bareMu.Lock()
+	defer s.bareMu.Unlock()
+	if c, ok := s.bare[addr]; ok {
+		return c
+	}
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(s.tlsConfig(t, addr))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	if s.bare == nil {
+		s.bare = map[string]*grpc.ClientConn{}
+	}
+	s.bare[addr] = conn
+	return conn
 }
 
 // dial is a gRPC connection to the component server at addr as a client
