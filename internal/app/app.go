@@ -61,6 +61,7 @@ type App struct {
 	// key set fetched from it.
 	tokenKeys  token.KeySource
 	tokenCache *token.Cache
+	external   *token.External // --oidc-issuer's tokens, or nil
 
 	redisClient *redis.Client // see redis
 }

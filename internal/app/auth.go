@@ -37,7 +37,11 @@ func (a *App) verifier(userConn grpc.ClientConnInterface) *token.Verifier {
 	if a.tokenCache == nil {
 		a.tokenCache = token.NewCache(tokenCacheSize)
 	}
-	return &token.Verifier{Issuer: a.cfg.Token.Issuer, Audience: a.cfg.Token.Audience, Leeway: a.cfg.Token.Leeway, Keys: a.tokenKeys, Cache: a.tokenCache}
+	if a.external == nil {
+		a.external = a.cfg.Token.NewExternal()
+	}
+	return &token.Verifier{Issuer: a.cfg.Token.Issuer, Audience: a.cfg.Token.Audience, Leeway: a.cfg.Token.Leeway, Keys: a.tokenKeys,
+		Cache: a.tokenCache, External: a.external}
 }
 
 // tokenCacheSize bounds the verified tokens a process remembers (about

@@ -154,6 +154,9 @@ func (s *system) admin(t *testing.T) string {
 			t.Fatal(err)
 		}
 		resp.Body.Close()
+		if resp.StatusCode != http.StatusCreated {
+			t.Fatalf("sign up the admin: %d", resp.StatusCode)
+		}
 		if out, err := exec.Command(trellisBin, "users", "grant-admin", "--email", email, "--database-url", s.dbURL).CombinedOutput(); err != nil {
 			t.Fatalf("grant-admin: %v\n%s", err, out)
 		}

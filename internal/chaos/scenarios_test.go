@@ -95,6 +95,7 @@ func pendingOrders(t *testing.T, s *system) int {
 func TestKillUserService(t *testing.T) {
 	s := startSystem(t, options{})
 	users := createUsers(t, s, 20)
+	admin := s.admin(t) // the probes below order for users nobody knows: only an admin may
 	l := newLoad(t, s, users, 200, 0)
 	w := watchBreaker(t, s.orders[0].admin)
 	l.start()
@@ -104,7 +105,6 @@ func TestKillUserService(t *testing.T) {
 	s.users[0].kill()
 	// Probe with users the replica does not know: while the breaker is
 	// open they must be refused at once.
-	admin := s.admin(t)
 	var probeMu sync.Mutex
 	var openLatencies []time.Duration
 	probeStop := make(chan struct{})

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -193,6 +194,9 @@ type Verifier struct {
 	Leeway time.Duration
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// External, when set, also accepts tokens its OpenID provider issued
+	// (told apart by their iss).
+	External *External
 	// Cache, when set, remembers tokens already verified, so that a
 	// client's next calls with the same token cost a hash and a lookup
 	// instead of an ECDSA verification. Expiry is checked on every call.
@@ -216,11 +220,32 @@ func NewCache(size int) *Cache {
 
 // Verify implements mesh.TokenVerifier.
 func (v *Verifier) Verify(ctx context.Context, raw string) (*mesh.Principal, error) {
+	if v.External != nil && len(raw) <= MaxTokenBytes && issuerOf(raw) == v.External.Issuer {
+		now := v.Now
+		if now == nil {
+			now = time.Now
+		}
+		return v.External.principal(ctx, raw, now)
+	}
 	c, err := v.Claims(ctx, raw)
 	if err != nil {
 		return nil, err
 	}
 	return &mesh.Principal{Subject: c.Subject, Roles: c.Roles, Scopes: strings.Fields(c.Scope)}, nil
+}
+
+// issuerOf reads the iss claim of a JWT without verifying anything, only
+// to choose the verifier; "" if there is none.
+func issuerOf(raw string) string {
+	tok, err := jwt.ParseSigned(raw, []jose.SignatureAlgorithm{jose.RS256, jose.ES256, jose.PS256, jose.EdDSA, jose.RS384, jose.RS512, jose.ES384, jose.ES512})
+	if err != nil {
+		return ""
+	}
+	var c jwt.Claims
+	if tok.UnsafeClaimsWithoutVerification(&c) != nil {
+		return ""
+	}
+	return c.Issuer
 }
 
 // Claims verifies raw and returns its claims.
@@ -282,6 +307,10 @@ const (
 type Config struct {
 	Issuer, Audience string
 	Leeway           time.Duration
+	// OIDCIssuer, when set, is an OpenID provider whose access tokens
+	// (JWT, aud OIDCAudience) are accepted too, as machine principals;
+	// OIDCAdminScope among their scopes makes them admins.
+	OIDCIssuer, OIDCAudience, OIDCAdminScope string
 }
 
 // RegisterFlags defines token-issuer, token-audience and token-leeway,
@@ -290,12 +319,32 @@ func (c *Config) RegisterFlags(prefix string, fs *flag.FlagSet) {
 	fs.StringVar(&c.Issuer, prefix+"token-issuer", DefaultIssuer, "iss of the access tokens the user service issues and every service accepts")
 	fs.StringVar(&c.Audience, prefix+"token-audience", DefaultAudience, "aud of the access tokens the user service issues and every service accepts")
 	fs.DurationVar(&c.Leeway, prefix+"token-leeway", DefaultLeeway, "clock skew tolerated when checking a token's exp, nbf and iat")
+	fs.StringVar(&c.OIDCIssuer, prefix+"oidc-issuer", "", "OpenID provider (issuer URL) whose JWT access tokens are accepted too, as machine principals; empty: none")
+	fs.StringVar(&c.OIDCAudience, prefix+"oidc-audience", DefaultAudience, "aud that tokens of --oidc-issuer must carry")
+	fs.StringVar(&c.OIDCAdminScope, prefix+"oidc-admin-scope", "trellis:admin", "scope that makes a --oidc-issuer token an admin")
+}
+
+// NewExternal is the verifier of --oidc-issuer's tokens, or nil.
+func (c *Config) NewExternal() *External {
+	if c.OIDCIssuer == "" {
+		return nil
+	}
+	return &External{Issuer: c.OIDCIssuer, Audience: c.OIDCAudience, AdminScope: c.OIDCAdminScope}
 }
 
 // Validate reports settings that cannot work.
 func (c *Config) Validate() error {
 	if c.Issuer == "" || c.Audience == "" || c.Leeway < 0 || c.Leeway > 5*time.Minute {
 		return errors.New("--token-issuer and --token-audience must be set, --token-leeway between 0 and 5m")
+	}
+	if c.OIDCIssuer != "" {
+		u, err := url.Parse(c.OIDCIssuer)
+		if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" || c.OIDCAudience == "" {
+			return errors.New("--oidc-issuer must be an http(s) URL, with --oidc-audience set")
+		}
+		if c.OIDCIssuer == c.Issuer {
+			return errors.New("--oidc-issuer must differ from --token-issuer")
+		}
 	}
 	return nil
 }
