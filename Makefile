@@ -42,6 +42,7 @@ lint: ## buf lint, buf format check, gofmt, go vet, staticcheck, go mod tidy (ev
 	cd cmd/trellis-bench && go vet ./...
 	cd internal/chaos && go vet -tags chaos ./...
 	go vet -tags spire ./internal/spire
+	go vet -tags oidc ./internal/oidc
 	$(TOOL) staticcheck ./...
 	go mod tidy -diff
 	cd deploy && go mod tidy -diff
@@ -110,9 +111,13 @@ chaos: ## fault injection under load, each component its own process (~3 min); r
 spire: ## Trellis on identities from a real SPIRE server and agent (built from tools/spire; the first build takes ~10 CPU-minutes, then cached)
 	$(GOTEST) -tags spire -count=1 -timeout 30m -v ./internal/spire 2>&1 | grep -E '^(=== RUN|--- |FAIL|ok|PASS)|_test.go|spire_test'
 
+.PHONY: oidc
+oidc: ## Trellis accepting access tokens from a real OpenID provider (Ory Hydra, built from tools/hydra; the first build takes a few CPU-minutes, then cached)
+	$(GOTEST) -tags oidc -count=1 -timeout 20m -v ./internal/oidc 2>&1 | grep -E '^(=== RUN|--- |FAIL|ok|PASS)|_test.go'
+
 .PHONY: e2e
 e2e: ## drive the browser page in headless Chromium (installs Debian's chromium and playwright-core)
 	./.ci/e2e
 
 .PHONY: ci
-ci: lint breaking check-generated test bench-check bench-quick sdk-es e2e spire chaos ## everything CI runs
+ci: lint breaking check-generated test bench-check bench-quick sdk-es e2e spire oidc chaos ## everything CI runs
