@@ -111,6 +111,10 @@ chaos: ## fault injection under load, each component its own process (~3 min); r
 spire: ## Trellis on identities from a real SPIRE server and agent (built from tools/spire; the first build takes ~10 CPU-minutes, then cached)
 	$(GOTEST) -tags spire -count=1 -timeout 30m -v ./internal/spire 2>&1 | grep -E '^(=== RUN|--- |FAIL|ok|PASS)|_test.go|spire_test'
 
+.PHONY: apidocs
+apidocs: ## lint the OpenAPI 3 document with Redocly (recommended rules, 0 errors) and check the embedded API reference bundle against its lock file (npm)
+	./.ci/apidocs
+
 .PHONY: oidc
 oidc: ## Trellis accepting access tokens from a real OpenID provider (Ory Hydra, built from tools/hydra; the first build takes a few CPU-minutes, then cached)
 	$(GOTEST) -tags oidc -count=1 -timeout 20m -v ./internal/oidc 2>&1 | grep -E '^(=== RUN|--- |FAIL|ok|PASS)|_test.go'
@@ -120,4 +124,4 @@ e2e: ## drive the browser page in headless Chromium (installs Debian's chromium 
 	./.ci/e2e
 
 .PHONY: ci
-ci: lint breaking check-generated test bench-check bench-quick sdk-es e2e spire oidc chaos ## everything CI runs
+ci: lint breaking check-generated test bench-check bench-quick sdk-es apidocs e2e spire oidc chaos ## everything CI runs

@@ -179,6 +179,8 @@ func New(cfg Config, userConn, orderConn grpc.ClientConnInterface, log *slog.Log
 	root.Handle("/api/", g.authenticate(g.rateLimit(g.limitBody(g.apiEdge(g.session(g.mux))))))
 	root.Handle("GET /.well-known/jwks.json", g.rateLimit(http.HandlerFunc(g.jwks)))
 	root.HandleFunc("GET /api/openapi.json", g.serveOpenAPI)
+	root.HandleFunc("GET /api/docs", g.serveAPIDocs)
+	root.HandleFunc("GET /api/docs/redoc.standalone.js", g.serveRedoc)
 	// For load balancers; /metrics, /healthz and /readyz are served on the
 	// admin address only, never on the public port.
 	root.HandleFunc("GET /health", func(w http.ResponseWriter, _ *http.Request) { plain(w, http.StatusOK, "OK") })

@@ -22,6 +22,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"golang.org/x/time/rate"
 
+	"github.com/trellis-mesh/trellis/gateway"
 	"github.com/trellis-mesh/trellis/internal/app"
 	"github.com/trellis-mesh/trellis/internal/redact"
 	"github.com/trellis-mesh/trellis/mesh"
@@ -40,6 +41,7 @@ commands:
                 that enforces Trellis's event permissions ("trellis identity nats-config -h")
   users grant-admin
                 give an existing account the admin role ("trellis users grant-admin -h")
+  openapi       print the REST API's OpenAPI 3 document (what the gateway serves at /api/openapi.json)
   healthcheck   exit 0 if the local admin server's /readyz answers 200 (container health checks)
   version       print the version
 `
@@ -77,6 +79,14 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return 2
 		}
 		return grantAdminCmd(args[2:], stdout, stderr)
+	case "openapi":
+		doc, err := gateway.OpenAPI()
+		if err != nil {
+			fmt.Fprintln(stderr, "trellis openapi:", err)
+			return 1
+		}
+		fmt.Fprintln(stdout, string(doc))
+		return 0
 	case "healthcheck":
 		return healthcheckCmd(args[1:], stderr)
 	case "version", "--version", "-version":

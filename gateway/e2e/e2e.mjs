@@ -125,6 +125,21 @@ try {
   const tokens = await (await page.request.post(base + "/api/v1/auth:signIn", { data: { email: grace, password: pw } })).json();
   const res = await page.request.get(`${base}/api/v1/orders/${adaOrders[0]}`, { headers: { Authorization: `Bearer ${tokens.accessToken}` } });
   check(res.status() === 404, "Grace reading Ada's order through the API gets 404, got " + res.status());
+
+  // The API reference: Redoc, embedded in the binary, renders the
+  // OpenAPI document; nothing is fetched from another origin (its sidebar
+  // names a logo on Redocly's CDN, which the page's CSP blocks: asked,
+  // never answered).
+  const elsewhere = [];
+  page.on("response", (r) => {
+    const u = r.url();
+    if (!u.startsWith(base) && !u.startsWith("blob:") && !u.startsWith("data:")) elsewhere.push(u);
+  });
+  await page.goto(base + "/api/docs");
+  await page.waitForFunction(() => document.body.innerText.includes("Trellis REST API") && document.body.innerText.includes("/api/v1/auth:signIn"), null, { timeout: 30000 });
+  check(true, "the API reference page renders the OpenAPI document");
+  check((await page.textContent("body")).includes("bearer"), "it shows the bearer security scheme");
+  check(elsewhere.length === 0, "the API reference loads nothing from elsewhere: " + JSON.stringify(elsewhere));
 } catch (e) {
   failed = true;
   console.error("FAIL:", e.message);
