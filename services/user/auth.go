@@ -199,8 +199,8 @@ func (k *keyring) Key(ctx context.Context, kid string) (*ecdsa.PublicKey, error)
 	if pub = find(keys); pub != nil {
 		return pub, nil
 	}
-	if err != nil {
-		return nil, err
+	if err != nil { // the database's fault, not the token's
+		return nil, fmt.Errorf("%w: read signing keys: %v", mesh.ErrVerifierUnavailable, err)
 	}
 	return nil, token.ErrUnknownKey
 }
