@@ -298,3 +298,44 @@ func TestAnotherUsersObjectIsAnsweredLikeAMissingOne(t *testing.T) {
 		}
 	}
 }
+
+// TestRefusalsTripNoBreaker: 401, 403 and 404 answers — through the
+// gateway to both services, and the order service asking the user service
+// with a token it refuses — are the callers' faults: no breaker opens.
+func TestRefusalsTripNoBreaker(t *testing.T) {
+	t.Parallel()
+	m := startMatrix(t)
+	f := m.fixture(t)
+	for range 20 {
+		for _, tok := range []string{"", f.tokens[expired], f.tokens[unknownKey], m.otherToken} {
+			m.do(t, "GET", "/api/v1/users/"+f.id, "", tok)
+			m.do(t, "GET", "/api/v1/orders/"+f.order, "", tok)
+			m.do(t, "GET", "/api/v1/users", "", tok)
+			m.do(t, "POST", "/api/v1/orders", `{"userId":"`+f.id+`","requestId":"`+uuid.NewString()+`","items":[{"productId":"p","quantity":1,"unitPrice":{"currencyCode":"EUR","amountMinor":"1"}}]}`, tok)
+		}
+	}
+	families, err := m.run.Registry().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, mf := range families {
+		if mf.GetName() != "trellis_breaker_transitions_total" {
+			continue
+		}
+		found = true
+		for _, s := range mf.GetMetric() {
+			for _, l := range s.GetLabel() {
+				if l.GetName() == "to" && l.GetValue() == "open" && s.GetCounter().GetValue() > 0 {
+					t.Errorf("a breaker opened on refusals: %v", s)
+				}
+			}
+		}
+	}
+	if !found {
+		t.Fatal("no trellis_breaker_transitions_total: the check would see nothing")
+	}
+	if code, _, _ := m.do(t, "GET", "/api/v1/users/"+f.id, "", f.tokens[owner]); code != http.StatusOK {
+		t.Errorf("the owner after the refusals: %d", code)
+	}
+}
