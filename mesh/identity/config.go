@@ -38,7 +38,7 @@ type Config struct {
 
 // RegisterFlags defines the identity flags on fs, each name prefixed.
 func (c *Config) RegisterFlags(prefix string, fs *flag.FlagSet) {
-	fs.BoolVar(&c.Insecure, prefix+"insecure-plaintext", false, "turn OFF mTLS, authorization and NATS authentication (plaintext everywhere); for benchmarks against plaintext only")
+	fs.BoolVar(&c.Insecure, prefix+"insecure-plaintext", false, "turn OFF mTLS, the per-method workload policy and NATS authentication (plaintext everywhere; access tokens are still required); for benchmarks against plaintext only")
 	fs.StringVar(&c.Source, prefix+"identity-source", SourceDev, "where workload identities come from: dev (a development CA in --identity-dir), files (--identity-cert/-key/-bundle, reloaded when they change) or spiffe (the SPIFFE Workload API, e.g. a SPIRE agent)")
 	fs.StringVar(&c.TrustDomain, prefix+"trust-domain", DefaultTrustDomain, "SPIFFE trust domain of the development CA")
 	fs.StringVar(&c.Dir, prefix+"identity-dir", "data/identity", "directory of the development CA (created on first start; every process started with the same directory trusts the others)")
