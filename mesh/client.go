@@ -221,11 +221,13 @@ func ServiceConfig(services ...protoreflect.ServiceDescriptor) (string, error) {
 	}
 	if len(reads) > 0 {
 		sc.MethodConfig = []methodConfig{{Name: reads, RetryPolicy: &retryPolicy{
-			MaxAttempts:          3,
-			InitialBackoff:       "0.05s",
-			MaxBackoff:           "0.5s",
-			BackoffMultiplier:    2,
-			RetryableStatusCodes: []string{"UNAVAILABLE"},
+			MaxAttempts:       3,
+			InitialBackoff:    "0.05s",
+			MaxBackoff:        "0.5s",
+			BackoffMultiplier: 2,
+			// RESOURCE_EXHAUSTED: a shedding server, whose
+			// grpc-retry-pushback-ms says when (gRFC A6).
+			RetryableStatusCodes: []string{"UNAVAILABLE", "RESOURCE_EXHAUSTED"},
 		}}}
 		sc.RetryThrottling = map[string]float64{"maxTokens": 10, "tokenRatio": 0.1}
 	}

@@ -16,6 +16,10 @@ type Metrics struct {
 	breakerRejected    *prometheus.CounterVec
 	authzDenied        *prometheus.CounterVec
 	refused            *prometheus.CounterVec
+	// Load shedding (ShedConfig), by server.
+	admitted                *prometheus.CounterVec
+	limit, inflight, queued *prometheus.GaugeVec
+	queueSeconds            prometheus.Histogram
 }
 
 // latencyBuckets suit loopback and LAN calls: 0.5 ms to 10 s.
@@ -44,9 +48,21 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"caller", "method"}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "trellis_server_refused_total",
-			Help: "Calls a server refused before its handler ran, by method and reason (deadline: too short for what the method usually takes).",
+			Help: "Calls a server refused before its handler ran, by method and reason (deadline: too short for what the method usually takes; overload: no slot under --shed).",
 		}, []string{"method", "reason"}),
 	}
-	reg.MustRegister(m.server, m.client, m.breakerState, m.breakerTransitions, m.breakerRejected, m.authzDenied, m.refused)
+	m.admitted = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "trellis_server_admitted_total",
+		Help: "Calls a shedding server (--shed) admitted to its handlers, by server."}, []string{"server"})
+	m.limit = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "trellis_server_concurrency_limit",
+		Help: "The adaptive concurrency limit of a shedding server (--shed), by server."}, []string{"server"})
+	m.inflight = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "trellis_server_inflight",
+		Help: "Calls a shedding server (--shed) is working on, by server."}, []string{"server"})
+	m.queued = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "trellis_server_queued",
+		Help: "Calls waiting for a slot on a shedding server (--shed), by server."}, []string{"server"})
+	m.queueSeconds = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "trellis_server_queue_seconds",
+		Help:    "Time calls waited for a slot on a shedding server (--shed), admitted or not.",
+		Buckets: []float64{0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25}})
+	reg.MustRegister(m.server, m.client, m.breakerState, m.breakerTransitions, m.breakerRejected, m.authzDenied, m.refused,
+		m.admitted, m.limit, m.inflight, m.queued, m.queueSeconds)
 	return m
 }

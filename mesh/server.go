@@ -61,6 +61,10 @@ type ServerConfig struct {
 	// Policy decides which peers may call which methods (grpc/authz).
 	// Nil: every caller may call every method.
 	Policy Policy
+	// Name names the server in metrics (user, order).
+	Name string
+	// Shed turns on load shedding (opt-in).
+	Shed ShedConfig
 	// Auth authenticates end users by their access tokens (see
 	// Authentication). Zero: no end-user authentication.
 	Auth Authentication
@@ -81,6 +85,7 @@ const (
 func (c *ServerConfig) RegisterFlags(prefix string, fs *flag.FlagSet) {
 	fs.DurationVar(&c.MaxDeadline, prefix+"max-deadline", DefaultMaxDeadline, "cap on the deadline of any incoming gRPC call")
 	fs.DurationVar(&c.DrainTimeout, prefix+"drain-timeout", DefaultDrainTimeout, "how long graceful shutdown waits for in-flight calls")
+	c.Shed.RegisterFlags(prefix, fs)
 }
 
 // Validate reports settings that cannot work.
@@ -88,7 +93,7 @@ func (c *ServerConfig) Validate() error {
 	if c.MaxDeadline <= 0 || c.DrainTimeout <= 0 {
 		return errors.New("--max-deadline and --drain-timeout must be positive")
 	}
-	return nil
+	return c.Shed.Validate()
 }
 
 func (c ServerConfig) withDefaults() ServerConfig {
@@ -148,6 +153,9 @@ type Server struct {
 // NewServer builds a server. Register services before Serve.
 //
 // The unary chain, outermost first, and why in that order:
+//  0. with Shed on, admission — a call over the adaptive concurrency
+//     limit is refused (RESOURCE_EXHAUSTED, retry pushback) before
+//     anything is spent on it;
 //  1. request id — everything after it can log and forward the id;
 //  2. logging — one line per call with the final code, even for panics;
 //  3. metrics — count and time the call with the code the client sees;
@@ -166,6 +174,10 @@ func NewServer(cfg ServerConfig, log *slog.Logger, m *Metrics, opts ...grpc.Serv
 	log = slog.New(WithTraceIDs(log.Handler())) // every server log line names its trace
 	s := &Server{cfg: cfg, log: log, health: health.NewServer(), validators: map[string]Validator{}, times: serviceTimes{}, metrics: m}
 	unary := []grpc.UnaryServerInterceptor{serverRequestID, accessLog(log), m.server.UnaryServerInterceptor()}
+	if cfg.Shed.Enabled {
+		// First of all: a call refused for overload costs nothing more.
+		unary = append([]grpc.UnaryServerInterceptor{admission(newShedder(cfg.Shed, cfg.Name, s.times, m))}, unary...)
+	}
 	var stream []grpc.StreamServerInterceptor
 	if cfg.Policy != nil {
 		unary = append(unary, authorize(cfg.Policy, log, m))

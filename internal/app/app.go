@@ -122,7 +122,7 @@ func (a *App) upstream(name string) string {
 // settings, its identity and the authorization policy.
 func (a *App) newServer(component string, auth mesh.Authentication) (*mesh.Server, error) {
 	cfg := a.cfg.Server
-	cfg.Unreachable, cfg.Tracer, cfg.Auth = sqldb.Unreachable, a.tp, auth
+	cfg.Unreachable, cfg.Tracer, cfg.Auth, cfg.Name = sqldb.Unreachable, a.tp, auth, component
 	cfg, err := a.secureServer(component, cfg)
 	if err != nil {
 		return nil, err

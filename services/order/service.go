@@ -112,6 +112,8 @@ func (s *Service) Create(ctx context.Context, in CreateInput) (Order, error) {
 		return Order{}, apperr.NotFound("user %q not found", in.UserID)
 	case errors.Is(err, errUserUnavailable) && known.ID != "":
 		status = StatusPending // degrade: confirmed later by the reconciler
+	case errors.As(err, new(userShedding)):
+		return Order{}, err // RESOURCE_EXHAUSTED with the user service's retry delay
 	case errors.Is(err, errUserUnavailable):
 		return Order{}, apperr.Unavailable("cannot place the order now: %s; retry with the same request_id",
 			strings.TrimPrefix(err.Error(), errUserUnavailable.Error()+": "))

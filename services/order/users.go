@@ -41,6 +41,9 @@ func (u *UserClient) Exists(ctx context.Context, id string) error {
 	switch {
 	case st.Code() == codes.NotFound:
 		return errUserNotFound
+	case st.Code() == codes.ResourceExhausted:
+		// Shedding load: alive, and saying when to come back.
+		return userShedding{st}
 	case st.Code() == codes.Unauthenticated || st.Code() == codes.PermissionDenied:
 		// The caller's rights, passed on as the user service said them: a
 		// refusal, not an outage.
@@ -55,3 +58,13 @@ func (u *UserClient) Exists(ctx context.Context, id string) error {
 		return fmt.Errorf("%w: %s", errUserUnavailable, st.Message())
 	}
 }
+
+// userShedding is a user service that refused for overload: unavailable
+// for now (a known user's order is taken PENDING), but passed on to the
+// caller as RESOURCE_EXHAUSTED with its retry delay — never as
+// UNAVAILABLE, which the caller's breaker would count.
+type userShedding struct{ st *status.Status }
+
+func (e userShedding) Error() string              { return e.st.Message() }
+func (e userShedding) Unwrap() error              { return errUserUnavailable }
+func (e userShedding) GRPCStatus() *status.Status { return e.st }

@@ -241,6 +241,7 @@ func TestKeyRotationWhileCallsAreInFlight(t *testing.T) {
 	t.Parallel()
 	s := startAuth(t, sqldb.SQLite, 4)
 	email, id := s.signUp(t)
+	s.signIn(t, email) // the first key exists before the rotations start
 	var calls, failed atomic.Int64
 	stop := make(chan struct{})
 	var wg sync.WaitGroup

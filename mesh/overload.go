@@ -1,0 +1,131 @@
+package mesh
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"math/rand/v2"
+	"strconv"
+	"time"
+
+	"github.com/failsafe-go/failsafe-go/adaptivelimiter"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
+)
+
+// ShedConfig turns on adaptive concurrency limiting of a server's API
+// (load shedding). It is opt-in: see docs/resilience.md, "Overload".
+type ShedConfig struct {
+	// Enabled turns shedding on.
+	Enabled bool
+	// MinLimit and MaxLimit bound the concurrency limit the limiter
+	// adapts; it starts at MinLimit*2.
+	MinLimit, MaxLimit uint
+	// MaxWait is how long a call may queue for a slot before it is
+	// refused.
+	MaxWait time.Duration
+	// Pushback is the retry delay told to a refused caller
+	// (grpc-retry-pushback-ms and RetryInfo), jittered ±50%.
+	Pushback time.Duration
+}
+
+// Defaults of the shedding flags.
+const (
+	DefaultShedMinLimit = 32
+	DefaultShedMaxLimit = 256
+	DefaultShedMaxWait  = 50 * time.Millisecond
+	DefaultShedPushback = 250 * time.Millisecond
+)
+
+// RegisterFlags defines shed, shed-max-limit, shed-max-wait and
+// shed-pushback, prefixed.
+func (c *ShedConfig) RegisterFlags(prefix string, fs *flag.FlagSet) {
+	fs.BoolVar(&c.Enabled, prefix+"shed", false, "adaptive concurrency limit on every gRPC server's API (failsafe-go adaptivelimiter): calls over it queue up to --shed-max-wait, then get RESOURCE_EXHAUSTED with a retry delay; off by default")
+	c.MinLimit = DefaultShedMinLimit
+	fs.UintVar(&c.MaxLimit, prefix+"shed-max-limit", DefaultShedMaxLimit, "highest concurrency limit the shedding limiter may reach")
+	fs.DurationVar(&c.MaxWait, prefix+"shed-max-wait", DefaultShedMaxWait, "longest a call waits for a slot under --shed before it is refused")
+	fs.DurationVar(&c.Pushback, prefix+"shed-pushback", DefaultShedPushback, "retry delay told to callers refused by --shed (grpc-retry-pushback-ms, RetryInfo), jittered ±50%")
+}
+
+// Validate reports settings that cannot work.
+func (c *ShedConfig) Validate() error {
+	if !c.Enabled {
+		return nil
+	}
+	if c.MinLimit == 0 || c.MaxLimit < c.MinLimit || c.MaxWait < 0 || c.Pushback <= 0 {
+		return errors.New("--shed-max-limit must be at least 32, --shed-max-wait not negative, --shed-pushback positive")
+	}
+	return nil
+}
+
+// shedder is one server's limiter and its gauges.
+type shedder struct {
+	lim                     adaptivelimiter.AdaptiveLimiter[any]
+	cfg                     ShedConfig
+	times                   serviceTimes
+	m                       *Metrics
+	admitted                prometheus.Counter
+	limit, inflight, queued prometheus.Gauge
+}
+
+func newShedder(cfg ShedConfig, name string, times serviceTimes, m *Metrics) *shedder {
+	lim := adaptivelimiter.NewBuilder[any]().
+		WithLimits(cfg.MinLimit, cfg.MaxLimit, 2*cfg.MinLimit).
+		WithQueueing(2, 3). // a queue up to twice the limit, refusals growing towards three times
+		WithMaxWaitTime(cfg.MaxWait).
+		Build()
+	s := &shedder{lim: lim, cfg: cfg, times: times, m: m,
+		admitted: m.admitted.WithLabelValues(name),
+		limit:    m.limit.WithLabelValues(name), inflight: m.inflight.WithLabelValues(name), queued: m.queued.WithLabelValues(name)}
+	s.limit.Set(float64(lim.Limit()))
+	return s
+}
+
+// errOverloaded is the refusal's message; the details say when to retry.
+const overloaded = "the server is overloaded: retry after the delay in RetryInfo (grpc-retry-pushback-ms)"
+
+// admission is the first link of a shedding server's chain: it decides
+// whether a call is worked on at all, before request ids, logs,
+// authorization or validation are spent on it. The request message has
+// been received and decoded by then (grpc-go decodes before the unary
+// chain runs), so a client that trickles its body holds no slot. Methods
+// not registered through Register (health, reflection) are never shed.
+func admission(s *shedder) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		if _, ok := s.times[info.FullMethod]; !ok {
+			return handler(ctx, req)
+		}
+		start := time.Now()
+		permit, err := s.lim.AcquirePermitWithMaxWait(ctx, s.cfg.MaxWait)
+		s.m.queueSeconds.Observe(time.Since(start).Seconds())
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, status.FromContextError(ctx.Err()).Err()
+			}
+			s.m.refused.WithLabelValues(info.FullMethod, "overload").Inc()
+			delay := s.cfg.Pushback/2 + rand.N(s.cfg.Pushback+1)
+			_ = grpc.SetTrailer(ctx, metadata.Pairs("grpc-retry-pushback-ms", strconv.FormatInt(delay.Milliseconds(), 10)))
+			st, _ := status.New(codes.ResourceExhausted, overloaded).WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(delay)})
+			s.observe()
+			return nil, st.Err()
+		}
+		s.admitted.Inc()
+		s.observe()
+		defer func() {
+			permit.Record()
+			s.observe()
+		}()
+		return handler(ctx, req)
+	}
+}
+
+func (s *shedder) observe() {
+	s.limit.Set(float64(s.lim.Limit()))
+	s.inflight.Set(float64(s.lim.Inflight()))
+	s.queued.Set(float64(s.lim.Queued()))
+}
