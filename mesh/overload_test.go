@@ -85,3 +85,44 @@ func TestSheddingKeepsTheHandlersUnderTheLimit(t *testing.T) {
 		}
 	}
 }
+
+// TestReadsHonourPushbackWritesDoNot: a read refused RESOURCE_EXHAUSTED
+// with grpc-retry-pushback-ms is retried after that delay and succeeds; a
+// write is not retried; neither opens the breaker.
+func TestReadsHonourPushbackWritesDoNot(t *testing.T) {
+	t.Parallel()
+	shed := func(ctx context.Context) error {
+		_ = grpc.SetTrailer(ctx, metadata.Pairs("grpc-retry-pushback-ms", "300"))
+		return status.Error(codes.ResourceExhausted, "overloaded")
+	}
+	var gets, creates atomic.Int32
+	addr, _, _ := serve(t, &fakeUsers{
+		getUser: func(ctx context.Context, _ *userv1.GetUserRequest) (*userv1.GetUserResponse, error) {
+			if gets.Add(1) == 1 {
+				return nil, shed(ctx)
+			}
+			return okUser, nil
+		},
+		createUser: func(ctx context.Context, _ *userv1.CreateUserRequest) (*userv1.CreateUserResponse, error) {
+			creates.Add(1)
+			return nil, shed(ctx)
+		},
+	}, mesh.ServerConfig{})
+	c := dialMesh(t, addr, mesh.ClientConfig{Breaker: mesh.BreakerConfig{ConsecutiveFailures: 1, Timeout: time.Hour}})
+	start := time.Now()
+	if _, err := c.GetUser(context.Background(), &userv1.GetUserRequest{Id: validID}); err != nil {
+		t.Fatalf("read after pushback: %v", err)
+	}
+	if waited := time.Since(start); gets.Load() != 2 || waited < 300*time.Millisecond {
+		t.Errorf("read: %d attempts in %v, want 2 with the 300 ms pushback between", gets.Load(), waited)
+	}
+	for range 3 {
+		_, err := c.CreateUser(context.Background(), &userv1.CreateUserRequest{Email: "a@example.com", Name: "A", Password: "correct-horse"})
+		if status.Code(err) != codes.ResourceExhausted {
+			t.Fatalf("write: %v, want RESOURCE_EXHAUSTED passed on (the breaker closed)", err)
+		}
+	}
+	if creates.Load() != 3 {
+		t.Errorf("%d write attempts for 3 calls: writes must not be retried", creates.Load())
+	}
+}
