@@ -49,6 +49,10 @@ type Config struct {
 	// OverviewOrders is how many recent orders the overview shows.
 	// Default 10.
 	OverviewOrders int32
+	// Shedder, when set, limits the API's concurrency (--shed-gateway).
+	Shedder *mesh.Limiter
+	// Shed is --shed-gateway: the app builds Shedder from it.
+	Shed bool
 	// Tokens verifies access tokens at the edge (the services check them
 	// again). Nil: tokens are checked only by the services.
 	Tokens mesh.TokenVerifier
@@ -61,6 +65,7 @@ type Config struct {
 // RegisterFlags defines cors-origins, prefixed.
 func (c *Config) RegisterFlags(prefix string, fs *flag.FlagSet) {
 	fs.Var((*originList)(&c.CORSOrigins), prefix+"cors-origins", "comma list of browser origins (https://app.example.com) allowed to call the gateway; empty: same-origin only")
+	fs.BoolVar(&c.Shed, prefix+"shed-gateway", false, "adaptive concurrency limit on the gateway's API, with --shed's settings: over it, 429 with Retry-After; off by default")
 	c.Limits.RegisterFlags(prefix, fs)
 }
 
@@ -176,7 +181,7 @@ func New(cfg Config, userConn, orderConn grpc.ClientConnInterface, log *slog.Log
 
 	web, _ := fs.Sub(assets, "web")
 	root := http.NewServeMux()
-	root.Handle("/api/", g.authenticate(g.rateLimit(g.limitBody(g.apiEdge(g.session(g.mux))))))
+	root.Handle("/api/", g.authenticate(g.rateLimit(g.limitBody(g.shed(g.apiEdge(g.session(g.mux)))))))
 	root.Handle("GET /.well-known/jwks.json", g.rateLimit(http.HandlerFunc(g.jwks)))
 	root.HandleFunc("GET /api/openapi.json", g.serveOpenAPI)
 	root.HandleFunc("GET /api/docs", g.serveAPIDocs)

@@ -73,6 +73,15 @@ type shedder struct {
 	limit, inflight, queued prometheus.Gauge
 }
 
+// exportShedMetrics makes a server's shedding series exist (at zero)
+// whether or not it sheds, so dashboards and alerts find them.
+func exportShedMetrics(m *Metrics, name string) {
+	m.admitted.WithLabelValues(name)
+	m.limit.WithLabelValues(name)
+	m.inflight.WithLabelValues(name)
+	m.queued.WithLabelValues(name)
+}
+
 func newShedder(cfg ShedConfig, name string, times serviceTimes, m *Metrics) *shedder {
 	lim := adaptivelimiter.NewBuilder[any]().
 		WithLimits(cfg.MinLimit, cfg.MaxLimit, 2*cfg.MinLimit).
@@ -128,4 +137,32 @@ func (s *shedder) observe() {
 	s.limit.Set(float64(s.lim.Limit()))
 	s.inflight.Set(float64(s.lim.Inflight()))
 	s.queued.Set(float64(s.lim.Queued()))
+}
+
+// Limiter is the shedding limiter for a server that is not a mesh gRPC
+// server (the gateway's HTTP API): the same limiter, settings and metrics.
+type Limiter struct{ s *shedder }
+
+// NewLimiter returns the limiter of the server name (cfg.Enabled is not
+// consulted: a Limiter always limits).
+func NewLimiter(cfg ShedConfig, name string, m *Metrics) *Limiter {
+	return &Limiter{s: newShedder(cfg, name, nil, m)}
+}
+
+// Admit waits up to the configured time for a slot. Admitted, it returns
+// the function that frees the slot; refused, the retry delay to tell the
+// caller (jittered), counted as refused for route.
+func (l *Limiter) Admit(ctx context.Context, route string) (release func(), retry time.Duration, ok bool) {
+	s := l.s
+	start := time.Now()
+	permit, err := s.lim.AcquirePermitWithMaxWait(ctx, s.cfg.MaxWait)
+	s.m.queueSeconds.Observe(time.Since(start).Seconds())
+	if err != nil {
+		s.m.refused.WithLabelValues(route, "overload").Inc()
+		s.observe()
+		return nil, s.cfg.Pushback/2 + rand.N(s.cfg.Pushback+1), false
+	}
+	s.admitted.Inc()
+	s.observe()
+	return func() { permit.Record(); s.observe() }, 0, true
 }

@@ -174,6 +174,9 @@ func NewServer(cfg ServerConfig, log *slog.Logger, m *Metrics, opts ...grpc.Serv
 	log = slog.New(WithTraceIDs(log.Handler())) // every server log line names its trace
 	s := &Server{cfg: cfg, log: log, health: health.NewServer(), validators: map[string]Validator{}, times: serviceTimes{}, metrics: m}
 	unary := []grpc.UnaryServerInterceptor{serverRequestID, accessLog(log), m.server.UnaryServerInterceptor()}
+	if cfg.Name != "" {
+		exportShedMetrics(m, cfg.Name)
+	}
 	if cfg.Shed.Enabled {
 		// First of all: a call refused for overload costs nothing more.
 		unary = append([]grpc.UnaryServerInterceptor{admission(newShedder(cfg.Shed, cfg.Name, s.times, m))}, unary...)
@@ -232,7 +235,11 @@ func (s *Server) Register(desc *grpc.ServiceDesc, impl any, v Validator) {
 		s.validators[desc.ServiceName] = v
 	}
 	for _, md := range desc.Methods {
-		s.times["/"+desc.ServiceName+"/"+md.MethodName] = &serviceTime{}
+		name := "/" + desc.ServiceName + "/" + md.MethodName
+		s.times[name] = &serviceTime{}
+		for _, reason := range []string{"deadline", "overload"} {
+			s.metrics.refused.WithLabelValues(name, reason) // exported at zero from the start
+		}
 	}
 	s.services = append(s.services, desc.ServiceName)
 	s.health.SetServingStatus(desc.ServiceName, healthpb.HealthCheckResponse_NOT_SERVING)

@@ -13,6 +13,7 @@ import (
 	"github.com/trellis-mesh/trellis/gateway"
 	orderv1 "github.com/trellis-mesh/trellis/gen/trellis/order/v1"
 	userv1 "github.com/trellis-mesh/trellis/gen/trellis/user/v1"
+	"github.com/trellis-mesh/trellis/mesh"
 )
 
 // addGateway builds the REST facade over mesh clients of both services.
@@ -28,6 +29,9 @@ func (a *App) addGateway(context.Context) error {
 	gcfg := a.cfg.Gateway
 	gcfg.Tracer = a.tp
 	gcfg.Tokens = a.verifier(userConn)
+	if gcfg.Shed {
+		gcfg.Shedder = mesh.NewLimiter(a.cfg.Server.Shed, TargetGateway, a.metrics)
+	}
 	if a.cfg.RedisURL != "" {
 		// Gateway replicas share their clients' counters.
 		client, err := a.redis()
