@@ -139,6 +139,7 @@ func run() int {
 		{"5 breaker", r.breaker},
 		{"6 security cost", r.mtls},
 		{"7 token verification", r.tokens},
+		{"8 overload", r.overload},
 	}
 	steps = append(steps, struct {
 		name string

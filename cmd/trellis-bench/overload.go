@@ -1,0 +1,119 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/google/uuid"
+)
+
+// Scenario 8: overload. CreateOrder end to end, open loop, at 1×, 2× and
+// 4× the maximum sustainable rate scenario 3 found in this run (400/s if
+// it did not run), against two identical all-in-one systems: one with
+// load shedding (--shed --shed-gateway), one without; the rates and the
+// systems interleaved. Goodput counts created orders per second; latency
+// of created orders and of refusals (429) is measured apart, from when
+// each request was due.
+func (r *runner) overload(ctx context.Context) error {
+	base := int(r.rep.Ratios["max_sustainable_create_order_per_s"])
+	if base == 0 {
+		base = 400
+	}
+	systems := []struct {
+		name  string
+		extra []string
+		sys   *trellis
+		order call
+	}{{name: "unprotected"}, {name: "shedding (--shed --shed-gateway)", extra: []string{"--shed", "--shed-gateway"}}}
+	for i := range systems {
+		s := &systems[i]
+		sys, err := runTrellis(r.bin, fmt.Sprintf("trellis-overload-%d", i), filepath.Join(r.tmp, fmt.Sprintf("overload-%d", i)), s.extra...)
+		if err != nil {
+			return err
+		}
+		defer sys.stop()
+		conn, err := dial(sys.user)
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		uid, token, err := signUp(ctx, conn)
+		if err != nil {
+			return err
+		}
+		url := "http://" + sys.http + "/api/v1/orders"
+		s.sys, s.order = sys, func(ctx context.Context) error {
+			body := `{"userId":"` + uid + `","requestId":"` + uuid.NewString() + `","items":[{"productId":"p","quantity":1,"unitPrice":{"currencyCode":"EUR","amountMinor":"100"}}]}`
+			return httpDo(ctx, "POST", url, body, 201, token)
+		}
+		openLoop(ctx, base/2, warmup, s.order)
+	}
+	goodput := map[string]map[int]float64{}
+	p99 := map[string]map[int]float64{}
+	for _, mult := range []int{1, 2, 4} {
+		for _, s := range systems {
+			ok, refused, other := openLoopSplit(ctx, base*mult, r.bounds(), s.order)
+			if goodput[s.name] == nil {
+				goodput[s.name], p99[s.name] = map[int]float64{}, map[int]float64{}
+			}
+			goodput[s.name][mult], p99[s.name][mult] = ok.Throughput, ok.P99ms
+			note := fmt.Sprintf("%d/s offered (%d× %d/s): goodput %.0f/s (%.0f%% of %d/s), created p99 %.1f ms; refused (429) %d, p50 %.2f ms p99 %.2f ms; other errors %v",
+				base*mult, mult, base, ok.Throughput, 100*ok.Throughput/float64(base), base, ok.P99ms, refused.Requests, refused.P50ms, refused.P99ms, other)
+			r.add("8 overload", fmt.Sprintf("%s, %d×", s.name, mult), mult == 1 && s.name == "unprotected", ok, map[string]*proc{"trellis": s.sys.proc}, note)
+		}
+	}
+	prot, plain := systems[1].name, systems[0].name
+	r.rep.Ratios["overload_goodput_4x_protected"] = goodput[prot][4] / float64(base)
+	r.rep.Ratios["overload_goodput_4x_unprotected"] = goodput[plain][4] / float64(base)
+	if p99[prot][4] > 0 {
+		r.rep.Ratios["overload_p99_gain_4x"] = p99[plain][4] / p99[prot][4]
+	}
+	return nil
+}
+
+// openLoopSplit is openLoop with the answers told apart: created (the
+// call succeeded), refused (HTTP 429), and other errors by code.
+func openLoopSplit(ctx context.Context, rate int, b bounds, fn call) (ok, refused *result, other map[string]int64) {
+	var mu sync.Mutex
+	okH, refH := newHist(), newHist()
+	other = map[string]int64{}
+	interval := time.Second / time.Duration(rate)
+	start := time.Now()
+	n := int64(b.d / interval)
+	if b.n > 0 {
+		n = min(n, b.n)
+	}
+	var wg sync.WaitGroup
+	for i := range n {
+		if ctx.Err() != nil {
+			break
+		}
+		due := start.Add(time.Duration(i) * interval)
+		if wait := time.Until(due); wait > 0 {
+			time.Sleep(wait)
+		}
+		wg.Go(func() {
+			err := fn(ctx)
+			lat := time.Since(due).Microseconds()
+			mu.Lock()
+			defer mu.Unlock()
+			switch {
+			case err == nil:
+				_ = okH.RecordValue(lat)
+			case codeOf(err) == "HTTP 429":
+				_ = refH.RecordValue(lat)
+			default:
+				other[codeOf(err)]++
+			}
+		})
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	ok, refused = &result{}, &result{}
+	ok.finish(okH, elapsed)
+	refused.finish(refH, elapsed)
+	return ok, refused, other
+}
