@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -76,6 +77,16 @@ func (p *proc) binary() string {
 
 // kill is kill -9.
 func (p *proc) kill() { p.p.Kill() }
+
+// alive reports whether the process is still running.
+func (p *proc) alive() bool {
+	select {
+	case <-p.p.Exited():
+		return false
+	default:
+		return true
+	}
+}
 
 // term is a graceful stop (SIGTERM) waiting for the exit; not exiting
 // within 20 s is a failure of the scenario.
@@ -414,6 +425,11 @@ type outcome struct {
 type load struct {
 	t        *testing.T
 	s        *system
+	// mode is how clients retry: retryNormal (5xx and connection errors,
+	// after 50–150 ms), retryImmediately (every failure, 429 included, at
+	// once: a retry storm) or retryAsTold (every failure, after the
+	// answer's Retry-After, else 100 ms).
+	mode atomic.Int32
 	gateways []string
 	users    []string
 	rate     int
@@ -464,6 +480,13 @@ func (l *load) start() {
 
 func (l *load) finish() { close(l.stop); l.wg.Wait() }
 
+// Retry modes of a load (load.mode).
+const (
+	retryNormal = iota
+	retryImmediately
+	retryAsTold
+)
+
 func (l *load) one(i int) {
 	o := &outcome{requestID: uuid.NewString(), sent: time.Now()}
 	user := l.users[i%len(l.users)]
@@ -476,8 +499,12 @@ func (l *load) one(i int) {
 		o.attempts++
 		o.latency = time.Since(start)
 		code := 0
+		retryAfter := 100 * time.Millisecond
 		if err == nil {
 			code = resp.StatusCode
+			if ra, perr := strconv.Atoi(resp.Header.Get("Retry-After")); perr == nil && ra > 0 {
+				retryAfter = time.Duration(ra) * time.Second
+			}
 			var r struct {
 				Order struct{ ID, Status string } `json:"order"`
 			}
@@ -492,10 +519,17 @@ func (l *load) one(i int) {
 		l.mu.Lock()
 		l.attempts[code]++
 		l.mu.Unlock()
-		if code != 0 && code < 500 || time.Now().After(deadline) {
+		mode := l.mode.Load()
+		if code == http.StatusCreated || code != 0 && code < 500 && (mode == retryNormal || code != http.StatusTooManyRequests) || time.Now().After(deadline) {
 			break
 		}
-		time.Sleep(time.Duration(50+rand.IntN(100)) * time.Millisecond)
+		switch mode {
+		case retryImmediately:
+		case retryAsTold:
+			time.Sleep(retryAfter)
+		default:
+			time.Sleep(time.Duration(50+rand.IntN(100)) * time.Millisecond)
+		}
 	}
 	l.mu.Lock()
 	l.outcomes = append(l.outcomes, o)
