@@ -423,13 +423,13 @@ type outcome struct {
 // retrying each logical request with the same requestId on 5xx and
 // connection errors, across gateways, until it succeeds or retryFor ends.
 type load struct {
-	t        *testing.T
-	s        *system
+	t *testing.T
+	s *system
 	// mode is how clients retry: retryNormal (5xx and connection errors,
 	// after 50–150 ms), retryImmediately (every failure, 429 included, at
 	// once: a retry storm) or retryAsTold (every failure, after the
 	// answer's Retry-After, else 100 ms).
-	mode atomic.Int32
+	mode     atomic.Int32
 	gateways []string
 	users    []string
 	rate     int
