@@ -2,7 +2,6 @@ package gateway
 
 import (
 	"context"
-	"math"
 	"net/http"
 	"strconv"
 	"strings"
@@ -52,7 +51,7 @@ func (g *Gateway) writeError(ctx context.Context, _ *runtime.ServeMux, _ runtime
 		// when to come back, in HTTP's words too.
 		for _, d := range st.Details() {
 			if ri, ok := d.(*errdetails.RetryInfo); ok {
-				w.Header().Set("Retry-After", strconv.Itoa(max(int(math.Ceil(ri.GetRetryDelay().AsDuration().Seconds())), 1)))
+				w.Header().Set("Retry-After", strconv.Itoa(max(ceilSeconds(ri.GetRetryDelay().AsDuration()), 1)))
 			}
 		}
 	case st.Code() == codes.Aborted:

@@ -3,9 +3,7 @@ package gateway
 import (
 	"bytes"
 	"io"
-	"math"
 	"net/http"
-	"strconv"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
@@ -28,22 +26,17 @@ func (g *Gateway) shed(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Body != nil && r.Body != http.NoBody {
 			b, err := io.ReadAll(r.Body)
-			if err != nil {
-				if bodyTooLarge(r) {
-					g.writeStatus(w, http.StatusRequestEntityTooLarge, status.Newf(codes.InvalidArgument, "request body is larger than %d bytes", g.cfg.MaxBodyBytes))
-				} else {
-					g.writeStatus(w, http.StatusBadRequest, status.New(codes.InvalidArgument, "the request body could not be read"))
-				}
+			if err != nil { // writeError makes a body over the limit 413
+				g.writeError(r.Context(), nil, nil, w, r, status.Error(codes.InvalidArgument, "the request body could not be read"))
 				return
 			}
 			r.Body = io.NopCloser(bytes.NewReader(b))
 		}
 		release, retry, ok := l.Admit(r.Context(), "gateway:"+r.Method)
-		if !ok {
-			w.Header().Set("Retry-After", strconv.Itoa(max(int(math.Ceil(retry.Seconds())), 1)))
+		if !ok { // writeError: 429, Retry-After from the RetryInfo
 			st, _ := status.New(codes.ResourceExhausted, "the gateway is overloaded: retry after Retry-After").
 				WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(retry)})
-			g.writeStatus(w, http.StatusTooManyRequests, st)
+			g.writeError(r.Context(), nil, nil, w, r, st.Err())
 			return
 		}
 		defer release()

@@ -63,11 +63,12 @@ func (c *ShedConfig) Validate() error {
 	return nil
 }
 
-// shedder is one server's limiter and its gauges.
-type shedder struct {
+// Limiter is one server's shedding limiter and its gauges: every mesh
+// gRPC server's when Shed is on (admission), and the gateway's HTTP API's
+// (--shed-gateway), with the same settings and metrics.
+type Limiter struct {
 	lim                     adaptivelimiter.AdaptiveLimiter[any]
 	cfg                     ShedConfig
-	times                   serviceTimes
 	m                       *Metrics
 	admitted                prometheus.Counter
 	limit, inflight, queued prometheus.Gauge
@@ -82,20 +83,50 @@ func exportShedMetrics(m *Metrics, name string) {
 	m.queued.WithLabelValues(name)
 }
 
-func newShedder(cfg ShedConfig, name string, times serviceTimes, m *Metrics) *shedder {
+// NewLimiter returns the limiter of the server name (cfg.Enabled is not
+// consulted: a Limiter always limits).
+func NewLimiter(cfg ShedConfig, name string, m *Metrics) *Limiter {
 	lim := adaptivelimiter.NewBuilder[any]().
 		WithLimits(cfg.MinLimit, cfg.MaxLimit, 2*cfg.MinLimit).
 		WithQueueing(2, 3). // a queue up to twice the limit, refusals growing towards three times
 		WithMaxWaitTime(cfg.MaxWait).
 		Build()
-	s := &shedder{lim: lim, cfg: cfg, times: times, m: m,
+	l := &Limiter{lim: lim, cfg: cfg, m: m,
 		admitted: m.admitted.WithLabelValues(name),
 		limit:    m.limit.WithLabelValues(name), inflight: m.inflight.WithLabelValues(name), queued: m.queued.WithLabelValues(name)}
-	s.limit.Set(float64(lim.Limit()))
-	return s
+	l.limit.Set(float64(lim.Limit()))
+	return l
 }
 
-// errOverloaded is the refusal's message; the details say when to retry.
+// Admit waits up to the configured time for a slot. Admitted, it returns
+// the function that frees the slot; refused, the retry delay to tell the
+// caller (jittered), counted as refused for route — unless ctx ended while
+// waiting (then ok is false, the retry delay 0 and nothing is counted: the
+// caller left, the server did not refuse).
+func (l *Limiter) Admit(ctx context.Context, route string) (release func(), retry time.Duration, ok bool) {
+	start := time.Now()
+	permit, err := l.lim.AcquirePermitWithMaxWait(ctx, l.cfg.MaxWait)
+	l.m.queueSeconds.Observe(time.Since(start).Seconds())
+	if err != nil {
+		l.observe()
+		if ctx.Err() != nil {
+			return nil, 0, false
+		}
+		l.m.refused.WithLabelValues(route, "overload").Inc()
+		return nil, l.cfg.Pushback/2 + rand.N(l.cfg.Pushback+1), false
+	}
+	l.admitted.Inc()
+	l.observe()
+	return func() { permit.Record(); l.observe() }, 0, true
+}
+
+func (l *Limiter) observe() {
+	l.limit.Set(float64(l.lim.Limit()))
+	l.inflight.Set(float64(l.lim.Inflight()))
+	l.queued.Set(float64(l.lim.Queued()))
+}
+
+// overloaded is the refusal's message; the details say when to retry.
 const overloaded = "the server is overloaded: retry after the delay in RetryInfo (grpc-retry-pushback-ms)"
 
 // admission is the first link of a shedding server's chain: it decides
@@ -104,65 +135,21 @@ const overloaded = "the server is overloaded: retry after the delay in RetryInfo
 // been received and decoded by then (grpc-go decodes before the unary
 // chain runs), so a client that trickles its body holds no slot. Methods
 // not registered through Register (health, reflection) are never shed.
-func admission(s *shedder) grpc.UnaryServerInterceptor {
+func admission(l *Limiter, registered serviceTimes) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-		if _, ok := s.times[info.FullMethod]; !ok {
+		if _, ok := registered[info.FullMethod]; !ok {
 			return handler(ctx, req)
 		}
-		start := time.Now()
-		permit, err := s.lim.AcquirePermitWithMaxWait(ctx, s.cfg.MaxWait)
-		s.m.queueSeconds.Observe(time.Since(start).Seconds())
-		if err != nil {
+		release, delay, ok := l.Admit(ctx, info.FullMethod)
+		if !ok {
 			if ctx.Err() != nil {
 				return nil, status.FromContextError(ctx.Err()).Err()
 			}
-			s.m.refused.WithLabelValues(info.FullMethod, "overload").Inc()
-			delay := s.cfg.Pushback/2 + rand.N(s.cfg.Pushback+1)
 			_ = grpc.SetTrailer(ctx, metadata.Pairs("grpc-retry-pushback-ms", strconv.FormatInt(delay.Milliseconds(), 10)))
 			st, _ := status.New(codes.ResourceExhausted, overloaded).WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(delay)})
-			s.observe()
 			return nil, st.Err()
 		}
-		s.admitted.Inc()
-		s.observe()
-		defer func() {
-			permit.Record()
-			s.observe()
-		}()
+		defer release()
 		return handler(ctx, req)
 	}
-}
-
-func (s *shedder) observe() {
-	s.limit.Set(float64(s.lim.Limit()))
-	s.inflight.Set(float64(s.lim.Inflight()))
-	s.queued.Set(float64(s.lim.Queued()))
-}
-
-// Limiter is the shedding limiter for a server that is not a mesh gRPC
-// server (the gateway's HTTP API): the same limiter, settings and metrics.
-type Limiter struct{ s *shedder }
-
-// NewLimiter returns the limiter of the server name (cfg.Enabled is not
-// consulted: a Limiter always limits).
-func NewLimiter(cfg ShedConfig, name string, m *Metrics) *Limiter {
-	return &Limiter{s: newShedder(cfg, name, nil, m)}
-}
-
-// Admit waits up to the configured time for a slot. Admitted, it returns
-// the function that frees the slot; refused, the retry delay to tell the
-// caller (jittered), counted as refused for route.
-func (l *Limiter) Admit(ctx context.Context, route string) (release func(), retry time.Duration, ok bool) {
-	s := l.s
-	start := time.Now()
-	permit, err := s.lim.AcquirePermitWithMaxWait(ctx, s.cfg.MaxWait)
-	s.m.queueSeconds.Observe(time.Since(start).Seconds())
-	if err != nil {
-		s.m.refused.WithLabelValues(route, "overload").Inc()
-		s.observe()
-		return nil, s.cfg.Pushback/2 + rand.N(s.cfg.Pushback+1), false
-	}
-	s.admitted.Inc()
-	s.observe()
-	return func() { permit.Record(); s.observe() }, 0, true
 }

@@ -179,7 +179,7 @@ func NewServer(cfg ServerConfig, log *slog.Logger, m *Metrics, opts ...grpc.Serv
 	}
 	if cfg.Shed.Enabled {
 		// First of all: a call refused for overload costs nothing more.
-		unary = append([]grpc.UnaryServerInterceptor{admission(newShedder(cfg.Shed, cfg.Name, s.times, m))}, unary...)
+		unary = append([]grpc.UnaryServerInterceptor{admission(NewLimiter(cfg.Shed, cfg.Name, m), s.times)}, unary...)
 	}
 	var stream []grpc.StreamServerInterceptor
 	if cfg.Policy != nil {
