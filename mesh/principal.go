@@ -131,7 +131,8 @@ func authenticate(a Authentication, registered serviceTimes, log *slog.Logger) g
 			if err != nil {
 				return nil, errInvalidToken
 			}
-			p, err := a.Tokens.Verify(ctx, strings.TrimSpace(raw))
+			raw = strings.TrimSpace(raw)
+			p, err := a.Tokens.Verify(ctx, raw)
 			if errors.Is(err, ErrVerifierUnavailable) {
 				log.WarnContext(ctx, "access token not verified", "grpc.method", method, "reason", err.Error(), "request_id", RequestID(ctx))
 				return nil, errVerifierDown
@@ -140,7 +141,7 @@ func authenticate(a Authentication, registered serviceTimes, log *slog.Logger) g
 				log.InfoContext(ctx, "access token refused", "grpc.method", method, "reason", err.Error(), "request_id", RequestID(ctx))
 				return nil, errInvalidToken
 			}
-			return WithPrincipal(ctx, p, strings.TrimSpace(raw)), nil
+			return WithPrincipal(ctx, p, raw), nil
 		}
 		if id := PeerID(ctx); id != "" && slices.Contains(a.Workloads, id) {
 			return WithPrincipal(ctx, &Principal{Workload: id}, ""), nil

@@ -250,14 +250,16 @@ func (s *Service) SignIn(ctx context.Context, email, password string) (Tokens, e
 	var u User
 	found := false
 	key := emailKey(email)
-	if norm, err := NormalizeEmail(email); err == nil {
+	norm, nerr := NormalizeEmail(email)
+	if nerr == nil {
 		key = emailKey(norm)
 	}
 	if err := s.signIns.check(ctx, key); err != nil {
 		return Tokens{}, err
 	}
-	if norm, err := NormalizeEmail(email); err == nil {
-		switch u, err = s.store.GetByEmail(ctx, emailKey(norm)); {
+	if nerr == nil {
+		var err error
+		switch u, err = s.store.GetByEmail(ctx, key); {
 		case err == nil:
 			found = true
 		case !errors.Is(err, ErrNotFound):
