@@ -1,18 +1,15 @@
 package app
 
 import (
-	"context"
-	"encoding/json"
 	"time"
 
-	"github.com/go-jose/go-jose/v4"
 	"google.golang.org/grpc"
-	"google.golang.org/protobuf/encoding/protojson"
 
 	userv1 "github.com/trellis-mesh/trellis/gen/trellis/user/v1"
 	"github.com/trellis-mesh/trellis/mesh"
 	"github.com/trellis-mesh/trellis/mesh/identity"
 	"github.com/trellis-mesh/trellis/mesh/token"
+	"github.com/trellis-mesh/trellis/services/user"
 )
 
 // verifier is how a component checks access tokens: against the user
@@ -21,14 +18,7 @@ import (
 // cached: fetched again only for a key it does not know, or after 5 min).
 func (a *App) verifier(userConn grpc.ClientConnInterface) *token.Verifier {
 	if a.tokenKeys == nil {
-		client := userv1.NewAuthServiceClient(userConn)
-		keys := token.NewKeySet(func(ctx context.Context) ([]jose.JSONWebKey, error) {
-			resp, err := client.GetJwks(ctx, &userv1.GetJwksRequest{})
-			if err != nil {
-				return nil, err
-			}
-			return jwksOf(resp)
-		}, time.Second, 5*time.Minute)
+		keys := token.NewKeySet(user.FetchJWKS(userv1.NewAuthServiceClient(userConn)), time.Second, 5*time.Minute)
 		// Fetched at start and kept fresh in the background: tokens verify
 		// while the user service is down, with the keys last seen.
 		a.workers = append(a.workers, keys.Run)
@@ -47,20 +37,6 @@ func (a *App) verifier(userConn grpc.ClientConnInterface) *token.Verifier {
 // tokenCacheSize bounds the verified tokens a process remembers (about
 // 3 MiB); a token not remembered is verified again.
 const tokenCacheSize = 10_000
-
-// jwksOf parses the key set with go-jose (the proto's JSON form is the
-// JWK form).
-func jwksOf(resp *userv1.GetJwksResponse) ([]jose.JSONWebKey, error) {
-	b, err := protojson.Marshal(resp)
-	if err != nil {
-		return nil, err
-	}
-	var set jose.JSONWebKeySet
-	if err := json.Unmarshal(b, &set); err != nil {
-		return nil, err
-	}
-	return set.Keys, nil
-}
 
 // serverAuth is the end-user authentication of a component's server:
 // public lists what anonymous callers may call; workloads names the

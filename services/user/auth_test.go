@@ -14,7 +14,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/encoding/protojson"
 
 	userv1 "github.com/trellis-mesh/trellis/gen/trellis/user/v1"
 	"github.com/trellis-mesh/trellis/internal/quota"
@@ -53,20 +52,7 @@ func startAuth(t *testing.T, backend sqldb.Dialect, cost int) *authStack {
 		Auth: user.AuthConfig{AccessTTL: 5 * time.Minute, RefreshTTL: time.Hour, KeyRotation: time.Hour}})
 	var auth userv1.AuthServiceClient
 	keys := token.NewKeySet(func(ctx context.Context) ([]jose.JSONWebKey, error) {
-		resp, err := auth.GetJwks(ctx, &userv1.GetJwksRequest{})
-		if err != nil {
-			return nil, err
-		}
-		var out []jose.JSONWebKey
-		for _, k := range resp.GetKeys() {
-			var j jose.JSONWebKey
-			b, _ := jsonOf(k)
-			if err := j.UnmarshalJSON(b); err != nil {
-				return nil, err
-			}
-			out = append(out, j)
-		}
-		return out, nil
+		return user.FetchJWKS(auth)(ctx) // auth is set below, before any call
 	}, 10*time.Millisecond, time.Hour)
 	m, _ := testenv.Metrics()
 	srv := mesh.NewServer(mesh.ServerConfig{Auth: mesh.Authentication{
@@ -316,8 +302,6 @@ func TestSignInDoesNotTellWhichPartWasWrong(t *testing.T) {
 		t.Errorf("an unknown email takes %.2fx the time of a wrong password: the time tells them apart", ratio)
 	}
 }
-
-func jsonOf(k *userv1.JsonWebKey) ([]byte, error) { return protojson.Marshal(k) }
 
 // TestFailedSignInsAreLimitedPerAccount: past the quota of failures an
 // account refuses attempts — the right password too — with

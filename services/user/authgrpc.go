@@ -4,9 +4,11 @@ import (
 	"context"
 	"encoding/json"
 
+	"github.com/go-jose/go-jose/v4"
 	"google.golang.org/protobuf/encoding/protojson"
 
 	userv1 "github.com/trellis-mesh/trellis/gen/trellis/user/v1"
+	"github.com/trellis-mesh/trellis/mesh/token"
 )
 
 // AuthGRPC adapts the sign-in use cases to userv1.AuthServiceServer.
@@ -64,6 +66,27 @@ func (g *AuthGRPC) GetJwks(ctx context.Context, _ *userv1.GetJwksRequest) (*user
 		out.Keys = append(out.Keys, jwk)
 	}
 	return out, nil
+}
+
+// FetchJWKS is how other components get the user service's public keys:
+// AuthService.GetJwks through client, parsed by go-jose (the message's
+// JSON form is the JWK Set form) — the reverse of GetJwks above.
+func FetchJWKS(client userv1.AuthServiceClient) token.FetchFunc {
+	return func(ctx context.Context) ([]jose.JSONWebKey, error) {
+		resp, err := client.GetJwks(ctx, &userv1.GetJwksRequest{})
+		if err != nil {
+			return nil, err
+		}
+		b, err := protojson.Marshal(resp)
+		if err != nil {
+			return nil, err
+		}
+		var set jose.JSONWebKeySet
+		if err := json.Unmarshal(b, &set); err != nil {
+			return nil, err
+		}
+		return set.Keys, nil
+	}
 }
 
 // PublicMethods are what an anonymous caller may call: sign up, sign in,
