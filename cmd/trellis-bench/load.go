@@ -131,6 +131,25 @@ func openLoop(ctx context.Context, rate int, b bounds, fn call) *result {
 	var mu sync.Mutex
 	h := newHist()
 	errs := map[string]int64{}
+	elapsed := schedule(ctx, rate, b, func(due time.Time) {
+		err := fn(ctx)
+		lat := time.Since(due)
+		mu.Lock()
+		_ = h.RecordValue(lat.Microseconds())
+		if err != nil {
+			errs[codeOf(err)]++
+		}
+		mu.Unlock()
+	})
+	r := &result{Errors: errs}
+	r.finish(h, elapsed)
+	return r
+}
+
+// schedule calls one at rate per second until b, each call on its own
+// goroutine and told when it was due; it waits for them all and returns
+// the time it took.
+func schedule(ctx context.Context, rate int, b bounds, one func(due time.Time)) time.Duration {
 	interval := time.Second / time.Duration(rate)
 	start := time.Now()
 	n := int64(b.d / interval)
@@ -146,19 +165,8 @@ func openLoop(ctx context.Context, rate int, b bounds, fn call) *result {
 		if wait := time.Until(due); wait > 0 {
 			time.Sleep(wait)
 		}
-		wg.Go(func() {
-			err := fn(ctx)
-			lat := time.Since(due)
-			mu.Lock()
-			_ = h.RecordValue(lat.Microseconds())
-			if err != nil {
-				errs[codeOf(err)]++
-			}
-			mu.Unlock()
-		})
+		wg.Go(func() { one(due) })
 	}
 	wg.Wait()
-	r := &result{Errors: errs}
-	r.finish(h, time.Since(start))
-	return r
+	return time.Since(start)
 }

@@ -99,38 +99,20 @@ func openLoopSplit(ctx context.Context, rate int, b bounds, fn call) (ok, refuse
 	var mu sync.Mutex
 	okH, refH := newHist(), newHist()
 	other = map[string]int64{}
-	interval := time.Second / time.Duration(rate)
-	start := time.Now()
-	n := int64(b.d / interval)
-	if b.n > 0 {
-		n = min(n, b.n)
-	}
-	var wg sync.WaitGroup
-	for i := range n {
-		if ctx.Err() != nil {
-			break
+	elapsed := schedule(ctx, rate, b, func(due time.Time) {
+		err := fn(ctx)
+		lat := time.Since(due).Microseconds()
+		mu.Lock()
+		defer mu.Unlock()
+		switch {
+		case err == nil:
+			_ = okH.RecordValue(lat)
+		case codeOf(err) == "HTTP 429":
+			_ = refH.RecordValue(lat)
+		default:
+			other[codeOf(err)]++
 		}
-		due := start.Add(time.Duration(i) * interval)
-		if wait := time.Until(due); wait > 0 {
-			time.Sleep(wait)
-		}
-		wg.Go(func() {
-			err := fn(ctx)
-			lat := time.Since(due).Microseconds()
-			mu.Lock()
-			defer mu.Unlock()
-			switch {
-			case err == nil:
-				_ = okH.RecordValue(lat)
-			case codeOf(err) == "HTTP 429":
-				_ = refH.RecordValue(lat)
-			default:
-				other[codeOf(err)]++
-			}
-		})
-	}
-	wg.Wait()
-	elapsed := time.Since(start)
+	})
 	ok, refused = &result{}, &result{}
 	ok.finish(okH, elapsed)
 	refused.finish(refH, elapsed)
