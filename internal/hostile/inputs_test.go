@@ -51,7 +51,8 @@ func routes(t testing.TB) []route {
 	if len(out) < 10 {
 		t.Fatalf("found %d routes in http.yaml", len(out))
 	}
-	return append(out, route{"GET", "/api/v1/users/{id}:overview"}, route{"HEAD", "/api/v1/users/{id}"})
+	return append(out, route{"GET", "/api/v1/users/{id}:overview"}, route{"HEAD", "/api/v1/users/{id}"},
+		route{"GET", "/.well-known/jwks.json"}, route{"GET", "/api/docs"}, route{"GET", "/api/openapi.json"})
 }
 
 var paramRe = regexp.MustCompile(`\{[^}]+\}`)

@@ -97,3 +97,34 @@ func TestHostileAuthorizationHeaders(t *testing.T) {
 	}
 	s.healthy(t)
 }
+
+// TestHostileSessionCookies: the browser form of refresh and sign-out
+// (X-Session-Cookie) with every class of cookie value — none, empty,
+// junk, oversized, a second cookie of the same name, encodings —
+// answers 4xx (refresh) or 200 (sign-out is idempotent), never a server
+// fault.
+func TestHostileSessionCookies(t *testing.T) {
+	s := start(t)
+	_, _ = s.signedIn(t)
+	for _, v := range []string{"", "x", strings.Repeat("A", 127), strings.Repeat("A", 129), strings.Repeat("B", 5000),
+		"a; trellis_refresh=b", "%ff%fe", "' OR 1=1--", "\u202e", "null"} {
+		for _, path := range []string{"/api/v1/auth:refresh", "/api/v1/auth:signOut"} {
+			req, _ := http.NewRequest("POST", "http://"+s.http+path, strings.NewReader("{}"))
+			req.Header.Set("Content-Type", "application/json")
+			req.Header.Set("X-Session-Cookie", "1")
+			req.Header.Set("Cookie", "trellis_refresh="+v)
+			resp, err := restClient.Do(req)
+			if err != nil {
+				t.Fatalf("%s with cookie %.40q: %v", path, v, err)
+			}
+			resp.Body.Close()
+			switch {
+			case resp.StatusCode >= 500:
+				t.Errorf("%s with cookie %.40q: %d", path, v, resp.StatusCode)
+			case path == "/api/v1/auth:refresh" && resp.StatusCode != 401 && resp.StatusCode != 400:
+				t.Errorf("refresh with cookie %.40q: %d, want 400 or 401", v, resp.StatusCode)
+			}
+		}
+	}
+	s.healthy(t)
+}
