@@ -38,12 +38,7 @@ func (r *runner) overload(ctx context.Context) error {
 			return err
 		}
 		defer sys.stop()
-		conn, err := dial(sys.user)
-		if err != nil {
-			return err
-		}
-		defer conn.Close()
-		uid, token, err := signUp(ctx, conn)
+		uid, token, err := signUpAt(ctx, sys.user)
 		if err != nil {
 			return err
 		}

@@ -97,6 +97,17 @@ func signUp(ctx context.Context, conn grpc.ClientConnInterface) (id, token strin
 	return r.GetUser().GetId(), in.GetAccessToken(), nil
 }
 
+// signUpAt is signUp on a connection of its own to the user service at
+// addr.
+func signUpAt(ctx context.Context, addr string) (id, token string, err error) {
+	conn, err := dial(addr)
+	if err != nil {
+		return "", "", err
+	}
+	defer conn.Close()
+	return signUp(ctx, conn)
+}
+
 // bearer is a call option sending token (per-RPC credentials, the same
 // cost on every system compared), and the user's id as x-user-id (read
 // only by scenario 7's baseline; the same bytes go to every system).
@@ -526,12 +537,7 @@ func (r *runner) gatewayLayer(ctx context.Context, sys *trellis) error {
 	if err := waitTCP(bareAddr); err != nil {
 		return err
 	}
-	conn, err := dial(sys.user)
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	id, token, err := signUp(ctx, conn)
+	id, token, err := signUpAt(ctx, sys.user)
 	if err != nil {
 		return err
 	}
@@ -553,12 +559,7 @@ func (r *runner) gatewayLayer(ctx context.Context, sys *trellis) error {
 // JetStream, consumer) at rising fixed rates, open loop; the highest rate
 // with p99 under 50 ms and under 1% errors is the maximum sustainable rate.
 func (r *runner) maxRate(ctx context.Context, sys target) error {
-	conn, err := dial(sys.user)
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	uid, token, err := signUp(ctx, conn)
+	uid, token, err := signUpAt(ctx, sys.user)
 	if err != nil {
 		return err
 	}
@@ -694,12 +695,7 @@ func (r *runner) breaker(ctx context.Context) error {
 		return err
 	}
 	defer conn.Close()
-	uconn, err := dial(user.user)
-	if err != nil {
-		return err
-	}
-	defer uconn.Close()
-	uid, token, err := signUp(ctx, uconn)
+	uid, token, err := signUpAt(ctx, user.user)
 	if err != nil {
 		return err
 	}
