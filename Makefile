@@ -109,7 +109,7 @@ chaos: ## fault injection under load, each component its own process (~3 min); r
 
 .PHONY: spire
 spire: ## Trellis on identities from a real SPIRE server and agent (built from tools/spire; the first build takes ~10 CPU-minutes, then cached)
-	$(GOTEST) -tags spire -count=1 -timeout 30m -v ./internal/spire 2>&1 | grep -E '^(=== RUN|--- |FAIL|ok|PASS)|_test.go|spire_test'
+	$(GOTEST) -tags spire -count=1 -timeout 30m -v ./internal/spire 2>&1 | grep -E '^(=== RUN|--- |FAIL|ok|PASS|    )|_test.go'
 
 .PHONY: apidocs
 apidocs: ## lint the OpenAPI 3 document with Redocly (recommended rules, 0 errors) and check the embedded API reference bundle against its lock file (npm)

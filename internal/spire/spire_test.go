@@ -207,8 +207,16 @@ plugins {
 	} {
 		admin[c.name] = testenv.FreeAddr(t)
 		args := append(append([]string{"run", "--target", c.name, "--admin-addr", admin[c.name], "--data-dir", filepath.Join(dir, "data-"+c.name)}, common...), c.args...)
-		_, logs[c.name] = start(t, dir, c.name, bins[c.name], args...)
-		eventually(t, 60*time.Second, c.name+" ready", func() error {
+		var p *proc.Proc
+		p, logs[c.name] = start(t, dir, c.name, bins[c.name], args...)
+		// A component that exits fails the test at once, with its log;
+		// a slow machine gets two minutes to start one.
+		eventually(t, 2*time.Minute, c.name+" ready", func() error {
+			select {
+			case <-p.Exited():
+				t.Fatalf("%s exited before it was ready:\n%s", c.name, tail(logs[c.name].String(), 3000))
+			default:
+			}
 			resp, err := http.Get("http://" + admin[c.name] + "/readyz")
 			if err != nil {
 				return err
