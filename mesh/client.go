@@ -30,6 +30,7 @@ const DefaultUpstreamTimeout = 5 * time.Second
 type UpstreamConfig struct {
 	Timeout time.Duration
 	Breaker BreakerConfig
+	Outlier OutlierConfig
 }
 
 // RegisterFlags defines upstream-timeout and the breaker flags
@@ -37,6 +38,7 @@ type UpstreamConfig struct {
 func (c *UpstreamConfig) RegisterFlags(prefix string, fs *flag.FlagSet) {
 	fs.DurationVar(&c.Timeout, prefix+"upstream-timeout", DefaultUpstreamTimeout, "deadline of each upstream call (a caller's shorter deadline wins)")
 	c.Breaker.RegisterFlags(prefix+"breaker-", fs)
+	c.Outlier.RegisterFlags(prefix, fs)
 }
 
 // Validate reports settings that cannot work.
@@ -44,7 +46,7 @@ func (c *UpstreamConfig) Validate() error {
 	if c.Timeout <= 0 || c.Breaker.Timeout <= 0 || c.Breaker.Interval <= 0 {
 		return errors.New("--upstream-timeout, --breaker-timeout and --breaker-interval must be positive")
 	}
-	return nil
+	return c.Outlier.Validate()
 }
 
 // ClientConfig describes one upstream.
@@ -70,6 +72,9 @@ type ClientConfig struct {
 	DefaultTimeout time.Duration
 	// Breaker tunes the upstream's circuit breaker.
 	Breaker BreakerConfig
+	// Outlier ejects a replica that fails while the others answer, before
+	// the upstream's breaker sees a run of faults. Zero: off.
+	Outlier OutlierConfig
 	// Credentials secure the connection; nil means plaintext (loopback).
 	Credentials credentials.TransportCredentials
 	// Shared, when set, shares the breaker's open state with the caller's
@@ -101,7 +106,7 @@ func Dial(cfg ClientConfig, log *slog.Logger, m *Metrics, opts ...grpc.DialOptio
 	if creds == nil {
 		creds = insecure.NewCredentials()
 	}
-	sc, err := ServiceConfig(cfg.Services...)
+	sc, err := ServiceConfig(cfg.Outlier, cfg.Services...)
 	if err != nil {
 		return nil, err
 	}
@@ -195,19 +200,20 @@ type methodConfig struct {
 }
 
 type serviceConfig struct {
-	LoadBalancingConfig []map[string]struct{} `json:"loadBalancingConfig"`
-	MethodConfig        []methodConfig        `json:"methodConfig,omitempty"`
-	RetryThrottling     map[string]float64    `json:"retryThrottling,omitempty"`
+	LoadBalancingConfig []map[string]any   `json:"loadBalancingConfig"`
+	MethodConfig        []methodConfig     `json:"methodConfig,omitempty"`
+	RetryThrottling     map[string]float64 `json:"retryThrottling,omitempty"`
 }
 
 // ServiceConfig builds the gRPC service config of an upstream: round_robin
-// balancing, and a retry policy on UNAVAILABLE for every method the proto
+// balancing (under outlier ejection when outlier is on), and a retry
+// policy on UNAVAILABLE for every method the proto
 // marks idempotency_level = NO_SIDE_EFFECTS (gRPC adds jitter to the
 // backoff). Writes are never retried by the mesh: clients retry them with
 // their own idempotency keys. retryThrottling stops retries when more than
 // half the recent calls failed, so retries cannot amplify an outage.
-func ServiceConfig(services ...protoreflect.ServiceDescriptor) (string, error) {
-	sc := serviceConfig{LoadBalancingConfig: []map[string]struct{}{{"round_robin": {}}}}
+func ServiceConfig(outlier OutlierConfig, services ...protoreflect.ServiceDescriptor) (string, error) {
+	sc := serviceConfig{LoadBalancingConfig: outlier.loadBalancing()}
 	var reads []methodName
 	for _, sd := range services {
 		methods := sd.Methods()

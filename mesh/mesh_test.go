@@ -428,7 +428,7 @@ func TestCommaListBalancesAndFailsOver(t *testing.T) {
 
 func TestServiceConfigRetriesOnlyReads(t *testing.T) {
 	t.Parallel()
-	sc, err := mesh.ServiceConfig(userv1.File_trellis_user_v1_user_proto.Services().Get(0))
+	sc, err := mesh.ServiceConfig(mesh.OutlierConfig{}, userv1.File_trellis_user_v1_user_proto.Services().Get(0))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -160,7 +160,7 @@ func (a *App) dial(caller, name, target string, shared mesh.SharedBreakerState, 
 	}
 	conn, err := mesh.Dial(mesh.ClientConfig{
 		Name: name, Caller: caller, Target: target, Services: services, Shared: shared, Tracer: a.tp, Credentials: creds,
-		DefaultTimeout: a.cfg.Upstream.Timeout, Breaker: a.cfg.Upstream.Breaker,
+		DefaultTimeout: a.cfg.Upstream.Timeout, Breaker: a.cfg.Upstream.Breaker, Outlier: a.cfg.Upstream.Outlier,
 	}, a.log.With("upstream", name), a.metrics)
 	if err != nil {
 		return nil, err
