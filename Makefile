@@ -107,6 +107,12 @@ chaos: ## fault injection under load, each component its own process (~3 min); r
 	cd internal/chaos && CHAOS_RESULTS=$(CURDIR)/chaos-results.txt $(GOTEST) -tags chaos -count=1 -timeout 15m -v . 2>&1 | grep -E '^(chaos|--- |FAIL|ok|PASS)|_test.go'
 	@cat chaos-results.txt
 
+.PHONY: chaos-cluster
+chaos-cluster: ## the distributed shape: hosts in network namespaces, a 3-node JetStream cluster, partitions (as root; ~6 min); results in docs/resilience.md
+	rm -f chaos-cluster-results.txt
+	cd internal/chaos && CHAOS_RESULTS=$(CURDIR)/chaos-cluster-results.txt $(GOTEST) -tags cluster -count=1 -p 1 -timeout 20m -v -run 'TestCluster' . 2>&1 | grep -E '^(chaos|--- |FAIL|ok|PASS|    )|_test.go'
+	@cat chaos-cluster-results.txt
+
 .PHONY: spire
 spire: ## Trellis on identities from a real SPIRE server and agent (built from tools/spire; the first build takes ~10 CPU-minutes, then cached)
 	$(GOTEST) -tags spire -count=1 -timeout 30m -v ./internal/spire 2>&1 | grep -E '^(=== RUN|--- |FAIL|ok|PASS|    )|_test.go'
@@ -124,4 +130,4 @@ e2e: ## drive the browser page in headless Chromium (installs Debian's chromium 
 	./.ci/e2e
 
 .PHONY: ci
-ci: lint breaking check-generated test bench-check bench-quick sdk-es apidocs e2e spire oidc chaos ## everything CI runs
+ci: lint breaking check-generated test bench-check bench-quick sdk-es apidocs e2e spire oidc chaos chaos-cluster ## everything CI runs

@@ -1,4 +1,4 @@
-//go:build chaos
+//go:build chaos || cluster
 
 package chaos_test
 
@@ -23,10 +23,13 @@ import (
 	"testing"
 	"time"
 
+	toxiproxy "github.com/Shopify/toxiproxy/v2"
 	"github.com/google/uuid"
 	_ "github.com/jackc/pgx/v5/stdlib"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -50,11 +53,21 @@ type proc struct {
 	args []string
 	p    *sysproc.Proc
 	log  *testenv.SyncBuffer
+	// bin is the program (default: by name, see binary); ns, when set, is
+	// the network namespace (host) it runs in.
+	bin, ns string
 }
 
 func startProc(t *testing.T, name, bin string, args ...string) *proc {
 	t.Helper()
-	p := &proc{t: t, name: name, args: args}
+	return startProcIn(t, "", name, bin, args...)
+}
+
+// startProcIn starts bin (or, when empty, the program binary names) in
+// network namespace ns ("": this one).
+func startProcIn(t *testing.T, ns, name, bin string, args ...string) *proc {
+	t.Helper()
+	p := &proc{t: t, name: name, args: args, bin: bin, ns: ns}
 	p.start()
 	t.Cleanup(func() { p.kill() })
 	return p
@@ -62,17 +75,32 @@ func startProc(t *testing.T, name, bin string, args ...string) *proc {
 
 func (p *proc) start() {
 	p.log = &testenv.SyncBuffer{}
+	bin, args := p.binary(), p.args
+	if p.ns != "" {
+		// ip netns exec execs the program: the process is the same.
+		bin, args = "ip", append([]string{"netns", "exec", p.ns, bin}, args...)
+	}
 	var err error
-	if p.p, err = sysproc.Start(p.name, p.binary(), p.log, p.args...); err != nil {
+	if p.p, err = sysproc.Start(p.name, bin, p.log, args...); err != nil {
 		p.t.Fatal(err)
 	}
 }
 
 func (p *proc) binary() string {
-	if p.name == "nats" {
+	switch {
+	case p.bin != "":
+		return p.bin
+	case p.name == "nats":
 		return natsServerBin()
 	}
 	return trellisBin
+}
+
+// signal sends sig (SIGSTOP: a hung host; SIGCONT: it wakes).
+func (p *proc) signal(sig syscall.Signal) {
+	if err := p.p.Cmd.Process.Signal(sig); err != nil {
+		p.t.Errorf("signal %s: %v", p.name, err)
+	}
 }
 
 // kill is kill -9.
@@ -733,4 +761,79 @@ func percentile(ds []time.Duration, p float64) time.Duration {
 	s := slices.Clone(ds)
 	slices.Sort(s)
 	return s[min(len(s)-1, int(float64(len(s))*p))]
+}
+
+// proxy is a toxiproxy proxy in the test process.
+func newProxy(t *testing.T, upstream string) *toxiproxy.Proxy {
+	t.Helper()
+	srv := toxiproxy.NewServer(toxiproxy.NewMetricsContainer(prometheus.NewRegistry()), zerolog.Nop())
+	p := toxiproxy.NewProxy(srv, "p-"+uuid.NewString()[:6], testenv.FreeAddr(t), upstream)
+	if err := p.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Stop)
+	return p
+}
+
+func addToxic(t *testing.T, p *toxiproxy.Proxy, json string) {
+	t.Helper()
+	if _, err := p.Toxics.AddToxicJson(strings.NewReader(json)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// breakerWatch samples the order service's breaker on the user service
+// and records when it opened and when it closed again.
+type breakerWatch struct {
+	mu                 sync.Mutex
+	states             []string
+	openedAt, closedAt time.Time
+	stop               chan struct{}
+	done               chan struct{}
+}
+
+func watchBreaker(t *testing.T, admin string) *breakerWatch {
+	w := &breakerWatch{stop: make(chan struct{}), done: make(chan struct{})}
+	names := map[float64]string{0: "closed", 1: "half-open", 2: "open"}
+	go func() {
+		defer close(w.done)
+		last := -1.0
+		for {
+			select {
+			case <-w.stop:
+				return
+			case <-time.After(10 * time.Millisecond):
+			}
+			v := metric(t, admin, "trellis_breaker_state", `upstream="user"`)
+			if v < 0 || v == last {
+				continue
+			}
+			w.mu.Lock()
+			w.states = append(w.states, names[v])
+			if v == 2 && w.openedAt.IsZero() {
+				w.openedAt = time.Now()
+			}
+			if v == 0 && !w.openedAt.IsZero() {
+				w.closedAt = time.Now()
+			}
+			w.mu.Unlock()
+			last = v
+		}
+	}()
+	return w
+}
+
+func (w *breakerWatch) finish() string {
+	close(w.stop)
+	<-w.done
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	// Collapse repeats of open/half-open cycles for the report line.
+	return strings.Join(w.states, "→")
+}
+
+func (w *breakerWatch) state() (opened, closed time.Time) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.openedAt, w.closedAt
 }

@@ -15,67 +15,9 @@ import (
 
 	toxiproxy "github.com/Shopify/toxiproxy/v2"
 	"github.com/google/uuid"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/rs/zerolog"
 
 	"github.com/trellis-mesh/trellis/internal/testenv"
 )
-
-// breakerWatch samples the order service's breaker on the user service
-// and records when it opened and when it closed again.
-type breakerWatch struct {
-	mu                 sync.Mutex
-	states             []string
-	openedAt, closedAt time.Time
-	stop               chan struct{}
-	done               chan struct{}
-}
-
-func watchBreaker(t *testing.T, admin string) *breakerWatch {
-	w := &breakerWatch{stop: make(chan struct{}), done: make(chan struct{})}
-	names := map[float64]string{0: "closed", 1: "half-open", 2: "open"}
-	go func() {
-		defer close(w.done)
-		last := -1.0
-		for {
-			select {
-			case <-w.stop:
-				return
-			case <-time.After(10 * time.Millisecond):
-			}
-			v := metric(t, admin, "trellis_breaker_state", `upstream="user"`)
-			if v < 0 || v == last {
-				continue
-			}
-			w.mu.Lock()
-			w.states = append(w.states, names[v])
-			if v == 2 && w.openedAt.IsZero() {
-				w.openedAt = time.Now()
-			}
-			if v == 0 && !w.openedAt.IsZero() {
-				w.closedAt = time.Now()
-			}
-			w.mu.Unlock()
-			last = v
-		}
-	}()
-	return w
-}
-
-func (w *breakerWatch) finish() string {
-	close(w.stop)
-	<-w.done
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	// Collapse repeats of open/half-open cycles for the report line.
-	return strings.Join(w.states, "→")
-}
-
-func (w *breakerWatch) state() (opened, closed time.Time) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.openedAt, w.closedAt
-}
 
 // pendingOrders counts orders not yet settled by the reconciler.
 func pendingOrders(t *testing.T, s *system) int {
@@ -240,25 +182,6 @@ func TestKillOrderService(t *testing.T) {
 		fails = append(fails, "no request needed a retry: the kill did not happen under load")
 	}
 	report(t, "kill-order-restart", sum, fails...)
-}
-
-// proxy is a toxiproxy proxy in the test process.
-func newProxy(t *testing.T, upstream string) *toxiproxy.Proxy {
-	t.Helper()
-	srv := toxiproxy.NewServer(toxiproxy.NewMetricsContainer(prometheus.NewRegistry()), zerolog.Nop())
-	p := toxiproxy.NewProxy(srv, "p-"+uuid.NewString()[:6], testenv.FreeAddr(t), upstream)
-	if err := p.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(p.Stop)
-	return p
-}
-
-func addToxic(t *testing.T, p *toxiproxy.Proxy, json string) {
-	t.Helper()
-	if _, err := p.Toxics.AddToxicJson(strings.NewReader(json)); err != nil {
-		t.Fatal(err)
-	}
 }
 
 // Scenario 4: slow, then broken, network between order and user.
