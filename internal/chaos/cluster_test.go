@@ -349,7 +349,9 @@ func (c *cluster) drained() bool {
 		for _, o := range c.s.orders {
 			pending += max(0, metric(c.s.t, o.admin, "trellis_outbox_pending"))
 		}
-		if pending == 0 {
+		// Drained, and the stream answers (after a partition heals the
+		// nodes take a moment to agree again).
+		if pending == 0 && c.lastSeq("TRELLIS_ORDER") >= 0 {
 			return true
 		}
 		time.Sleep(200 * time.Millisecond)

@@ -445,6 +445,7 @@ type outcome struct {
 	latency   time.Duration // of the final attempt
 	status    string
 	ids       []string // order ids returned by every successful attempt
+	body      string   // the final answer's body when it failed (the ledger quotes one)
 }
 
 // load sends CreateOrder through the gateways at a fixed rate (open loop),
@@ -536,11 +537,14 @@ func (l *load) one(i int) {
 			var r struct {
 				Order struct{ ID, Status string } `json:"order"`
 			}
-			_ = json.NewDecoder(resp.Body).Decode(&r)
+			b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
 			resp.Body.Close()
+			_ = json.Unmarshal(b, &r)
 			if code == http.StatusCreated {
 				o.orderID, o.status = r.Order.ID, r.Order.Status
 				o.ids = append(o.ids, r.Order.ID)
+			} else {
+				o.body = string(b)
 			}
 		}
 		o.code = code
@@ -571,6 +575,7 @@ type summary struct {
 	retried                                                             int
 	eventsExpected, eventsDelivered, eventsDuplicated, duplicateApplied int
 	notes                                                               string
+	sample                                                              string // one failed request's answer
 }
 
 // ledger checks every acknowledged order against the database and every
@@ -592,6 +597,9 @@ func (l *load) ledger(s *system) summary {
 		}
 		if o.code != http.StatusCreated {
 			sum.failed[o.code]++
+			if sum.sample == "" {
+				sum.sample = fmt.Sprintf("%d %s", o.code, o.body)
+			}
 			continue
 		}
 		sum.acked++
@@ -671,6 +679,9 @@ func report(t *testing.T, name string, s summary, extraFail ...string) {
 	}
 	for _, e := range extraFail {
 		t.Error(e)
+	}
+	if s.sample != "" {
+		t.Logf("a failed request's answer: %s", s.sample)
 	}
 	if verdict == "FAIL" && !t.Failed() {
 		t.Errorf("ledger: %s", line)

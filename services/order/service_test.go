@@ -2,13 +2,16 @@ package order
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	userv1 "github.com/trellis-mesh/trellis/gen/trellis/user/v1"
 	"github.com/trellis-mesh/trellis/internal/event"
 	"github.com/trellis-mesh/trellis/internal/sqldb"
 	"github.com/trellis-mesh/trellis/internal/testenv"
@@ -107,5 +110,32 @@ func TestCreateIsIdempotentPerKey(t *testing.T) {
 	in.Items[0].Quantity = 2
 	if _, err := svc.Create(as(in.UserID), in); status.Code(err) != codes.AlreadyExists {
 		t.Errorf("same key, other payload: %v, want AlreadyExists", err)
+	}
+}
+
+// hungUsers is a user service that never answers (a stopped replica):
+// GetUser returns only when its context ends.
+type hungUsers struct{}
+
+func (hungUsers) GetUser(ctx context.Context, _ *userv1.GetUserRequest, _ ...grpc.CallOption) (*userv1.GetUserResponse, error) {
+	<-ctx.Done()
+	return nil, status.FromContextError(ctx.Err()).Err()
+}
+
+// TestUserCheckLeavesTimeForTheCaller: with the user service hanging, the
+// check gives up at half the caller's remaining deadline and says
+// "unavailable" (so a known user's order is taken PENDING) instead of
+// running the caller's deadline out.
+func TestUserCheckLeavesTimeForTheCaller(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithTimeout(context.Background(), 400*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	err := NewUserClient(hungUsers{}).Exists(ctx, "0192f7a4-7c4e-7d1a-9b7e-2f5c3a1d8e90")
+	if !errors.Is(err, errUserUnavailable) {
+		t.Fatalf("Exists = %v; want errUserUnavailable", err)
+	}
+	if took := time.Since(start); took > 300*time.Millisecond || ctx.Err() != nil {
+		t.Errorf("the check took %v of the caller's 400ms (caller's context: %v); want about half", took, ctx.Err())
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -32,8 +33,20 @@ type UserClient struct{ c userGetter }
 func NewUserClient(c userGetter) *UserClient { return &UserClient{c: c} }
 
 // Exists asks the user service for the user.
+//
+// The check gets at most half of what is left of the caller's deadline:
+// when the user service hangs (a replica stopped, a partition) the answer
+// "unavailable" still comes in time to take the order PENDING, instead of
+// the caller's deadline running out here and the caller counting the
+// timeout against this service.
 func (u *UserClient) Exists(ctx context.Context, id string) error {
-	_, err := u.c.GetUser(ctx, &userv1.GetUserRequest{Id: id})
+	call := ctx
+	if dl, ok := ctx.Deadline(); ok {
+		var cancel context.CancelFunc
+		call, cancel = context.WithDeadline(ctx, time.Now().Add(time.Until(dl)/2))
+		defer cancel()
+	}
+	_, err := u.c.GetUser(call, &userv1.GetUserRequest{Id: id})
 	if err == nil {
 		return nil
 	}
