@@ -416,3 +416,101 @@ func TestNATSValuesEnforceTheEventPermissions(t *testing.T) {
 		t.Error("the ConfigMap's NATS_URL is not tls://")
 	}
 }
+
+// TestManifestsHaveTheShapeChaosClusterProved: what `make chaos-cluster`
+// ran on separate hosts is what the manifests ask of Kubernetes — user and
+// order with at least two replicas spread over nodes (the spread selects
+// their own pods), a PodDisruptionBudget keeping one, headless Services so
+// dns:///user:9001 returns every pod (outlier ejection needs to see each
+// replica); NATS as a 3-node cluster with the streams' replica count,
+// routes over TLS, every write synced before it is acknowledged.
+func TestManifestsHaveTheShapeChaosClusterProved(t *testing.T) {
+	t.Parallel()
+	eachOverlay(t, func(t *testing.T, objs map[string][]any, ps []pod) {
+		for _, name := range []string{"user", "order"} {
+			var d *appsv1.Deployment
+			for _, o := range objs["Deployment"] {
+				if o.(*appsv1.Deployment).Name == name {
+					d = o.(*appsv1.Deployment)
+				}
+			}
+			if d == nil {
+				t.Fatalf("no Deployment %s", name)
+			}
+			self := pod{labels: d.Spec.Template.Labels}
+			// The dev overlay runs one of each on purpose; the shape that
+			// survives a lost node is production's.
+			prod := !strings.HasSuffix(t.Name(), "/dev")
+			if prod && (d.Spec.Replicas == nil || *d.Spec.Replicas < 2) {
+				t.Errorf("%s: fewer than 2 replicas", name)
+			}
+			spread := false
+			for _, c := range d.Spec.Template.Spec.TopologySpreadConstraints {
+				spread = spread || c.TopologyKey == "kubernetes.io/hostname" && c.MaxSkew == 1 && c.LabelSelector != nil && selects(t, c.LabelSelector, self)
+			}
+			if !spread {
+				t.Errorf("%s: replicas are not spread over nodes (topologySpreadConstraints on kubernetes.io/hostname selecting its pods)", name)
+			}
+			pdb := false
+			for _, o := range objs["PodDisruptionBudget"] {
+				p := o.(*policyv1.PodDisruptionBudget)
+				pdb = pdb || selects(t, p.Spec.Selector, self) && p.Spec.MinAvailable != nil && p.Spec.MinAvailable.IntValue() >= 1
+			}
+			if prod && !pdb {
+				t.Errorf("%s: no PodDisruptionBudget keeping a replica", name)
+			}
+			headless := false
+			for _, o := range objs["Service"] {
+				s := o.(*corev1.Service)
+				headless = headless || s.Name == name && s.Spec.ClusterIP == corev1.ClusterIPNone && selects(t, &metav1.LabelSelector{MatchLabels: s.Spec.Selector}, self)
+			}
+			if !headless {
+				t.Errorf("%s: no headless Service named %s: dns:///%s resolves to one virtual IP and the mesh cannot see (or eject) replicas", name, name, name)
+			}
+		}
+	})
+
+	b, err := os.ReadFile(filepath.Join(root, "deploy/k8s/nats/values.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v struct {
+		Config struct {
+			Cluster struct {
+				Enabled  bool `json:"enabled"`
+				Replicas int  `json:"replicas"`
+				TLS      struct {
+					Enabled bool `json:"enabled"`
+				} `json:"tls"`
+			} `json:"cluster"`
+			JetStream struct {
+				Merge struct {
+					SyncInterval string `json:"sync_interval"`
+				} `json:"merge"`
+			} `json:"jetstream"`
+		} `json:"config"`
+		PodTemplate struct {
+			TopologySpreadConstraints map[string]any `json:"topologySpreadConstraints"`
+		} `json:"podTemplate"`
+	}
+	if err := yaml.Unmarshal(b, &v); err != nil {
+		t.Fatal(err)
+	}
+	cm, err := os.ReadFile(filepath.Join(root, "deploy/k8s/base/config.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := v.Config
+	if !c.Cluster.Enabled || c.Cluster.Replicas != 3 || !strings.Contains(string(cm), fmt.Sprintf("TRELLIS_NATS_REPLICAS: %q", fmt.Sprint(c.Cluster.Replicas))) {
+		t.Errorf("NATS cluster %+v; want 3 nodes and TRELLIS_NATS_REPLICAS equal to them", c.Cluster)
+	}
+	if !c.Cluster.TLS.Enabled {
+		t.Error("NATS routes are not TLS")
+	}
+	if c.JetStream.Merge.SyncInterval != "always" {
+		t.Errorf("JetStream sync_interval %q; want always (docs/consistency.md)", c.JetStream.Merge.SyncInterval)
+	}
+	if _, ok := v.PodTemplate.TopologySpreadConstraints["kubernetes.io/hostname"]; !ok {
+		t.Error("NATS nodes are not spread over Kubernetes nodes")
+	}
+}

@@ -47,6 +47,7 @@ type Config struct {
 	DatabaseURL string
 	NATSURL     string
 	NATSListen  string
+	NATSSync    string // the embedded server's sync: "always" or an interval
 	RedisURL    string
 	LogLevel    string
 	LogFormat   string
@@ -91,6 +92,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.NATSURL, "nats-url", "", "NATS server with JetStream for domain events (nats://127.0.0.1:4222); empty: an embedded server, stored in --data-dir/nats")
 	fs.StringVar(&c.RedisURL, "redis-url", "", "Redis URL (redis://host:6379/0, rediss:// for TLS) for breaker state shared by the order service's replicas and rate-limit counters shared by the gateway's; empty: each replica keeps its own")
 	fs.StringVar(&c.NATSListen, "nats-listen", "", "TCP address for the embedded NATS server (e.g. 127.0.0.1:4222); empty: in-process only")
+	fs.StringVar(&c.NATSSync, "nats-sync", "always", "when the embedded NATS server syncs its store to disk: always (before acknowledging a write: nothing acknowledged is lost on power loss) or an interval such as 2m (JetStream's default: faster, may lose the last interval's acknowledged events); docs/consistency.md")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fs.StringVar(&c.LogFormat, "log-format", "json", "log format: json or text")
 	fs.BoolVar(&c.PProf, "pprof", false, "serve Go's profiler at /debug/pprof/ on the admin address (off by default: profiles show internals)")
@@ -228,6 +230,9 @@ func (c *Config) Validate() error {
 		// would publish events the other never sees.
 		errs = append(errs, errors.New("user and order in separate processes need a shared NATS: set --nats-url, or --nats-listen on one of them and --nats-url on the other"))
 	}
+	if _, _, err := c.natsSync(); err != nil {
+		errs = append(errs, err)
+	}
 	if c.NATSURL != "" && c.NATSListen != "" {
 		errs = append(errs, errors.New("--nats-listen is for the embedded server; it cannot be used with --nats-url"))
 	}
@@ -252,4 +257,17 @@ func Defaults() Config {
 	c.RegisterFlags(fs)
 	_ = fs.Parse(nil)
 	return c
+}
+
+// natsSync is --nats-sync as the embedded server's options: sync before
+// every acknowledgement, or every interval.
+func (c *Config) natsSync() (always bool, interval time.Duration, err error) {
+	if c.NATSSync == "" || c.NATSSync == "always" {
+		return true, 0, nil
+	}
+	d, err := time.ParseDuration(c.NATSSync)
+	if err != nil || d <= 0 {
+		return false, 0, errors.New(`--nats-sync must be "always" or a positive interval such as 2m`)
+	}
+	return false, d, nil
 }

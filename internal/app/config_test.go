@@ -28,6 +28,9 @@ func TestValidate(t *testing.T) {
 		{"retention (outbox)", func(c *app.Config) { c.Outbox.Retention = -1 }, "--outbox-retention"},
 		{"deadline (server)", func(c *app.Config) { c.Server.MaxDeadline = 0 }, "--max-deadline"},
 		{"breaker (upstream)", func(c *app.Config) { c.Upstream.Breaker.Timeout = 0 }, "--breaker-timeout"},
+		{"outlier ejection (upstream)", func(c *app.Config) { c.Upstream.Outlier.FailurePercent = 101 }, "--outlier-failure-percent"},
+		{"embedded NATS sync", func(c *app.Config) { c.NATSSync = "sometimes" }, "--nats-sync"},
+		{"embedded NATS sync interval", func(c *app.Config) { c.NATSSync = "-1s" }, "--nats-sync"},
 		{"origin (gateway)", func(c *app.Config) { c.Gateway.CORSOrigins = []string{"https://app.example.com/path"} }, "--cors-origins"},
 		{"identity source (identity)", func(c *app.Config) { c.Identity.Source = "magic" }, "--identity-source"},
 		{"one identity per process", func(c *app.Config) {

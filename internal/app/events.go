@@ -120,6 +120,8 @@ func (a *App) embeddedNATS() (*server.Server, error) {
 		NoSigs:     true,
 		NoLog:      true,
 	}
+	// Validated with the rest of the configuration.
+	opts.SyncAlways, opts.SyncInterval, _ = a.cfg.natsSync()
 	if a.cfg.NATSListen != "" {
 		host, port, err := net.SplitHostPort(a.cfg.NATSListen)
 		if err != nil {
