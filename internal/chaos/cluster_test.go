@@ -328,6 +328,30 @@ func (c *cluster) lastSeq(stream string) int64 {
 	return int64(info.State.LastSeq)
 }
 
+// everyNodeAnswers reports whether each node, asked on its own, answers
+// for stream (a node back from a partition says "JetStream system
+// temporarily unavailable" until it has caught up).
+func (c *cluster) everyNodeAnswers(stream string) bool {
+	for _, h := range []string{"nats1", "nats2", "nats3"} {
+		nc, err := nats.Connect("tls://"+hostIP(h)+":4222", nats.Secure(c.s.tlsAs("client/"+app.EventsReader)), nats.MaxReconnects(0), nats.Timeout(time.Second))
+		if err != nil {
+			return false
+		}
+		js, _ := jetstream.New(nc)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		st, err := js.Stream(ctx, stream)
+		if err == nil {
+			_, err = st.Info(ctx)
+		}
+		cancel()
+		nc.Close()
+		if err != nil {
+			return false
+		}
+	}
+	return true
+}
+
 // resumeAfter measures from now until stream's last sequence passes what
 // it was when the fault began (writes accepted again), within 60s.
 func (c *cluster) resumeAfter(stream string, before int64) time.Duration {
@@ -351,7 +375,7 @@ func (c *cluster) drained() bool {
 		}
 		// Drained, and the stream answers (after a partition heals the
 		// nodes take a moment to agree again).
-		if pending == 0 && c.lastSeq("TRELLIS_ORDER") >= 0 {
+		if pending == 0 && c.everyNodeAnswers("TRELLIS_ORDER") {
 			return true
 		}
 		time.Sleep(200 * time.Millisecond)
