@@ -93,9 +93,12 @@ func TestHTMLReportIsSelfContained(t *testing.T) {
 			{Scenario: "1 unary GetUser", Profile: "all-in-one", Name: "bare grpc-go", Baseline: true, Result: res},
 			{Scenario: "1 unary GetUser", Profile: "all-in-one", Name: "Trellis mesh chain", Result: res},
 			{Scenario: "3 CreateOrder end to end", Profile: "all-in-one", Name: "100/s", Result: res},
+			{Scenario: "8 overload", Profile: "all-in-one", Name: "unprotected, 4×", Result: res},
+			{Scenario: "8 overload", Profile: "all-in-one", Name: "shedding (--shed --shed-gateway), 4×", Result: res},
 		}}
 	page := html(rep)
-	for _, want := range []string{"Licensed to the Apache Software Foundation", "echarts.init(", "Trellis mesh chain", "bare grpc-go (baseline)", "chain_throughput", "0.910", "100/s"} {
+	for _, want := range []string{"Licensed to the Apache Software Foundation", "echarts.init(", "Trellis mesh chain", "bare grpc-go (baseline)", "chain_throughput", "0.910", "100/s",
+		"Overload: goodput and created p99 by offered load", "shedding (--shed --shed-gateway) goodput", "unprotected p99"} {
 		if !strings.Contains(page, want) {
 			t.Errorf("report lacks %q", want)
 		}

@@ -276,6 +276,53 @@ func rateChart(rows []row) *charts.Line {
 	return c
 }
 
+// overloadChart draws scenario 8: goodput (created orders per second, bars
+// on the left axis) and the p99 of created orders (lines on the right,
+// log) of each system against the offered load (1×, 2×, 4× the base).
+func overloadChart(rows []row) *charts.Bar {
+	c := charts.NewBar()
+	c.SetGlobalOptions(append(initOpts("Overload: goodput and created p99 by offered load", "CreateOrder open loop at multiples of the max sustainable rate; bars goodput (left), lines p99 of created orders (right, log)", 440),
+		charts.WithXAxisOpts(opts.XAxis{Name: "offered"}),
+		charts.WithYAxisOpts(opts.YAxis{Name: "created/s"}),
+		charts.WithGridOpts(opts.Grid{Left: "60", Right: "80", Bottom: "60"}))...)
+	c.ExtendYAxis(opts.YAxis{Type: "log", Name: "p99 ms"})
+	goodput, p99 := map[string]map[string]float64{}, map[string]map[string]float64{}
+	var systems, loads []string
+	for _, r := range rows {
+		if !strings.HasPrefix(r.Scenario, "8") {
+			continue
+		}
+		i := strings.LastIndex(r.Name, ", ")
+		if i < 0 {
+			continue
+		}
+		sys, load := r.Name[:i], r.Name[i+2:]
+		if goodput[sys] == nil {
+			goodput[sys], p99[sys] = map[string]float64{}, map[string]float64{}
+			systems = append(systems, sys)
+		}
+		goodput[sys][load], p99[sys][load] = r.Result.Throughput, r.Result.P99ms
+		if !slices.Contains(loads, load) {
+			loads = append(loads, load)
+		}
+	}
+	slices.Sort(loads) // "1×" < "2×" < "4×"
+	c.SetXAxis(loads)
+	line := charts.NewLine()
+	for _, sys := range systems {
+		var bars []opts.BarData
+		var points []opts.LineData
+		for _, l := range loads {
+			bars = append(bars, opts.BarData{Value: goodput[sys][l]})
+			points = append(points, opts.LineData{Value: max(p99[sys][l], 0.001), YAxisIndex: 1})
+		}
+		c.AddSeries(sys+" goodput", bars)
+		line.AddSeries(sys+" p99", points)
+	}
+	c.Overlap(line)
+	return c
+}
+
 var page = template.Must(template.New("report").Parse(`<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>trellis-bench {{.Rep.Profile}}</title>
 <script>{{.ECharts}}</script>
@@ -305,7 +352,7 @@ func html(rep *report) string {
 	type snippet struct{ Element, Script template.HTML }
 	var snippets []snippet
 	lat := closedLoopRows(rep.Rows)
-	for _, c := range []render.Renderer{throughputChart(lat), percentileChart(lat), spectrumChart(lat), rateChart(rep.Rows)} {
+	for _, c := range []render.Renderer{throughputChart(lat), percentileChart(lat), spectrumChart(lat), rateChart(rep.Rows), overloadChart(rep.Rows)} {
 		s := c.RenderSnippet()
 		snippets = append(snippets, snippet{template.HTML(s.Element), template.HTML(s.Script)}) // go-echarts' own markup
 	}

@@ -545,6 +545,9 @@ func (l *load) one(i int) {
 				o.ids = append(o.ids, r.Order.ID)
 			} else {
 				o.body = string(b)
+				if c := resp.Header.Get("WWW-Authenticate"); c != "" {
+					o.body += " (WWW-Authenticate: the gateway's own check)"
+				}
 			}
 		}
 		o.code = code
