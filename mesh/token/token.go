@@ -111,7 +111,7 @@ func (k *KeySet) Run(ctx context.Context) {
 		k.mu.Lock()
 		k.last = time.Time{} // not limited: this is the scheduled fetch
 		k.mu.Unlock()
-		if _, err := k.refresh(ctx); err != nil {
+		if _, _, err := k.refresh(ctx); err != nil {
 			wait = time.Second
 			continue
 		}
@@ -131,7 +131,24 @@ func (k *KeySet) Key(ctx context.Context, kid string) (*ecdsa.PublicKey, error) 
 			return key, nil
 		}
 	}
-	snap, err := k.refresh(ctx)
+	snap, fetched, err := k.refresh(ctx)
+	if err == nil && !fetched && snap != nil && snap.byID[kid] == nil {
+		// The set was fetched less than MinRefresh ago, perhaps just before
+		// the key was published (another replica's new key, a token signed
+		// a moment after our fetch): wait for the next fetch allowed instead
+		// of refusing a good token. A made-up kid costs its caller this
+		// wait; the issuer still sees at most one fetch per MinRefresh,
+		// however many callers wait.
+		k.mu.Lock()
+		wait := k.last.Add(k.minRefresh).Sub(k.now())
+		k.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(max(wait, 0)):
+		}
+		snap, _, err = k.refresh(ctx)
+	}
 	if snap == nil {
 		if err == nil {
 			err = fmt.Errorf("%w: no signing keys yet", mesh.ErrVerifierUnavailable)
@@ -148,16 +165,16 @@ func (k *KeySet) Key(ctx context.Context, kid string) (*ecdsa.PublicKey, error) 
 }
 
 // Refresh fetches the set now (unless another fetch ran within
-// minRefresh).
-func (k *KeySet) refresh(ctx context.Context) (*keySnapshot, error) {
+// minRefresh: then fetched is false).
+func (k *KeySet) refresh(ctx context.Context) (_ *keySnapshot, fetched bool, _ error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	snap := k.keys.Load()
 	if now := k.now(); now.Sub(k.last) < k.minRefresh {
 		if snap == nil {
-			return nil, k.lastErr // no keys yet: the last fetch failed
+			return nil, false, k.lastErr // no keys yet: the last fetch failed
 		}
-		return snap, nil
+		return snap, false, nil
 	}
 	k.last = k.now()
 	// A fetch outlives a caller that gives up: the next caller needs it.
@@ -166,7 +183,7 @@ func (k *KeySet) refresh(ctx context.Context) (*keySnapshot, error) {
 	jwks, err := k.fetch(ctx)
 	if err != nil {
 		k.lastErr = fmt.Errorf("%w: fetch signing keys: %v", mesh.ErrVerifierUnavailable, err)
-		return snap, k.lastErr
+		return snap, true, k.lastErr
 	}
 	k.lastErr = nil
 	next := &keySnapshot{byID: make(map[string]*ecdsa.PublicKey, len(jwks)), fetched: k.now()}
@@ -176,7 +193,7 @@ func (k *KeySet) refresh(ctx context.Context) (*keySnapshot, error) {
 		}
 	}
 	k.keys.Store(next)
-	return next, nil
+	return next, true, nil
 }
 
 // KeySource finds the public key of a key id.
