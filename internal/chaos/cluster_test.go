@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -573,10 +574,10 @@ func TestClusterUserReplicaPartitioned(t *testing.T) {
 		func(c *cluster) { heal(t, "user1") })
 }
 
-// TestClusterRelayFailover: the order replica whose relay holds the
-// outbox lease dies; the other replica's relay takes over after the lease
+// relayFailover: the order replica whose relay holds the outbox lease
+// meets fault; the other replica's relay takes over after the lease
 // expires and publishes every event once.
-func TestClusterRelayFailover(t *testing.T) {
+func relayFailover(t *testing.T, name string, fault func(c *cluster, relay *component), cure func(c *cluster, relay *component)) {
 	c := startCluster(t, clusterOptions{})
 	users := createUsers(t, c.s, 10)
 	l := newLoad(t, c.s, users, 150, 20*time.Second)
@@ -594,20 +595,20 @@ func TestClusterRelayFailover(t *testing.T) {
 	if c.published(other) > 0 {
 		t.Errorf("both order replicas published: the outbox lease let two relays run")
 	}
-	relay.kill()
+	fault(c, relay)
 	took := time.Now()
 	for c.published(other) <= 0 && time.Since(took) < 30*time.Second {
 		time.Sleep(100 * time.Millisecond)
 	}
 	failover := time.Since(took)
 	time.Sleep(3 * time.Second)
+	cure(c, relay)
+	time.Sleep(2 * time.Second)
 	l.finish()
 	var fails []string
 	if c.published(other) <= 0 {
 		fails = append(fails, "the surviving replica's relay never took over")
 	}
-	// Only the surviving replica is left to drain.
-	c.s.orders = []*component{other}
 	if !c.drained() {
 		fails = append(fails, "outbox not drained after the failover")
 	}
@@ -615,9 +616,29 @@ func TestClusterRelayFailover(t *testing.T) {
 	if len(sum.failed) > 0 {
 		fails = append(fails, "requests failed although clients retried")
 	}
-	sum.notes = fmt.Sprintf("relay %s killed; %s took over after %v", relay.name, other.name, failover.Round(10*time.Millisecond))
-	report(t, "cluster-relay-failover", sum, fails...)
+	sum.notes = fmt.Sprintf("relay %s: %s; %s took over after %v", relay.name, name, other.name, failover.Round(10*time.Millisecond))
+	report(t, "cluster-relay-"+name, sum, fails...)
 }
+
+// TestClusterRelayFailover: the relay's replica is killed (and stays
+// dead: only the survivor is left to drain).
+func TestClusterRelayFailover(t *testing.T) {
+	relayFailover(t, "killed", func(c *cluster, relay *component) { relay.kill() },
+		func(c *cluster, relay *component) {
+			c.s.orders = slices.DeleteFunc(c.s.orders, func(o *component) bool { return o == relay })
+		})
+}
+
+// TestClusterRelayPartitioned: the relay's host is cut off (its lease
+// cannot be renewed, its publishes cannot reach NATS) for the rest of the
+// load, then healed: it must not publish what the survivor published.
+func TestClusterRelayPartitioned(t *testing.T) {
+	relayFailover(t, "partitioned", func(c *cluster, relay *component) { partition(t, hostOf(relay)) },
+		func(c *cluster, relay *component) { heal(t, hostOf(relay)) })
+}
+
+// hostOf is the host a component runs on.
+func hostOf(c *component) string { return c.name }
 
 // TestClusterRedisPartitioned: the order replicas share breaker state in
 // Redis; Redis becomes unreachable (connections hang) for 10 s. Each
