@@ -5,6 +5,7 @@ package chaos_test
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -249,6 +250,40 @@ func startCluster(t *testing.T, o clusterOptions) *cluster {
 	return c
 }
 
+// settle waits until the system has found its feet on the new hosts: an
+// order goes through, and no breaker in the gateway or the order replicas
+// is open or half-open (each fresh host's first connections take a few
+// seconds: breakers open and close while they do — see resilience.md).
+// Only then does a scenario start its load and its fault.
+func (c *cluster) settle(users []string) {
+	t := c.s.t
+	t.Helper()
+	client := &http.Client{Timeout: 5 * time.Second}
+	deadline := time.Now().Add(60 * time.Second)
+	for i := 0; ; i++ {
+		ok := true
+		for _, comp := range append(append([]*component{}, c.s.gateways...), c.s.orders...) {
+			ok = ok && metric(t, comp.admin, "trellis_breaker_state") == 0
+		}
+		u := users[i%len(users)]
+		resp, err := post(client, "http://"+c.s.gateways[0].addr+"/api/v1/orders",
+			fmt.Sprintf(`{"userId":%q,"requestId":"settle-%d-%s","items":[{"productId":"p","quantity":1,"unitPrice":{"currencyCode":"EUR","amountMinor":"100"}}]}`, u, i, u), c.s.token(u))
+		if err == nil {
+			ok = ok && resp.StatusCode == http.StatusCreated
+			resp.Body.Close()
+		} else {
+			ok = false
+		}
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the cluster did not settle within 60s (a breaker stayed open or orders failed)")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
 func (c *cluster) startNATS(host string) {
 	c.nats[host] = startProcIn(c.s.t, nsPfx+host, host, clusterNATSBin(c.s.t), "-c", c.natsCfg[host])
 }
@@ -408,6 +443,7 @@ func tailString(s string, n int) string {
 func TestClusterStreamLeaderKilled(t *testing.T) {
 	c := startCluster(t, clusterOptions{})
 	users := createUsers(t, c.s, 10)
+	c.settle(users)
 	l := newLoad(t, c.s, users, 150, 20*time.Second)
 	l.start()
 	time.Sleep(3 * time.Second)
@@ -442,6 +478,7 @@ func TestClusterQuorumLost(t *testing.T) {
 	// synced to disk before JetStream acknowledges it.
 	c := startCluster(t, clusterOptions{syncAlways: true})
 	users := createUsers(t, c.s, 10)
+	c.settle(users)
 	l := newLoad(t, c.s, users, 150, 0)
 	l.start()
 	time.Sleep(3 * time.Second)
@@ -488,6 +525,7 @@ func TestClusterQuorumLost(t *testing.T) {
 func TestClusterLeaderPartitioned(t *testing.T) {
 	c := startCluster(t, clusterOptions{})
 	users := createUsers(t, c.s, 10)
+	c.settle(users)
 	l := newLoad(t, c.s, users, 150, 20*time.Second)
 	l.start()
 	time.Sleep(3 * time.Second)
@@ -521,6 +559,7 @@ func TestClusterLeaderPartitioned(t *testing.T) {
 func userReplicaFault(t *testing.T, name string, fault, cure func(c *cluster)) {
 	c := startCluster(t, clusterOptions{})
 	users := createUsers(t, c.s, 10)
+	c.settle(users)
 	watches := []*breakerWatch{watchBreaker(t, c.s.orders[0].admin), watchBreaker(t, c.s.orders[1].admin)}
 	l := newLoad(t, c.s, users, 150, 0) // no client retries: every failure shows
 	l.start()
@@ -580,6 +619,7 @@ func TestClusterUserReplicaPartitioned(t *testing.T) {
 func relayFailover(t *testing.T, name string, fault func(c *cluster, relay *component), cure func(c *cluster, relay *component)) {
 	c := startCluster(t, clusterOptions{})
 	users := createUsers(t, c.s, 10)
+	c.settle(users)
 	l := newLoad(t, c.s, users, 150, 20*time.Second)
 	l.start()
 	time.Sleep(3 * time.Second)
@@ -646,6 +686,7 @@ func hostOf(c *component) string { return c.name }
 func TestClusterRedisPartitioned(t *testing.T) {
 	c := startCluster(t, clusterOptions{order: []string{"--redis-url", "redis://infra:16379/0"}})
 	users := createUsers(t, c.s, 10)
+	c.settle(users)
 	l := newLoad(t, c.s, users, 150, 0) // no client retries: every failure shows
 	l.start()
 	time.Sleep(3 * time.Second)
