@@ -73,7 +73,9 @@ func twoReplicas(t *testing.T, outlier mesh.OutlierConfig) (a, b *replica, c use
 	return a, b, c, reg
 }
 
-var fastOutlier = mesh.OutlierConfig{FailurePercent: 50, Interval: 50 * time.Millisecond, BaseEjection: 700 * time.Millisecond, MinRequests: 5}
+// BaseEjection outlasts the measured calls even under -race on a busy machine
+// (at 700 ms the replica came back mid-measurement and failed 4 calls).
+var fastOutlier = mesh.OutlierConfig{FailurePercent: 50, Interval: 50 * time.Millisecond, BaseEjection: 3 * time.Second, MinRequests: 5}
 
 // creates sends n CreateUser calls (writes: never retried, so a failure
 // reaches the caller) and returns how many failed.
