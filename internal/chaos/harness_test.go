@@ -727,7 +727,9 @@ func createUsers(t *testing.T, s *system, n int) []string {
 		}
 		return sum
 	}
-	deadline := time.Now().Add(15 * time.Second)
+	// Generous: on the cluster suite's fresh hosts the consumer's first
+	// connection to JetStream can take many seconds (CI: over 15).
+	deadline := time.Now().Add(45 * time.Second)
 	for applied() < float64(n) {
 		if time.Now().After(deadline) {
 			t.Fatal("the order service's replica did not learn the users")
