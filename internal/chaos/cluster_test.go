@@ -19,8 +19,6 @@ import (
 	toxiproxy "github.com/Shopify/toxiproxy/v2"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/rs/zerolog"
 
 	"github.com/trellis-mesh/trellis/internal/app"
 	"github.com/trellis-mesh/trellis/internal/testenv"
@@ -170,16 +168,8 @@ func startCluster(t *testing.T, o clusterOptions) *cluster {
 
 	// PostgreSQL and Redis listen on this host's loopback; the hosts reach
 	// them on the bridge through toxiproxy (a Redis partition disables it).
-	pg := toxiproxy.NewProxy(toxiproxy.NewServer(toxiproxy.NewMetricsContainer(prometheus.NewRegistry()), zerolog.Nop()), "pg", subnet+".1:15432", hostPort(testenv.PostgresURL()))
-	if err := pg.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(pg.Stop)
-	c.redis = toxiproxy.NewProxy(toxiproxy.NewServer(toxiproxy.NewMetricsContainer(prometheus.NewRegistry()), zerolog.Nop()), "redis", subnet+".1:16379", "127.0.0.1:6379")
-	if err := c.redis.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.redis.Stop)
+	newProxyAt(t, subnet+".1:15432", hostPort(testenv.PostgresURL()))
+	c.redis = newProxyAt(t, subnet+".1:16379", "127.0.0.1:6379")
 	dbURL := strings.Replace(s.dbURL, hostPort(s.dbURL), "infra:15432", 1)
 
 	// Three NATS nodes: TLS for clients and routes from the system's CA,
@@ -317,23 +307,29 @@ func (c *cluster) waitNATS(peers int) {
 	}
 }
 
+// streamInfo asks the nodes at url (one, or the comma list of all) for
+// stream's state, as the events reader, within d.
+func (c *cluster) streamInfo(url, stream string, d time.Duration) (*jetstream.StreamInfo, error) {
+	nc, err := nats.Connect(url, nats.Secure(c.s.tlsAs("client/"+app.EventsReader)), nats.MaxReconnects(0), nats.Timeout(d))
+	if err != nil {
+		return nil, err
+	}
+	defer nc.Close()
+	js, _ := jetstream.New(nc)
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	st, err := js.Stream(ctx, stream)
+	if err != nil {
+		return nil, err
+	}
+	return st.Info(ctx)
+}
+
 // leader is the host leading stream's replicas, as JetStream reports it.
 func (c *cluster) leader(stream string) string {
 	t := c.s.t
 	t.Helper()
-	nc, err := c.s.natsAs("client/" + app.EventsReader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	st, err := js.Stream(ctx, stream)
-	if err != nil {
-		t.Fatal(err)
-	}
-	info, err := st.Info(ctx)
+	info, err := c.streamInfo(c.s.natsURL, stream, 5*time.Second)
 	if err != nil || info.Cluster == nil || info.Cluster.Leader == "" {
 		t.Fatalf("stream %s: no leader: %v", stream, err)
 	}
@@ -345,19 +341,7 @@ func (c *cluster) leader(stream string) string {
 
 // lastSeq is stream's last sequence as any reachable node answers, or -1.
 func (c *cluster) lastSeq(stream string) int64 {
-	nc, err := c.s.natsAs("client/"+app.EventsReader, nats.Timeout(time.Second))
-	if err != nil {
-		return -1
-	}
-	defer nc.Close()
-	js, _ := jetstream.New(nc)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-	defer cancel()
-	st, err := js.Stream(ctx, stream)
-	if err != nil {
-		return -1
-	}
-	info, err := st.Info(ctx)
+	info, err := c.streamInfo(c.s.natsURL, stream, time.Second)
 	if err != nil {
 		return -1
 	}
@@ -369,19 +353,7 @@ func (c *cluster) lastSeq(stream string) int64 {
 // temporarily unavailable" until it has caught up).
 func (c *cluster) everyNodeAnswers(stream string) bool {
 	for _, h := range []string{"nats1", "nats2", "nats3"} {
-		nc, err := nats.Connect("tls://"+hostIP(h)+":4222", nats.Secure(c.s.tlsAs("client/"+app.EventsReader)), nats.MaxReconnects(0), nats.Timeout(time.Second))
-		if err != nil {
-			return false
-		}
-		js, _ := jetstream.New(nc)
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		st, err := js.Stream(ctx, stream)
-		if err == nil {
-			_, err = st.Info(ctx)
-		}
-		cancel()
-		nc.Close()
-		if err != nil {
+		if _, err := c.streamInfo("tls://"+hostIP(h)+":4222", stream, time.Second); err != nil {
 			return false
 		}
 	}
@@ -437,10 +409,11 @@ func tailString(s string, n int) string {
 
 // ---- scenarios ----
 
-// TestClusterStreamLeaderKilled: under load, SIGKILL the node leading the
-// order stream; a new leader takes over, writes resume, the node comes
-// back and catches up; nothing acknowledged is lost or doubled.
-func TestClusterStreamLeaderKilled(t *testing.T) {
+// leaderFault: under load, fault takes the node leading the order stream
+// away for hold after writes resume elsewhere, then cure brings it back;
+// a new leader takes over within bound, the old one catches up, nothing
+// acknowledged is lost or doubled.
+func leaderFault(t *testing.T, name, what string, bound, hold time.Duration, fault, cure func(c *cluster, leader string)) {
 	c := startCluster(t, clusterOptions{})
 	users := createUsers(t, c.s, 10)
 	c.settle(users)
@@ -449,25 +422,33 @@ func TestClusterStreamLeaderKilled(t *testing.T) {
 	time.Sleep(3 * time.Second)
 	leader := c.leader("TRELLIS_ORDER")
 	before := c.lastSeq("TRELLIS_ORDER")
-	c.nats[leader].kill()
+	fault(c, leader)
 	resume := c.resumeAfter("TRELLIS_ORDER", before)
-	time.Sleep(5 * time.Second)
-	c.startNATS(leader)
+	time.Sleep(hold)
+	cure(c, leader)
 	time.Sleep(5 * time.Second)
 	l.finish()
 	var fails []string
 	if !c.drained() {
-		fails = append(fails, "outbox not drained after the new leader took over")
+		fails = append(fails, "outbox not drained after the "+what+" leader came back")
 	}
-	if resume < 0 || resume > 15*time.Second {
-		fails = append(fails, fmt.Sprintf("writes resumed after %v; want within 15s", resume))
+	if resume < 0 || resume > bound {
+		fails = append(fails, fmt.Sprintf("writes resumed after %v; want within %v", resume, bound))
 	}
 	sum := l.ledger(c.s)
 	if len(sum.failed) > 0 {
-		fails = append(fails, "RPCs failed while the stream changed leader")
+		fails = append(fails, "RPCs failed while the stream leader was "+what)
 	}
-	sum.notes = fmt.Sprintf("killed leader %s; writes resumed after %v; new leader %s", leader, resume.Round(10*time.Millisecond), c.leader("TRELLIS_ORDER"))
-	report(t, "cluster-kill-leader", sum, fails...)
+	sum.notes = fmt.Sprintf("%s leader %s; writes resumed after %v; new leader %s", what, leader, resume.Round(10*time.Millisecond), c.leader("TRELLIS_ORDER"))
+	report(t, name, sum, fails...)
+}
+
+// TestClusterStreamLeaderKilled: the leader SIGKILLed, restarted 5 s after
+// writes resume.
+func TestClusterStreamLeaderKilled(t *testing.T) {
+	leaderFault(t, "cluster-kill-leader", "killed", 15*time.Second, 5*time.Second,
+		func(c *cluster, leader string) { c.nats[leader].kill() },
+		func(c *cluster, leader string) { c.startNATS(leader) })
 }
 
 // TestClusterQuorumLost: two of three nodes die; the stream cannot take
@@ -519,37 +500,13 @@ func TestClusterQuorumLost(t *testing.T) {
 	report(t, "cluster-lose-quorum", sum, fails...)
 }
 
-// TestClusterLeaderPartitioned: the stream leader's host is cut off from
-// everything for 10 s, then the partition heals; the majority elects a
-// new leader, the old one steps down and catches up.
+// TestClusterLeaderPartitioned: the leader's host cut off from everything,
+// healed 8 s after writes resume; the majority elects a new leader, the
+// old one steps down and catches up.
 func TestClusterLeaderPartitioned(t *testing.T) {
-	c := startCluster(t, clusterOptions{})
-	users := createUsers(t, c.s, 10)
-	c.settle(users)
-	l := newLoad(t, c.s, users, 150, 20*time.Second)
-	l.start()
-	time.Sleep(3 * time.Second)
-	leader := c.leader("TRELLIS_ORDER")
-	before := c.lastSeq("TRELLIS_ORDER")
-	partition(t, leader)
-	resume := c.resumeAfter("TRELLIS_ORDER", before)
-	time.Sleep(8 * time.Second)
-	heal(t, leader)
-	time.Sleep(5 * time.Second)
-	l.finish()
-	var fails []string
-	if !c.drained() {
-		fails = append(fails, "outbox not drained after the partition healed")
-	}
-	if resume < 0 || resume > 20*time.Second {
-		fails = append(fails, fmt.Sprintf("writes resumed after %v; want within 20s", resume))
-	}
-	sum := l.ledger(c.s)
-	if len(sum.failed) > 0 {
-		fails = append(fails, "RPCs failed while the stream leader was partitioned")
-	}
-	sum.notes = fmt.Sprintf("partitioned leader %s 10s; writes resumed after %v", leader, resume.Round(10*time.Millisecond))
-	report(t, "cluster-partition-leader", sum, fails...)
+	leaderFault(t, "cluster-partition-leader", "partitioned", 20*time.Second, 8*time.Second,
+		func(c *cluster, leader string) { partition(t, leader) },
+		func(c *cluster, leader string) { heal(t, leader) })
 }
 
 // userReplicaFault runs load while fault (and then cure) is applied to the

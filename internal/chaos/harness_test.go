@@ -782,8 +782,14 @@ func percentile(ds []time.Duration, p float64) time.Duration {
 // proxy is a toxiproxy proxy in the test process.
 func newProxy(t *testing.T, upstream string) *toxiproxy.Proxy {
 	t.Helper()
+	return newProxyAt(t, testenv.FreeAddr(t), upstream)
+}
+
+// newProxyAt is newProxy listening on listen.
+func newProxyAt(t *testing.T, listen, upstream string) *toxiproxy.Proxy {
+	t.Helper()
 	srv := toxiproxy.NewServer(toxiproxy.NewMetricsContainer(prometheus.NewRegistry()), zerolog.Nop())
-	p := toxiproxy.NewProxy(srv, "p-"+uuid.NewString()[:6], testenv.FreeAddr(t), upstream)
+	p := toxiproxy.NewProxy(srv, "p-"+uuid.NewString()[:6], listen, upstream)
 	if err := p.Start(); err != nil {
 		t.Fatal(err)
 	}
