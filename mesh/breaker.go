@@ -97,15 +97,11 @@ func IsServerFault(ctx context.Context, err error) bool {
 	if errors.Is(ctx.Err(), context.Canceled) {
 		return false // the caller went away
 	}
-	switch status.Code(err) {
-	case codes.Unavailable, codes.Internal, codes.Unknown:
-		return true
-	case codes.DeadlineExceeded:
+	if status.Code(err) == codes.DeadlineExceeded {
 		ours, _ := ctx.Value(defaultDeadlineKey{}).(bool)
 		return ours
-	default:
-		return false
 	}
+	return isEndpointFault(err) // the one list of the upstream's fault codes
 }
 
 // breakerStateValue is the gauge encoding of a state.

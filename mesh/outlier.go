@@ -162,8 +162,10 @@ func (p faultFilterPicker) Pick(info balancer.PickInfo) (balancer.PickResult, er
 	return r, nil
 }
 
-// isEndpointFault is IsServerFault without the caller's context: a
-// deadline counts whoever set it (a replica that hangs shows no other way).
+// isEndpointFault reports the codes that say the upstream failed, for
+// outlier ejection; IsServerFault narrows DEADLINE_EXCEEDED to the mesh's
+// own deadline for the breaker. Here a deadline counts whoever set it (a
+// replica that hangs shows no other way).
 func isEndpointFault(err error) bool {
 	switch status.Code(err) {
 	case codes.Unavailable, codes.Internal, codes.Unknown, codes.DeadlineExceeded:
