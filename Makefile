@@ -104,7 +104,7 @@ sdk-es: ## generate a JavaScript/TypeScript SDK from proto/ with protoc-gen-es (
 .PHONY: chaos
 chaos: ## fault injection under load, each component its own process (~3 min); results in docs/resilience.md
 	rm -f chaos-results.txt
-	cd internal/chaos && CHAOS_RESULTS=$(CURDIR)/chaos-results.txt $(GOTEST) -tags chaos -count=1 -timeout 15m -v . 2>&1 | grep -E '^(chaos|--- |FAIL|ok|PASS)|_test.go'
+	cd internal/chaos && CHAOS_RESULTS=$(CURDIR)/chaos-results.txt $(GOTEST) -tags chaos -count=1 -timeout 15m -v . 2>&1 | grep -E '^(chaos|--- |FAIL|ok|PASS|    )|_test.go'
 	@cat chaos-results.txt
 
 .PHONY: chaos-cluster

@@ -227,6 +227,9 @@ func (c *component) ready(t *testing.T) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
+		if !c.alive() {
+			t.Fatalf("%s exited before it was ready:\n%s", c.name, c.logs())
+		}
 		resp, err := http.Get("http://" + c.admin + "/readyz")
 		if err == nil {
 			body, _ := io.ReadAll(resp.Body)
