@@ -47,6 +47,7 @@ func (a *App) eventBus(component string) (*eventbus.Bus, error) {
 			a.log.Warn("nats error", "component", component, "error", err.Error())
 		}),
 	}
+	opts = append(opts, a.cfg.Events.ConnOptions()...)
 	tlsCfg, err := a.natsTLS(component)
 	if err != nil {
 		return nil, err

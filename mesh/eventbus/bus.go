@@ -29,24 +29,56 @@ type Config struct {
 	// Tracer, when set, gives every consumed event a span, child of the
 	// span that committed the change (from the message's traceparent).
 	Tracer trace.TracerProvider
+	// PingInterval is how often the client pings its NATS server; after
+	// MaxPingsOut unanswered pings it drops the connection and reconnects
+	// to another server of the cluster. A server cut off by the network
+	// (no FIN, no RST) is noticed only this way: with nats.go's default
+	// of 2 minutes the outbox relay published into a dead connection for
+	// minutes. Default DefaultPingInterval.
+	PingInterval time.Duration
 }
 
 // Stream settings that are flags, and their limits.
 const (
 	DefaultReplicas = 1
 	MaxReplicas     = 5
+	// DefaultPingInterval and MaxPingsOut: a silent server is left after
+	// 4-6 s (two unanswered pings, the second check one interval later).
+	DefaultPingInterval = 2 * time.Second
+	MinPingInterval     = 100 * time.Millisecond
+	MaxPingInterval     = 10 * time.Minute
+	MaxPingsOut         = 2
 )
 
 // RegisterFlags defines nats-prefix and nats-replicas, each prefixed.
 func (c *Config) RegisterFlags(prefix string, fs *flag.FlagSet) {
 	fs.StringVar(&c.Prefix, prefix+"nats-prefix", "", "prefix for every NATS subject and stream name, to share one NATS between installations")
 	fs.IntVar(&c.Replicas, prefix+"nats-replicas", DefaultReplicas, "replicas of each JetStream stream (3 on a clustered JetStream)")
+	fs.DurationVar(&c.PingInterval, prefix+"nats-ping-interval", DefaultPingInterval, "how often each NATS connection pings its server; two unanswered pings and it reconnects to another server (a server cut off by the network is noticed only this way)")
+}
+
+// ConnOptions are the NATS connection options this Config implies: the
+// ping interval and the unanswered pings that end a connection, and a
+// write timeout of one ping interval after which the client reconnects.
+// The write timeout is needed as much as the pings: a client writing to
+// a server that no longer reads blocks in the write with the
+// connection's lock held, and its ping timer waits behind it (nats.go's
+// default write timeout is a minute).
+func (c Config) ConnOptions() []nats.Option {
+	c = c.withDefaults()
+	return []nats.Option{
+		nats.PingInterval(c.PingInterval), nats.MaxPingsOutstanding(MaxPingsOut),
+		nats.FlusherTimeout(c.PingInterval), nats.ReconnectOnFlusherError(),
+	}
 }
 
 // Validate reports settings that cannot work.
 func (c *Config) Validate() error {
 	if c.Replicas < 1 || c.Replicas > MaxReplicas {
 		return fmt.Errorf("--nats-replicas must be between 1 and %d", MaxReplicas)
+	}
+	if !(c.PingInterval >= MinPingInterval && c.PingInterval <= MaxPingInterval) {
+		return fmt.Errorf("--nats-ping-interval must be between %v and %v", MinPingInterval, MaxPingInterval)
 	}
 	return nil
 }
@@ -57,6 +89,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.Duplicates <= 0 {
 		c.Duplicates = 2 * time.Minute
+	}
+	if c.PingInterval <= 0 {
+		c.PingInterval = DefaultPingInterval
 	}
 	if c.MaxAge <= 0 {
 		c.MaxAge = 7 * 24 * time.Hour

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"os"
 	"slices"
@@ -376,6 +377,180 @@ func TestConsumerRetriesThenDrops(t *testing.T) {
 			}
 			if got := deliveries[bad.ID]; len(got) != 1 {
 				t.Errorf("permanently failing event delivered %d times, want 1", len(got))
+			}
+		})
+	}
+}
+
+// blackhole forwards TCP to target until frozen; from then on it reads
+// nothing more and sends nothing, and keeps the connections open, as a
+// network partition does (no FIN, no RST reaches either side, and a
+// writer's socket buffers fill up).
+type blackhole struct {
+	ln     net.Listener
+	frozen atomic.Bool
+	done   chan struct{}
+	wg     sync.WaitGroup
+	mu     sync.Mutex
+	conns  []net.Conn
+}
+
+func newBlackhole(t *testing.T, target string) *blackhole {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &blackhole{ln: ln, done: make(chan struct{})}
+	b.wg.Add(1)
+	go func() {
+		defer b.wg.Done()
+		for {
+			in, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			out, err := net.Dial("tcp", target)
+			if err != nil {
+				in.Close()
+				continue
+			}
+			b.mu.Lock()
+			b.conns = append(b.conns, in, out)
+			b.mu.Unlock()
+			b.wg.Add(2)
+			go b.pipe(out, in)
+			go b.pipe(in, out)
+		}
+	}()
+	t.Cleanup(func() {
+		b.cut()
+		b.wg.Wait()
+	})
+	return b
+}
+
+// cut ends the partition the hard way: every connection closed (the
+// client sees a reset), the listener too. It may be called twice.
+func (b *blackhole) cut() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	select {
+	case <-b.done:
+		return
+	default:
+	}
+	close(b.done)
+	b.ln.Close()
+	for _, c := range b.conns {
+		c.Close()
+	}
+}
+
+func (b *blackhole) pipe(dst, src net.Conn) {
+	defer b.wg.Done()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if err != nil {
+			return
+		}
+		if b.frozen.Load() {
+			<-b.done // read nothing more until the test ends
+			return
+		}
+		if _, err := dst.Write(buf[:n]); err != nil {
+			return
+		}
+	}
+}
+
+// TestSilentServerIsLeft: a client whose NATS server goes silent (cut off
+// by the network, connection still open) leaves it for another server of
+// the cluster within a few ping intervals, with the options Config gives
+// every Trellis connection. nats.go's own default (a ping every 2 minutes)
+// stays on the silent server: the outbox relay published into such a
+// connection for minutes when chaos-cluster partitioned the stream leader.
+func TestSilentServerIsLeft(t *testing.T) {
+	silent, _ := testenv.NATS(t)
+	other, _ := testenv.NATS(t)
+	u, err := url.Parse(silent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name       string
+		opts       []nats.Option
+		publishing bool // the client keeps writing: its socket buffers fill and its writes block
+		leave      bool
+	}{
+		{"eventbus options", eventbus.Config{PingInterval: 100 * time.Millisecond}.ConnOptions(), false, true},
+		{"eventbus options, publishing", eventbus.Config{PingInterval: 100 * time.Millisecond}.ConnOptions(), true, true},
+		{"nats.go defaults", nil, false, false},
+		// nats.go's pings alone: a write blocked on the full socket holds
+		// the connection's lock, and the ping timer waits behind it for
+		// the 1 minute write timeout (chaos-cluster: 48 s).
+		{"pings only, publishing", []nats.Option{nats.PingInterval(100 * time.Millisecond), nats.MaxPingsOutstanding(2)}, true, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b := newBlackhole(t, u.Host)
+			proxied := "nats://" + b.ln.Addr().String()
+			// The verdict comes from the disconnect callback: asking the
+			// connection (ConnectedUrl) takes the lock a blocked write holds.
+			left := make(chan struct{})
+			var once sync.Once
+			opts := append([]nats.Option{nats.DontRandomize(), nats.MaxReconnects(-1), nats.ReconnectWait(50 * time.Millisecond),
+				nats.DisconnectErrHandler(func(*nats.Conn, error) { once.Do(func() { close(left) }) })}, tc.opts...)
+			nc, err := nats.Connect(proxied+","+other, opts...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer nc.Close()
+			if got := nc.ConnectedUrl(); got != proxied {
+				t.Fatalf("connected to %s; want the proxied server first", got)
+			}
+			// Deferred, in the order they run: the publisher told to stop,
+			// the proxy's connections cut (a write still blocked fails at
+			// once), the publisher waited for, the client closed.
+			stop := make(chan struct{})
+			var pubs sync.WaitGroup
+			defer pubs.Wait()
+			defer b.cut()
+			defer close(stop)
+			if tc.publishing {
+				payload := make([]byte, 4096)
+				pubs.Go(func() {
+					for {
+						select {
+						case <-stop:
+							return
+						default:
+						}
+						_ = nc.Publish("t.silent", payload)
+					}
+				})
+			}
+			b.frozen.Store(true)
+			// 100 ms pings, two unanswered: gone after 200-300 ms; 3 s is
+			// the bound a loaded CI machine gets.
+			gone := false
+			select {
+			case <-left:
+				gone = true
+			case <-time.After(3 * time.Second):
+			}
+			if gone != tc.leave {
+				t.Fatalf("after 3 s of silence the client left the silent server: %v; want %v", gone, tc.leave)
+			}
+			if !gone {
+				return
+			}
+			deadline := time.Now().Add(3 * time.Second)
+			for time.Now().Before(deadline) && nc.ConnectedUrl() != other {
+				time.Sleep(20 * time.Millisecond)
+			}
+			if got := nc.ConnectedUrl(); got != other {
+				t.Fatalf("left the silent server but is on %q; want the other server %s", got, other)
 			}
 		})
 	}
