@@ -132,6 +132,13 @@ func Dial(cfg ClientConfig, log *slog.Logger, m *Metrics, opts ...grpc.DialOptio
 	all := append([]grpc.DialOption{
 		grpc.WithTransportCredentials(creds),
 		grpc.WithDefaultServiceConfig(sc),
+		// The service config is ours (retries, outlier ejection), never
+		// the resolver's: no DNS TXT lookup (_grpc_config.<name>), which
+		// where no DNS server answers holds up every resolution — the first
+		// connection and every re-resolution after a replica fails — for
+		// the resolver's timeout (10 s), and which would let whoever
+		// controls DNS rewrite the retry policy.
+		grpc.WithDisableServiceConfig(),
 		// Reconnect quickly after an upstream restart (gRPC's default
 		// backoff grows to 2 minutes); the breaker already sheds load.
 		grpc.WithConnectParams(grpc.ConnectParams{

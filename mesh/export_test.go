@@ -11,3 +11,23 @@ func (m *Metrics) AuthzDenied(caller, method string) prometheus.Counter {
 func (m *Metrics) Refused(method, reason string) prometheus.Counter {
 	return m.refused.WithLabelValues(method, reason)
 }
+
+// OverLimit counts calls over server's limit admitted because the process
+// was not short of CPU.
+func (m *Metrics) OverLimit(server string) prometheus.Counter {
+	return m.overLimit.WithLabelValues(server)
+}
+
+// RunQueueWindow feeds a saturation with target per-CPU samples at the
+// given times (ns), the process using share of its one CPU, and says,
+// after each, whether it is saturated.
+func RunQueueWindow(target, share float64, samples []float64, at []int64) []bool {
+	s := newSaturation(target, schedWindow, schedHold)
+	s.opened, s.cpuAt, s.procs = 0, 0, 1
+	var out []bool
+	for i, v := range samples {
+		s.add(at[i], v, share*float64(at[i])/1e9)
+		out = append(out, at[i] < s.until.Load())
+	}
+	return out
+}

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	userv1 "github.com/trellis-mesh/trellis/gen/trellis/user/v1"
+	"github.com/trellis-mesh/trellis/internal/apperr"
 	"github.com/trellis-mesh/trellis/internal/testenv"
 	"github.com/trellis-mesh/trellis/mesh"
 )
@@ -86,6 +87,39 @@ func TestServerFaultsStillTripTheBreaker(t *testing.T) {
 	_, err := c.GetUser(context.Background(), &userv1.GetUserRequest{Id: validID})
 	if !strings.Contains(err.Error(), "circuit breaker open") {
 		t.Fatalf("after 3 server faults: got %v, want the open breaker", err)
+	}
+}
+
+// TestDependencyUnavailableDoesNotTripTheBreaker: an upstream answering
+// "my own dependency is unavailable" (apperr.DependencyUnavailable: the
+// order service while the user service is down) is alive; its callers'
+// breakers do not open on it, however many such answers come in a row,
+// and the answer reaches the caller as it was sent. A plain UNAVAILABLE
+// from the same server still counts.
+func TestDependencyUnavailableDoesNotTripTheBreaker(t *testing.T) {
+	t.Parallel()
+	var plain atomic.Bool
+	addr, _, _ := serve(t, &fakeUsers{getUser: func(context.Context, *userv1.GetUserRequest) (*userv1.GetUserResponse, error) {
+		if plain.Load() {
+			return nil, apperr.Unavailable("down")
+		}
+		return nil, apperr.DependencyUnavailable("ledger", "cannot answer now: the ledger is unavailable")
+	}}, mesh.ServerConfig{})
+	c := dialMesh(t, addr, mesh.ClientConfig{Breaker: mesh.BreakerConfig{Timeout: time.Minute}})
+	for range 20 {
+		_, err := c.GetUser(context.Background(), &userv1.GetUserRequest{Id: validID})
+		if !apperr.IsDependencyUnavailable(err) || !strings.Contains(err.Error(), "the ledger is unavailable") {
+			t.Fatalf("got %v, want the upstream's own DEPENDENCY_UNAVAILABLE answer (the breaker must stay closed)", err)
+		}
+	}
+	plain.Store(true)
+	for range 3 {
+		if _, err := c.GetUser(context.Background(), &userv1.GetUserRequest{Id: validID}); status.Code(err) != codes.Unavailable || apperr.IsDependencyUnavailable(err) {
+			t.Fatalf("got %v, want a plain Unavailable", err)
+		}
+	}
+	if _, err := c.GetUser(context.Background(), &userv1.GetUserRequest{Id: validID}); !strings.Contains(err.Error(), "circuit breaker open") {
+		t.Fatalf("after 3 plain UNAVAILABLE answers: got %v, want the open breaker", err)
 	}
 }
 

@@ -122,7 +122,18 @@ func TestOutlierEjectsTheFailingReplicaNotTheService(t *testing.T) {
 			t.Parallel()
 			a, _, c, reg := twoReplicas(t, tc.outlier)
 			a.code.Store(uint32(codes.Unavailable))
-			warm := creates(c, 60) // the sweeps see the faults and eject
+			// The sweeps see the faults and eject: warm up until ten calls
+			// in a row succeed (a busy machine delays the sweep's timer; CI
+			// once needed more than the 60 calls this used to allow), at
+			// most 3 s. The control never gets there.
+			warm := creates(c, 20)
+			for run, start := 0, time.Now(); run < 10 && time.Since(start) < 3*time.Second; {
+				if creates(c, 1) == 0 {
+					run++
+				} else {
+					warm, run = warm+1, 0
+				}
+			}
 			failed := creates(c, 100)
 			if tc.outlier.FailurePercent == 0 {
 				if failed < 30 {

@@ -18,6 +18,7 @@ type Error struct {
 	code       codes.Code
 	msg        string
 	violations []*errdetails.BadRequest_FieldViolation
+	dependency string // set by DependencyUnavailable
 }
 
 func (e *Error) Error() string { return e.msg }
@@ -30,7 +31,14 @@ func (e *Error) GRPCStatus() *status.Status {
 	if e.code == codes.InvalidArgument && len(e.violations) > 0 {
 		return InvalidArgument(e.violations)
 	}
-	return status.New(e.code, e.msg)
+	st := status.New(e.code, e.msg)
+	if e.dependency != "" {
+		if d, err := st.WithDetails(&errdetails.ErrorInfo{Reason: ReasonDependencyUnavailable, Domain: ErrorDomain,
+			Metadata: map[string]string{"dependency": e.dependency}}); err == nil {
+			return d
+		}
+	}
+	return st
 }
 
 // Is lets errors.Is match on kind: errors.Is(err, apperr.NotFound("")).
@@ -60,6 +68,39 @@ func FailedPrecondition(format string, args ...any) *Error {
 // read again and retry.
 func Aborted(format string, args ...any) *Error {
 	return newf(codes.Aborted, format, args...)
+}
+
+// The google.rpc.ErrorInfo of an answer DependencyUnavailable makes.
+const (
+	ErrorDomain                 = "trellis.dev"
+	ReasonDependencyUnavailable = "DEPENDENCY_UNAVAILABLE"
+)
+
+// DependencyUnavailable: UNAVAILABLE because one of this service's own
+// upstreams (dependency, e.g. "user") cannot answer now; the client may
+// retry. The status carries an ErrorInfo saying so, and callers' circuit
+// breakers do not count it against this service, which is alive and
+// serving what does not need the dependency: a breaker that opened on it
+// would take those calls down too.
+func DependencyUnavailable(dependency, format string, args ...any) *Error {
+	e := newf(codes.Unavailable, format, args...)
+	e.dependency = dependency
+	return e
+}
+
+// IsDependencyUnavailable reports whether err is a status made by
+// DependencyUnavailable (here or in the service that answered).
+func IsDependencyUnavailable(err error) bool {
+	st, ok := status.FromError(err)
+	if !ok || st.Code() != codes.Unavailable {
+		return false
+	}
+	for _, d := range st.Details() {
+		if ei, ok := d.(*errdetails.ErrorInfo); ok && ei.GetDomain() == ErrorDomain && ei.GetReason() == ReasonDependencyUnavailable {
+			return true
+		}
+	}
+	return false
 }
 
 // Unavailable: a dependency is down; the client may retry.

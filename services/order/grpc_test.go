@@ -21,6 +21,7 @@ import (
 	userv1 "github.com/trellis-mesh/trellis/gen/trellis/user/v1"
 	"github.com/trellis-mesh/trellis/internal/app"
 	"github.com/trellis-mesh/trellis/internal/app/apptest"
+	"github.com/trellis-mesh/trellis/internal/apperr"
 	"github.com/trellis-mesh/trellis/internal/pagetoken"
 	"github.com/trellis-mesh/trellis/internal/testenv"
 	"github.com/trellis-mesh/trellis/services/order"
@@ -305,6 +306,9 @@ func TestBreakerOpensAndRecovers(t *testing.T) {
 		start := time.Now()
 		_, err := s.orders.CreateOrder(ctx, unknown(i))
 		wantCode(t, err, codes.Unavailable)
+		if !apperr.IsDependencyUnavailable(err) {
+			t.Errorf("call %d: %v; want it marked DEPENDENCY_UNAVAILABLE (the order service is alive: its callers' breakers must not count it)", i, err)
+		}
 		if d := time.Since(start); d > 2*time.Second {
 			t.Errorf("call %d with the user service down took %v; want a fast UNAVAILABLE", i, d)
 		}
@@ -314,6 +318,9 @@ func TestBreakerOpensAndRecovers(t *testing.T) {
 	}
 	_, err := s.orders.CreateOrder(ctx, unknown(4))
 	wantCode(t, err, codes.Unavailable)
+	if !apperr.IsDependencyUnavailable(err) {
+		t.Errorf("with the breaker open: %v; want it marked DEPENDENCY_UNAVAILABLE", err)
+	}
 	if msg := status.Convert(err).Message(); !strings.Contains(msg, "upstream user") || !strings.Contains(msg, "circuit breaker open") {
 		t.Errorf("open-breaker message %q should name the upstream and the breaker", msg)
 	}

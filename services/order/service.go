@@ -115,7 +115,7 @@ func (s *Service) Create(ctx context.Context, in CreateInput) (Order, error) {
 	case errors.As(err, new(userShedding)):
 		return Order{}, err // RESOURCE_EXHAUSTED with the user service's retry delay
 	case errors.Is(err, errUserUnavailable):
-		return Order{}, apperr.Unavailable("cannot place the order now: %s; retry with the same request_id",
+		return Order{}, apperr.DependencyUnavailable("user", "cannot place the order now: %s; retry with the same request_id",
 			strings.TrimPrefix(err.Error(), errUserUnavailable.Error()+": "))
 	case err != nil:
 		return Order{}, err
