@@ -406,34 +406,15 @@ func startSystem(t *testing.T, o options) *system {
 }
 
 // metric reads one sample from a component's /metrics: the sum of the
-// series of name whose labels contain every given label="value".
+// series of name whose labels contain every given label="value" (-1 when
+// the component does not answer).
 func metric(t *testing.T, admin, name string, labels ...string) float64 {
 	t.Helper()
-	resp, err := http.Get("http://" + admin + "/metrics")
+	v, err := sysproc.Metric(admin, name, labels...)
 	if err != nil {
 		return -1
 	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	sum := 0.0
-	for _, line := range strings.Split(string(b), "\n") {
-		if !strings.HasPrefix(line, name) || (len(line) > len(name) && line[len(name)] != '{' && line[len(name)] != ' ') {
-			continue
-		}
-		ok := true
-		for _, l := range labels {
-			if !strings.Contains(line, l) {
-				ok = false
-			}
-		}
-		if !ok {
-			continue
-		}
-		f := strings.Fields(line)
-		v, _ := strconv.ParseFloat(f[len(f)-1], 64)
-		sum += v
-	}
-	return sum
+	return v
 }
 
 // ---- load and ledger ----
@@ -457,8 +438,9 @@ type outcome struct {
 type load struct {
 	t *testing.T
 	s *system
-	// mode is how clients retry: retryNormal (5xx and connection errors,
-	// after 50–150 ms), retryImmediately (every failure, 429 included, at
+	// mode is how clients retry: retryNormal (5xx and connection errors
+	// after 50–150 ms; 429 after its Retry-After, as HTTP asks of a
+	// client told the server is overloaded), retryImmediately (every failure, 429 included, at
 	// once: a retry storm) or retryAsTold (every failure, after the
 	// answer's Retry-After, else 100 ms).
 	mode     atomic.Int32
@@ -470,6 +452,10 @@ type load struct {
 	mu       sync.Mutex
 	outcomes []*outcome
 	attempts map[int]int // status of every attempt, 0 = transport error
+	began    time.Time
+	// failures counts the attempts that did not succeed, per second of
+	// the load and status: the timeline a failing scenario prints.
+	failures map[int]map[int]int
 	stop     chan struct{}
 	wg       sync.WaitGroup
 	client   *http.Client
@@ -480,11 +466,12 @@ func newLoad(t *testing.T, s *system, users []string, rate int, retryFor time.Du
 	for _, g := range s.gateways {
 		gws = append(gws, "http://"+g.addr)
 	}
-	return &load{t: t, s: s, gateways: gws, users: users, rate: rate, retryFor: retryFor, attempts: map[int]int{},
+	return &load{t: t, s: s, gateways: gws, users: users, rate: rate, retryFor: retryFor, attempts: map[int]int{}, failures: map[int]map[int]int{},
 		stop: make(chan struct{}), client: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 64}}}
 }
 
 func (l *load) start() {
+	l.began = time.Now()
 	l.wg.Go(func() {
 		tick := time.NewTicker(time.Second / time.Duration(l.rate))
 		defer tick.Stop()
@@ -556,14 +543,21 @@ func (l *load) one(i int) {
 		o.code = code
 		l.mu.Lock()
 		l.attempts[code]++
+		if code != http.StatusCreated {
+			sec := int(start.Sub(l.began) / time.Second)
+			if l.failures[sec] == nil {
+				l.failures[sec] = map[int]int{}
+			}
+			l.failures[sec][code]++
+		}
 		l.mu.Unlock()
 		mode := l.mode.Load()
-		if code == http.StatusCreated || code != 0 && code < 500 && (mode == retryNormal || code != http.StatusTooManyRequests) || time.Now().After(deadline) {
+		if code == http.StatusCreated || code != 0 && code < 500 && code != http.StatusTooManyRequests || time.Now().After(deadline) {
 			break
 		}
-		switch mode {
-		case retryImmediately:
-		case retryAsTold:
+		switch {
+		case mode == retryImmediately:
+		case mode == retryAsTold, code == http.StatusTooManyRequests:
 			time.Sleep(retryAfter)
 		default:
 			time.Sleep(time.Duration(50+rand.IntN(100)) * time.Millisecond)
@@ -582,6 +576,7 @@ type summary struct {
 	eventsExpected, eventsDelivered, eventsDuplicated, duplicateApplied int
 	notes                                                               string
 	sample                                                              string // one failed request's answer
+	timeline                                                            string // failed attempts per second of the load
 }
 
 // ledger checks every acknowledged order against the database and every
@@ -596,6 +591,21 @@ func (l *load) ledger(s *system) summary {
 	defer db.Close()
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	secs := make([]int, 0, len(l.failures))
+	for sec := range l.failures {
+		secs = append(secs, sec)
+	}
+	sort.Ints(secs)
+	var tl []string
+	for _, sec := range secs {
+		var byCode []string
+		for code, n := range l.failures[sec] {
+			byCode = append(byCode, fmt.Sprintf("%d×%d", code, n))
+		}
+		sort.Strings(byCode)
+		tl = append(tl, fmt.Sprintf("%ds: %s", sec, strings.Join(byCode, " ")))
+	}
+	sum.timeline = strings.Join(tl, "; ")
 	for _, o := range l.outcomes {
 		sum.sent++
 		if o.attempts > 1 {
@@ -688,6 +698,9 @@ func report(t *testing.T, name string, s summary, extraFail ...string) {
 	}
 	if s.sample != "" {
 		t.Logf("a failed request's answer: %s", s.sample)
+	}
+	if verdict == "FAIL" && s.timeline != "" {
+		t.Logf("failed attempts per second of the load (status×count; 0 = transport error): %s", s.timeline)
 	}
 	if verdict == "FAIL" && !t.Failed() {
 		t.Errorf("ledger: %s", line)
@@ -817,6 +830,12 @@ type breakerWatch struct {
 	done               chan struct{}
 }
 
+// watchBreaker polls the breaker's state every 100 ms. Not faster: each
+// poll is a whole /metrics scrape of the process under test, and at 10 ms
+// two watchers made 200 scrapes a second of the order replicas — load the
+// scenarios did not mean to add, on a two-core machine where the order
+// replicas' CreateOrder must stay under the gateway's 1 s timeout. The
+// bounds watched are seconds.
 func watchBreaker(t *testing.T, admin string) *breakerWatch {
 	w := &breakerWatch{stop: make(chan struct{}), done: make(chan struct{})}
 	names := map[float64]string{0: "closed", 1: "half-open", 2: "open"}
@@ -827,7 +846,7 @@ func watchBreaker(t *testing.T, admin string) *breakerWatch {
 			select {
 			case <-w.stop:
 				return
-			case <-time.After(10 * time.Millisecond):
+			case <-time.After(100 * time.Millisecond):
 			}
 			v := metric(t, admin, "trellis_breaker_state", `upstream="user"`)
 			if v < 0 || v == last {

@@ -322,15 +322,15 @@ func TestDatabaseUnreachable(t *testing.T) {
 	report(t, "database-unreachable-5s", sum, fails...)
 }
 
-// Scenario 9: a retry storm against a system that sheds load (--shed
-// --shed-gateway). For 5 s clients retry every failure at once — 429s
+// Scenario 9: a retry storm against a system that sheds load (as by
+// default). For 5 s clients retry every failure at once — 429s
 // included, up to 256 requests in flight, each retried in a tight loop —
 // then for 5 s they back off as told (Retry-After). When the storm ends,
 // ordinary traffic must be served again within seconds: the ledger stays
 // clean (nothing acknowledged lost or doubled, one event per order) and
 // no process falls over.
 func TestRetryStorm(t *testing.T) {
-	s := startSystem(t, options{all: []string{"--shed", "--shed-gateway"}})
+	s := startSystem(t, options{}) // shedding as by default
 	users := createUsers(t, s, 20)
 	storm := newLoad(t, s, users, 2000, 15*time.Second)
 	storm.mode.Store(retryImmediately)

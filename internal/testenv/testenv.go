@@ -7,6 +7,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -159,18 +160,39 @@ func StartNATS(t testing.TB, dir string, port int) *natsserver.Server {
 
 // StreamMessages reads every message a JetStream stream holds now, in
 // stream order, optionally only those on subject (empty: all). A stream
-// that does not exist holds nothing.
+// that does not exist holds nothing. A read that fails (a clustered node
+// just back from a partition answers "JetStream system temporarily
+// unavailable" while it catches up) is started again, for up to 20 s.
 func StreamMessages(t testing.TB, js jetstream.JetStream, stream, subject string) []jetstream.Msg {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
+	for {
+		out, err := streamMessages(ctx, js, stream, subject)
+		if err == nil {
+			return out
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("read stream %s: %v", stream, err)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}
+
+func streamMessages(ctx context.Context, js jetstream.JetStream, stream, subject string) ([]jetstream.Msg, error) {
 	s, err := js.Stream(ctx, stream)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil, nil
+	}
 	if err != nil {
-		return nil
+		return nil, err
 	}
 	info, err := s.Info(ctx)
-	if err != nil || info.State.Msgs == 0 {
-		return nil
+	if err != nil {
+		return nil, err
+	}
+	if info.State.Msgs == 0 {
+		return nil, nil
 	}
 	var cfg jetstream.OrderedConsumerConfig
 	if subject != "" {
@@ -178,13 +200,13 @@ func StreamMessages(t testing.TB, js jetstream.JetStream, stream, subject string
 	}
 	c, err := s.OrderedConsumer(ctx, cfg)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	var out []jetstream.Msg
 	for {
 		batch, err := c.Fetch(1000, jetstream.FetchMaxWait(500*time.Millisecond))
 		if err != nil {
-			t.Fatal(err)
+			return nil, err
 		}
 		n := 0
 		for m := range batch.Messages() {
@@ -192,7 +214,7 @@ func StreamMessages(t testing.TB, js jetstream.JetStream, stream, subject string
 			n++
 		}
 		if n == 0 {
-			return out
+			return out, nil
 		}
 	}
 }
