@@ -43,6 +43,7 @@ lint: ## buf lint, buf format check, gofmt, go vet, staticcheck, go mod tidy (ev
 	cd internal/chaos && go vet -tags chaos,cluster ./...
 	go vet -tags spire ./internal/spire
 	go vet -tags oidc ./internal/oidc
+	go vet -tags cpusignal ./mesh
 	$(TOOL) staticcheck ./...
 	go mod tidy -diff
 	cd deploy && go mod tidy -diff
@@ -72,6 +73,9 @@ test: ## run the test suite with the race detector (needs PostgreSQL, NATS and R
 	$(GOTEST) -race -count=1 -timeout 15m ./...
 	cd deploy && $(GOTEST) -count=1 -timeout 10m ./...
 	cd cmd/trellis-bench && $(GOTEST) -race -count=1 ./...
+	# The shedding limiter's CPU signal reads the whole machine: its tests
+	# run alone, after everything else (mesh/cpusignal_test.go).
+	$(GOTEST) -race -count=1 -tags cpusignal -run CPUSignal -v ./mesh
 
 .PHONY: bench
 bench: bench-bins ## Go benchmarks, then the load harness's full profile (bench/results.json, bench/report.html)

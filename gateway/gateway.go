@@ -65,7 +65,7 @@ type Config struct {
 // RegisterFlags defines cors-origins, prefixed.
 func (c *Config) RegisterFlags(prefix string, fs *flag.FlagSet) {
 	fs.Var((*originList)(&c.CORSOrigins), prefix+"cors-origins", "comma list of browser origins (https://app.example.com) allowed to call the gateway; empty: same-origin only")
-	fs.BoolVar(&c.Shed, prefix+"shed-gateway", false, "adaptive concurrency limit on the gateway's API, with --shed's settings: over it, 429 with Retry-After; off by default")
+	fs.BoolVar(&c.Shed, prefix+"shed-gateway", true, "adaptive concurrency limit on the gateway's API too, with --shed's settings (and only with --shed): over it, 429 with Retry-After")
 	c.Limits.RegisterFlags(prefix, fs)
 }
 

@@ -15,7 +15,8 @@ import (
 	"github.com/trellis-mesh/trellis/mesh"
 )
 
-// TestGatewaySheds: with --shed-gateway and a limit of 2, a burst of 200
+// TestGatewaySheds: with --shed-gateway, a limit of 2 and no CPU signal
+// (--shed-run-queue 0: refuse over the limit), a burst of 200
 // reads gets 429 with Retry-After and a RESOURCE_EXHAUSTED body for what
 // it cannot serve, and 200 for the rest; clients trickling their bodies
 // hold no slot meanwhile (the body is read before admission).
@@ -23,7 +24,7 @@ func TestGatewaySheds(t *testing.T) {
 	t.Parallel()
 	s := startSystem(t, func(c *app.Config) {
 		c.Gateway.Shed = true
-		c.Server.Shed = mesh.ShedConfig{MinLimit: 1, MaxLimit: 2, MaxWait: 2 * time.Millisecond, Pushback: 2 * time.Second}
+		c.Server.Shed = mesh.ShedConfig{Enabled: true, MinLimit: 1, MaxLimit: 2, MaxWait: 2 * time.Millisecond, Pushback: 2 * time.Second}
 	})
 	id, in := signUpREST(t, s)
 	tok := in["accessToken"].(string)

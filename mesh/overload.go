@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"flag"
+	"math"
 	"math/rand/v2"
 	"strconv"
 	"time"
@@ -19,7 +20,7 @@ import (
 )
 
 // ShedConfig turns on adaptive concurrency limiting of a server's API
-// (load shedding). It is opt-in: see docs/resilience.md, "Overload".
+// (load shedding). On by default: see docs/resilience.md, "Overload".
 type ShedConfig struct {
 	// Enabled turns shedding on.
 	Enabled bool
@@ -32,24 +33,43 @@ type ShedConfig struct {
 	// Pushback is the retry delay told to a refused caller
 	// (grpc-retry-pushback-ms and RetryInfo), jittered ±50%.
 	Pushback time.Duration
+	// RunQueue is the Go scheduler's run queue — goroutines ready to run
+	// but waiting for a CPU, per CPU (GOMAXPROCS), median of 50 ms windows —
+	// above which the process counts as short of CPU: only then are calls
+	// over the limit refused. Zero refuses over the limit always.
+	RunQueue float64
+	// Saturated, when set, replaces the scheduler signal (tests).
+	Saturated func() bool
 }
 
 // Defaults of the shedding flags.
 const (
 	DefaultShedMinLimit = 32
 	DefaultShedMaxLimit = 256
-	DefaultShedMaxWait  = 50 * time.Millisecond
+	DefaultShedMaxWait  = 5 * time.Millisecond
 	DefaultShedPushback = 250 * time.Millisecond
+	// DefaultShedRunQueue: a process keeping up has, most of the time,
+	// less than one goroutine waiting per CPU; one with more work than
+	// CPUs, many (docs/resilience.md, "Overload", has the measurements).
+	DefaultShedRunQueue = 1.0
+	// The scheduler signal's window and hold: saturated from
+	// the first window over the target — a short window, since every
+	// window the limit is not applied lets a flood in — and for a second
+	// after the last one, so that the limit does not switch on and off
+	// with every window.
+	schedWindow = 50 * time.Millisecond
+	schedHold   = time.Second
 )
 
-// RegisterFlags defines shed, shed-max-limit, shed-max-wait and
-// shed-pushback, prefixed.
+// RegisterFlags defines shed, shed-min-limit, shed-max-limit,
+// shed-max-wait, shed-pushback and shed-run-queue, prefixed.
 func (c *ShedConfig) RegisterFlags(prefix string, fs *flag.FlagSet) {
-	fs.BoolVar(&c.Enabled, prefix+"shed", false, "adaptive concurrency limit on every gRPC server's API (failsafe-go adaptivelimiter): calls over it queue up to --shed-max-wait, then get RESOURCE_EXHAUSTED with a retry delay; off by default")
-	c.MinLimit = DefaultShedMinLimit
+	fs.BoolVar(&c.Enabled, prefix+"shed", true, "adaptive concurrency limit on every gRPC server's API (failsafe-go adaptivelimiter): a call over it, while the process is short of CPU (--shed-run-queue), queues up to --shed-max-wait, then gets RESOURCE_EXHAUSTED with a retry delay; --shed=false turns it off")
+	fs.UintVar(&c.MinLimit, prefix+"shed-min-limit", DefaultShedMinLimit, "lowest concurrency limit the shedding limiter may reach")
 	fs.UintVar(&c.MaxLimit, prefix+"shed-max-limit", DefaultShedMaxLimit, "highest concurrency limit the shedding limiter may reach")
-	fs.DurationVar(&c.MaxWait, prefix+"shed-max-wait", DefaultShedMaxWait, "longest a call waits for a slot under --shed before it is refused")
+	fs.DurationVar(&c.MaxWait, prefix+"shed-max-wait", DefaultShedMaxWait, "longest a call over the limit waits for a slot under --shed before it is refused")
 	fs.DurationVar(&c.Pushback, prefix+"shed-pushback", DefaultShedPushback, "retry delay told to callers refused by --shed (grpc-retry-pushback-ms, RetryInfo), jittered ±50%")
+	fs.Float64Var(&c.RunQueue, prefix+"shed-run-queue", DefaultShedRunQueue, "goroutines waiting for a CPU, per CPU (median of 50 ms windows), above which — while the process uses at least half its CPUs — it is short of CPU; only then does --shed refuse calls over its limit (0: refuse over the limit whatever the cause)")
 }
 
 // Validate reports settings that cannot work.
@@ -57,8 +77,8 @@ func (c *ShedConfig) Validate() error {
 	if !c.Enabled {
 		return nil
 	}
-	if c.MinLimit == 0 || c.MaxLimit < c.MinLimit || c.MaxWait < 0 || c.Pushback <= 0 {
-		return errors.New("--shed-max-limit must be at least 32, --shed-max-wait not negative, --shed-pushback positive")
+	if c.MinLimit == 0 || c.MaxLimit < c.MinLimit || c.MaxWait < 0 || c.Pushback <= 0 || !(c.RunQueue >= 0) || math.IsInf(c.RunQueue, 1) {
+		return errors.New("--shed-min-limit must be positive and at most --shed-max-limit, --shed-max-wait and --shed-run-queue not negative (and finite), --shed-pushback positive")
 	}
 	return nil
 }
@@ -66,11 +86,23 @@ func (c *ShedConfig) Validate() error {
 // Limiter is one server's shedding limiter and its gauges: every mesh
 // gRPC server's when Shed is on (admission), and the gateway's HTTP API's
 // (--shed-gateway), with the same settings and metrics.
+//
+// Two signals decide together. The adaptive limiter (failsafe-go) learns
+// from latency how many calls the server does well at once; the scheduler
+// (saturation) tells whether the process is short of CPU. A call within
+// the limit is admitted. A call over it is admitted too while the process
+// is not short of CPU — the latency that lowered the limit came from
+// elsewhere: a slow upstream, database or network, which refusing calls
+// would not relieve — and counted as such
+// (trellis_server_over_limit_admitted_total). Only over the limit and
+// short of CPU does a call queue (up to MaxWait) and then get refused.
 type Limiter struct {
 	lim                     adaptivelimiter.AdaptiveLimiter[any]
 	cfg                     ShedConfig
 	m                       *Metrics
-	admitted                prometheus.Counter
+	saturated               func() bool
+	sched                   *saturation
+	admitted, overLimit     prometheus.Counter
 	limit, inflight, queued prometheus.Gauge
 }
 
@@ -78,6 +110,7 @@ type Limiter struct {
 // whether or not it sheds, so dashboards and alerts find them.
 func exportShedMetrics(m *Metrics, name string) {
 	m.admitted.WithLabelValues(name)
+	m.overLimit.WithLabelValues(name)
 	m.limit.WithLabelValues(name)
 	m.inflight.WithLabelValues(name)
 	m.queued.WithLabelValues(name)
@@ -91,19 +124,38 @@ func NewLimiter(cfg ShedConfig, name string, m *Metrics) *Limiter {
 		WithQueueing(2, 3). // a queue up to twice the limit, refusals growing towards three times
 		WithMaxWaitTime(cfg.MaxWait).
 		Build()
-	l := &Limiter{lim: lim, cfg: cfg, m: m,
-		admitted: m.admitted.WithLabelValues(name),
-		limit:    m.limit.WithLabelValues(name), inflight: m.inflight.WithLabelValues(name), queued: m.queued.WithLabelValues(name)}
+	l := &Limiter{lim: lim, cfg: cfg, m: m, saturated: cfg.Saturated,
+		admitted: m.admitted.WithLabelValues(name), overLimit: m.overLimit.WithLabelValues(name),
+		limit: m.limit.WithLabelValues(name), inflight: m.inflight.WithLabelValues(name), queued: m.queued.WithLabelValues(name)}
+	switch {
+	case l.saturated != nil:
+	case cfg.RunQueue > 0:
+		l.sched = newSaturation(cfg.RunQueue, schedWindow, schedHold)
+		l.saturated = l.sched.Saturated
+	default:
+		l.saturated = func() bool { return true }
+	}
 	l.limit.Set(float64(lim.Limit()))
 	return l
 }
 
-// Admit waits up to the configured time for a slot. Admitted, it returns
-// the function that frees the slot; refused, the retry delay to tell the
-// caller (jittered), counted as refused for route — unless ctx ended while
-// waiting (then ok is false, the retry delay 0 and nothing is counted: the
-// caller left, the server did not refuse).
+// Admit admits a call within the limit at once, and one over it at once
+// while the process is not short of CPU. Otherwise it waits up to the
+// configured time for a slot. Admitted, it returns the function that
+// frees the slot; refused, the retry delay to tell the caller (jittered),
+// counted as refused for route — unless ctx ended while waiting (then ok
+// is false, the retry delay 0 and nothing is counted: the caller left,
+// the server did not refuse).
 func (l *Limiter) Admit(ctx context.Context, route string) (release func(), retry time.Duration, ok bool) {
+	if permit, ok := l.lim.TryAcquirePermit(); ok {
+		return l.admit(permit), 0, true
+	}
+	if !l.saturated() {
+		l.overLimit.Inc()
+		l.admitted.Inc()
+		l.observe()
+		return func() {}, 0, true
+	}
 	start := time.Now()
 	permit, err := l.lim.AcquirePermitWithMaxWait(ctx, l.cfg.MaxWait)
 	l.m.queueSeconds.Observe(time.Since(start).Seconds())
@@ -115,15 +167,23 @@ func (l *Limiter) Admit(ctx context.Context, route string) (release func(), retr
 		l.m.refused.WithLabelValues(route, "overload").Inc()
 		return nil, l.cfg.Pushback/2 + rand.N(l.cfg.Pushback+1), false
 	}
+	return l.admit(permit), 0, true
+}
+
+func (l *Limiter) admit(permit adaptivelimiter.Permit) func() {
 	l.admitted.Inc()
 	l.observe()
-	return func() { permit.Record(); l.observe() }, 0, true
+	return func() { permit.Record(); l.observe() }
 }
 
 func (l *Limiter) observe() {
 	l.limit.Set(float64(l.lim.Limit()))
 	l.inflight.Set(float64(l.lim.Inflight()))
 	l.queued.Set(float64(l.lim.Queued()))
+	if l.sched != nil {
+		l.sched.Saturated() // the gauge follows the signal under any load
+		l.m.runQueue.Set(l.sched.RunQueue())
+	}
 }
 
 // overloaded is the refusal's message; the details say when to retry.

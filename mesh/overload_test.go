@@ -2,6 +2,7 @@ package mesh_test
 
 import (
 	"context"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -124,5 +125,93 @@ func TestReadsHonourPushbackWritesDoNot(t *testing.T) {
 	}
 	if creates.Load() != 3 {
 		t.Errorf("%d write attempts for 3 calls: writes must not be retried", creates.Load())
+	}
+}
+
+// TestOverLimitIsRefusedOnlyWhenShortOfCPU: 64 calls at once, each 100 ms
+// long, against a limit of 4–8 — with CPU to spare every call is admitted
+// and those over the limit are counted; short of CPU, those over the
+// limit are refused. The CPU signal itself is a fake here (the real one,
+// which reads the whole machine, is tested alone: cpusignal_test.go).
+func TestOverLimitIsRefusedOnlyWhenShortOfCPU(t *testing.T) {
+	t.Parallel()
+	for _, short := range []bool{false, true} {
+		fake := &fakeUsers{getUser: func(ctx context.Context, _ *userv1.GetUserRequest) (*userv1.GetUserResponse, error) {
+			time.Sleep(100 * time.Millisecond)
+			return okUser, nil
+		}}
+		m, _ := testenv.Metrics()
+		srv := mesh.NewServer(mesh.ServerConfig{Name: "user", Shed: mesh.ShedConfig{Enabled: true, MinLimit: 4, MaxLimit: 8,
+			MaxWait: time.Millisecond, Pushback: 100 * time.Millisecond, RunQueue: mesh.DefaultShedRunQueue,
+			Saturated: func() bool { return short }}}, testenv.Logger(), m)
+		srv.Register(&userv1.UserService_ServiceDesc, fake, validate)
+		c := userv1.NewUserServiceClient(testenv.Dial(t, testenv.Serve(t, srv)))
+		var refused, served atomic.Int32
+		var wg sync.WaitGroup
+		for range 64 {
+			wg.Go(func() {
+				_, err := c.GetUser(context.Background(), &userv1.GetUserRequest{Id: validID})
+				switch status.Code(err) {
+				case codes.OK:
+					served.Add(1)
+				case codes.ResourceExhausted:
+					refused.Add(1)
+				default:
+					t.Errorf("call: %v", err)
+				}
+			})
+		}
+		wg.Wait()
+		over := testutil.ToFloat64(m.OverLimit("user"))
+		t.Logf("short of CPU %v: %d served, %d refused, %v admitted over the limit", short, served.Load(), refused.Load(), over)
+		if !short && (refused.Load() != 0 || over < 56) {
+			t.Errorf("CPU to spare: %d refused, %v admitted over the limit; want 0 and at least 56", refused.Load(), over)
+		}
+		if short && (refused.Load() < 56 || over != 0) {
+			t.Errorf("short of CPU: %d refused, %v admitted over the limit; want at least 56 and 0", refused.Load(), over)
+		}
+	}
+}
+
+// TestRunQueueWindow: the run queue's median over 50 ms windows of at
+// least five samples; a window whose median is over the target, in a
+// process using at least half its CPUs, makes it short of CPU for a
+// second after; a burst (every sleeper woken by one timer at once) inside
+// a quiet window does not, nor a long queue in a process its neighbours
+// starve.
+func TestRunQueueWindow(t *testing.T) {
+	ms := int64(time.Millisecond)
+	var at []int64
+	var quietBurst []float64
+	for i := range 60 {
+		at = append(at, int64(i+1)*ms)
+		quietBurst = append(quietBurst, 0)
+	}
+	quietBurst[20] = 24 // one sample of 48 runnable on 2 CPUs
+	if got := mesh.RunQueueWindow(1, 1, quietBurst, at); slices.Contains(got, true) {
+		t.Errorf("one burst in a quiet window made the process short of CPU: %v", got)
+	}
+	busy := make([]float64, 60)
+	for i := range busy {
+		busy[i] = 3
+	}
+	got := mesh.RunQueueWindow(1, 1, busy, at)
+	if slices.Contains(got[:49], true) || !got[49] || !got[59] {
+		t.Errorf("a busy window: saturated at %v, want from the window's end (the 50th sample) on", got)
+	}
+	// The same queue in a process getting a fifth of its CPU — starved by
+	// its neighbours, not by its own work — is not short of CPU for it.
+	if got := mesh.RunQueueWindow(1, 0.2, busy, at); slices.Contains(got, true) {
+		t.Errorf("a starved process counted as short of CPU for its own work: %v", got)
+	}
+	// The hold: a second after the busy window, quiet samples end it.
+	hold := append(append([]float64{}, busy[:50]...), make([]float64, 10)...)
+	holdAt := append(append([]int64{}, at[:50]...), make([]int64, 10)...)
+	for i := range 10 {
+		holdAt[50+i] = at[49] + int64(i+1)*100*ms
+	}
+	got = mesh.RunQueueWindow(1, 1, hold, holdAt)
+	if !got[58] || got[59] {
+		t.Errorf("hold: %v, want saturated until a second after the busy window closed", got[50:])
 	}
 }

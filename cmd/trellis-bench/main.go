@@ -73,6 +73,7 @@ func run() int {
 	requests := flag.Int64("requests", 0, "count bound of each load run (it ends at whichever bound comes first); 0: time only")
 	from := flag.String("from", "", "render the Markdown table and report.html of an earlier results.json into -out, running nothing")
 	conc := flag.Int("concurrency", 32, "callers of a closed-loop run")
+	protect := flag.String("overload-flags", "", "extra trellis flags of scenario 8's protected system (space-separated), to try shedding settings")
 	flag.Parse()
 	if *from != "" {
 		return rerender(*from, *out)
@@ -87,7 +88,7 @@ func run() int {
 	}
 	defer os.RemoveAll(tmp)
 	logDir = tmp
-	r := &runner{bin: *bin, tmp: tmp, quick: *profile == "quick", profile: "all-in-one (SQLite, embedded NATS)", conc: *conc, requests: *requests,
+	r := &runner{bin: *bin, tmp: tmp, quick: *profile == "quick", profile: "all-in-one (SQLite, embedded NATS)", conc: *conc, requests: *requests, protect: strings.Fields(*protect),
 		rep: &report{Profile: *profile, Started: time.Now().UTC(), Ratios: map[string]float64{}, Floors: map[string]float64{},
 			Machine: fmt.Sprintf("%s/%s, %d CPUs", runtime.GOOS, runtime.GOARCH, runtime.NumCPU())}}
 	// The quick profile gates CI: more, shorter rounds, so that one noisy
@@ -144,7 +145,7 @@ func run() int {
 	steps = append(steps, struct {
 		name string
 		fn   func(context.Context) error
-	}{"split — scenarios 2 and 3 with a process per component, PostgreSQL and a NATS server", func(ctx context.Context) error {
+	}{"split — scenarios 2, 3 and 8 with a process per component, PostgreSQL and a NATS server", func(ctx context.Context) error {
 		sys, err := runSplit(r.bin, tmp, *pgURL, *natsBin)
 		if err != nil {
 			return err
@@ -155,7 +156,11 @@ func run() int {
 		if err := r.gateway(ctx, t); err != nil {
 			return err
 		}
-		return r.maxRate(ctx, t)
+		if err := r.maxRate(ctx, t); err != nil {
+			return err
+		}
+		sys.stop() // scenario 8 runs two split systems of its own
+		return r.overloadSplit(ctx, *pgURL, *natsBin)
 	}})
 	for _, s := range steps {
 		id := strings.Fields(s.name)[0]

@@ -158,6 +158,7 @@ type runner struct {
 	rep      *report
 	conc     int
 	profile  string
+	protect  []string // scenario 8's protected system's extra flags
 }
 
 // warmup is how long each target is called before it is measured.

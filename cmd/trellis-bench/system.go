@@ -32,6 +32,9 @@ func start(name, bin string, args ...string) (*proc, error) {
 		return nil, err
 	}
 	defer f.Close() // the child has its own descriptor
+	if pinCPUs != "" {
+		bin, args = "taskset", append([]string{"-c", pinCPUs, bin}, args...)
+	}
 	p, err := sysproc.Start(name, bin, f, args...)
 	if err != nil {
 		return nil, err
@@ -127,6 +130,7 @@ func runTrellisWith(bin, name, dataDir string, extra ...string) (*trellis, error
 type split struct {
 	procs             map[string]*proc
 	user, order, http string
+	admins            []string
 	dropDB            func()
 }
 
@@ -141,7 +145,7 @@ func (s *split) stop() {
 	}
 }
 
-func runSplit(bin, tmp, pgURL, natsBin string) (*split, error) {
+func runSplit(bin, tmp, pgURL, natsBin string, extra ...string) (*split, error) {
 	s := &split{procs: map[string]*proc{}}
 	dbURL, drop, err := createDatabase(pgURL)
 	if err != nil {
@@ -171,7 +175,8 @@ func runSplit(bin, tmp, pgURL, natsBin string) (*split, error) {
 		{"gateway", []string{"--http-addr", s.http, "--user-upstream", s.user, "--order-upstream", s.order}},
 	} {
 		admin := freeAddr()
-		args := append(append([]string{"run", "--target", c.name, "--admin-addr", admin}, common...), c.args...)
+		args := append(append(append([]string{"run", "--target", c.name, "--admin-addr", admin}, common...), c.args...), extra...)
+		s.admins = append(s.admins, admin)
 		p, err := start(c.name, bin, args...)
 		if err != nil {
 			s.stop()

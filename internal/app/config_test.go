@@ -1,8 +1,12 @@
 package app_test
 
 import (
+	"flag"
+	"io"
+	"math"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/trellis-mesh/trellis/internal/app"
 )
@@ -25,8 +29,18 @@ func TestValidate(t *testing.T) {
 		{"bcrypt cost (user)", func(c *app.Config) { c.User.BcryptCost = 3 }, "--bcrypt-cost"},
 		{"reconcile interval (order)", func(c *app.Config) { c.Order.ReconcileInterval = 0 }, "--reconcile-interval"},
 		{"replicas (events)", func(c *app.Config) { c.Events.Replicas = 6 }, "--nats-replicas"},
+		{"ping interval (events) zero", func(c *app.Config) { c.Events.PingInterval = 0 }, "--nats-ping-interval"},
+		{"ping interval (events) too short", func(c *app.Config) { c.Events.PingInterval = time.Millisecond }, "--nats-ping-interval"},
+		{"ping interval (events) at its bounds", func(c *app.Config) { c.Events.PingInterval = 100 * time.Millisecond }, ""},
+		{"ping interval (events) too long", func(c *app.Config) { c.Events.PingInterval = 11 * time.Minute }, "--nats-ping-interval"},
 		{"retention (outbox)", func(c *app.Config) { c.Outbox.Retention = -1 }, "--outbox-retention"},
 		{"deadline (server)", func(c *app.Config) { c.Server.MaxDeadline = 0 }, "--max-deadline"},
+		{"shedding limits (server)", func(c *app.Config) { c.Server.Shed.MinLimit = 0 }, "--shed-min-limit"},
+		{"shedding CPU signal (server)", func(c *app.Config) { c.Server.Shed.RunQueue = -1 }, "--shed-run-queue"},
+		{"shedding CPU signal NaN", func(c *app.Config) { c.Server.Shed.RunQueue = math.NaN() }, "--shed-run-queue"},
+		{"shedding CPU signal infinite", func(c *app.Config) { c.Server.Shed.RunQueue = math.Inf(1) }, "--shed-run-queue"},
+		{"shedding CPU signal off", func(c *app.Config) { c.Server.Shed.RunQueue = 0 }, ""},
+		{"shedding limits crossed", func(c *app.Config) { c.Server.Shed.MinLimit, c.Server.Shed.MaxLimit = 64, 32 }, "--shed-min-limit"},
 		{"breaker (upstream)", func(c *app.Config) { c.Upstream.Breaker.Timeout = 0 }, "--breaker-timeout"},
 		{"outlier ejection (upstream)", func(c *app.Config) { c.Upstream.Outlier.FailurePercent = 101 }, "--outlier-failure-percent"},
 		{"embedded NATS sync", func(c *app.Config) { c.NATSSync = "sometimes" }, "--nats-sync"},
@@ -49,6 +63,52 @@ func TestValidate(t *testing.T) {
 				t.Fatalf("Validate: %v, want an error containing %q", err, tc.want)
 			}
 		})
+	}
+}
+
+// TestPingIntervalFlagRefusesMalformedValues: --nats-ping-interval and
+// its environment variable accept only Go durations; anything else is an
+// error naming the flag (the bounds are TestValidate's), and the default
+// is 2 s.
+func TestPingIntervalFlagRefusesMalformedValues(t *testing.T) {
+	t.Parallel()
+	if c := app.Defaults(); c.Events.PingInterval != 2*time.Second {
+		t.Fatalf("default ping interval %v, want 2s", c.Events.PingInterval)
+	}
+	for _, v := range []string{"", "abc", "2", "2 s", "-", "1e9", "9999999999h", "2s\x00", strings.Repeat("9", 4096) + "s"} {
+		var c app.Config
+		fs := flag.NewFlagSet("run", flag.ContinueOnError)
+		fs.SetOutput(io.Discard)
+		c.RegisterFlags(fs)
+		if err := app.ParseFlags(fs, []string{"--nats-ping-interval", v}, func(string) string { return "" }); err == nil {
+			t.Errorf("--nats-ping-interval %q: accepted", v)
+		}
+		if v == "" {
+			continue // an empty variable means "not set"
+		}
+		var e app.Config
+		fs = flag.NewFlagSet("run", flag.ContinueOnError)
+		fs.SetOutput(io.Discard)
+		e.RegisterFlags(fs)
+		err := app.ParseFlags(fs, nil, func(name string) string {
+			if name == "TRELLIS_NATS_PING_INTERVAL" {
+				return v
+			}
+			return ""
+		})
+		if err == nil || !strings.Contains(err.Error(), "TRELLIS_NATS_PING_INTERVAL") {
+			t.Errorf("TRELLIS_NATS_PING_INTERVAL=%q: %v, want an error naming the variable", v, err)
+		}
+	}
+}
+
+// TestSheddingIsOnByDefault: every server and the gateway shed load unless
+// told not to, and only on the CPU signal (docs/resilience.md, "Overload").
+func TestSheddingIsOnByDefault(t *testing.T) {
+	t.Parallel()
+	c := app.Defaults()
+	if !c.Server.Shed.Enabled || !c.Gateway.Shed || c.Server.Shed.RunQueue <= 0 || c.Server.Shed.MaxWait > 5*time.Millisecond {
+		t.Errorf("shedding defaults %+v, gateway %v: want on, with the CPU signal and at most a 5 ms queue", c.Server.Shed, c.Gateway.Shed)
 	}
 }
 

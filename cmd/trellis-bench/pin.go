@@ -1,0 +1,59 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"runtime"
+	"strconv"
+
+	"golang.org/x/sys/unix"
+)
+
+// pinCPUs, when set, is the CPU list (taskset -c) every process the
+// harness starts runs on: scenario 8 gives the system under test CPUs of
+// its own and the load generator the rest (splitCPUs).
+var pinCPUs string
+
+// splitCPUs gives the load generator — this process, every thread — CPU 0
+// and the system under test CPUs 1 to N-1, so that overloading the system
+// does not starve the generator that measures it (on two cores shared,
+// at 4× the knee the generator fell behind its own schedule, and every
+// latency measured from when a request was due included that). It
+// returns a description and the function that undoes it; ok is false on a
+// machine of one CPU or without taskset (util-linux), where nothing is
+// pinned.
+func splitCPUs() (desc string, undo func(), ok bool) {
+	n := runtime.NumCPU()
+	if n < 2 {
+		return "", func() {}, false
+	}
+	if _, err := exec.LookPath("taskset"); err != nil {
+		return "", func() {}, false
+	}
+	var all, gen unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &all); err != nil {
+		return "", func() {}, false
+	}
+	gen.Set(0)
+	setAll := func(set *unix.CPUSet) {
+		tasks, _ := os.ReadDir("/proc/self/task")
+		for _, t := range tasks {
+			if tid, err := strconv.Atoi(t.Name()); err == nil {
+				_ = unix.SchedSetaffinity(tid, set)
+			}
+		}
+	}
+	procs := runtime.GOMAXPROCS(1)
+	setAll(&gen)
+	pinCPUs = "1"
+	if n > 2 {
+		pinCPUs = fmt.Sprintf("1-%d", n-1)
+	}
+	desc = fmt.Sprintf("the system on CPU %s, the load generator on CPU 0", pinCPUs)
+	return desc, func() {
+		pinCPUs = ""
+		setAll(&all)
+		runtime.GOMAXPROCS(procs)
+	}, true
+}

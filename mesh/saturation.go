@@ -1,0 +1,153 @@
+package mesh
+
+import (
+	"math"
+	"runtime/metrics"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// saturation is the shedding limiter's local-overload signal: whether
+// this process is short of CPU, read from the Go scheduler's run queue —
+// how many goroutines are ready to run but wait for a CPU
+// (runtime/metrics /sched/goroutines/runnable:goroutines), per CPU it may
+// use (GOMAXPROCS), its median over a window.
+//
+// Latency alone cannot tell local overload from a slow upstream: a call
+// that waits a second for a hung replica looks to a latency-driven limiter
+// exactly like a call stuck behind too many others. The scheduler can:
+// a goroutine waiting on the network, a database or a lock is "waiting",
+// not "runnable", however long it waits. So a slow upstream, a partitioned
+// database or a restarting replica never fills the run queue; more work
+// than the CPUs can do always does.
+//
+// (The scheduler's latency histogram, /sched/latencies:seconds, says the
+// same in principle, but the runtime records one goroutine transition in
+// eight: a 50 ms window of a process doing a few hundred calls a second
+// holds a handful of samples, and one goroutine late behind a GC cycle
+// made a p99 of them say "saturated" in tests. The run queue is a count,
+// read at any moment.)
+//
+// It is sampled every sampleEvery by a timer that runs while calls ask
+// for it and stops a second after the last did: no goroutine of its own
+// between samples, nothing at all when idle. (Sampling when calls arrive
+// would be cheaper but biased: calls arrive in bursts, and a sample taken
+// at each burst sees the burst's goroutines and little else — a test with
+// callers in lockstep measured a quiet process "short of CPU" that way.)
+type saturation struct {
+	target float64 // median runnable goroutines per CPU
+	window int64   // ns
+	hold   int64   // ns
+
+	until atomic.Int64 // saturated until this unix ns
+	last  atomic.Uint64
+	used  atomic.Int64 // unix ns Saturated was last asked
+	armed atomic.Bool  // the sampling timer runs
+	timer *time.Timer
+
+	mu      sync.Mutex
+	sample  []metrics.Sample
+	samples []float64 // this window's samples (guarded by mu)
+	opened  int64
+	cpuAt   float64 // the process's CPU seconds when the window opened
+	procs   float64 // GOMAXPROCS at the last sample
+}
+
+const (
+	schedRunnable   = "/sched/goroutines/runnable:goroutines"
+	schedGOMAXPROCS = "/sched/gomaxprocs:threads"
+	// sampleEvery: ten samples per window, each one runtime/metrics read
+	// (well under a microsecond).
+	sampleEvery = 5 * time.Millisecond
+	// minWindowSamples: a window closes once it is long enough and holds
+	// this many samples (a starved process samples rarely).
+	minWindowSamples = 5
+	// minCPUShare: the process must have used at least this share of the
+	// CPUs it may use (GOMAXPROCS) in the window for a long run queue to
+	// count. A process starved by its neighbours — the CPU taken by other
+	// processes on the machine — has a long run queue too, but refusing
+	// its own callers would not give it the CPU back; one short of CPU
+	// for its own work uses all it gets (or all its cgroup quota allows,
+	// which GOMAXPROCS follows).
+	minCPUShare = 0.5
+)
+
+func newSaturation(target float64, window, hold time.Duration) *saturation {
+	s := &saturation{target: target, window: int64(window), hold: int64(hold),
+		sample: []metrics.Sample{{Name: schedRunnable}, {Name: schedGOMAXPROCS}}}
+	s.opened, s.cpuAt = time.Now().UnixNano(), processCPU()
+	s.timer = time.AfterFunc(time.Hour, s.tick)
+	s.timer.Stop()
+	return s
+}
+
+// Saturated reports whether the process was short of CPU in its last
+// window, or in any window of the hold before it.
+func (s *saturation) Saturated() bool {
+	now := time.Now().UnixNano()
+	s.used.Store(now)
+	if !s.armed.Load() && s.armed.CompareAndSwap(false, true) {
+		s.timer.Reset(sampleEvery)
+	}
+	return now < s.until.Load()
+}
+
+// RunQueue is the last window's median run queue per CPU.
+func (s *saturation) RunQueue() float64 {
+	return math.Float64frombits(s.last.Load())
+}
+
+// tick takes one sample and runs again unless nobody asked for a second.
+func (s *saturation) tick() {
+	now := time.Now().UnixNano()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	metrics.Read(s.sample)
+	s.add(now, s.runQueue(s.sample[0].Value, s.sample[1].Value), processCPU())
+	if now-s.used.Load() < int64(time.Second) {
+		s.timer.Reset(sampleEvery)
+		return
+	}
+	// Idle: stop, and start a new window when calls come back. A call
+	// that asks between the check and the store finds the timer armed and
+	// does not start it; the next one will.
+	s.samples, s.opened, s.cpuAt = s.samples[:0], now, processCPU()
+	s.armed.Store(false)
+}
+
+// add counts one sample (the run queue per CPU, and the process's CPU
+// seconds so far) and closes the window when it is due: its median
+// decides, if the process used at least minCPUShare of its CPUs. A
+// median, not a mean: a burst — every caller's sleep ending on one timer,
+// a GC cycle — fills the queue for a sample or two, which a mean of ten
+// turned into "short of CPU" in tests; a process short of CPU has a queue
+// in most samples.
+func (s *saturation) add(now int64, perCPU, cpu float64) {
+	s.samples = append(s.samples, perCPU)
+	if now-s.opened < s.window || len(s.samples) < minWindowSamples {
+		return
+	}
+	slices.Sort(s.samples)
+	median := s.samples[len(s.samples)/2]
+	share := (cpu - s.cpuAt) / (float64(now-s.opened) / 1e9 * max(s.procs, 1))
+	if cpu < 0 { // not known on this system: the run queue alone decides
+		share = 1
+	}
+	s.samples, s.opened, s.cpuAt = s.samples[:0], now, cpu
+	s.last.Store(math.Float64bits(median))
+	if median > s.target && share >= minCPUShare {
+		s.until.Store(now + s.hold)
+	}
+}
+
+// runQueue is runnable goroutines per CPU from the two samples (0 when
+// the runtime does not have them); it remembers GOMAXPROCS.
+func (s *saturation) runQueue(runnable, procs metrics.Value) float64 {
+	if runnable.Kind() != metrics.KindUint64 || procs.Kind() != metrics.KindUint64 {
+		return 0
+	}
+	s.procs = float64(max(procs.Uint64(), 1))
+	return float64(runnable.Uint64()) / s.procs
+}
