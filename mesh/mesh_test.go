@@ -514,6 +514,95 @@ func TestServiceConfigRetriesOnlyReads(t *testing.T) {
 	}
 }
 
+// TestUnreachableSharedStateHoldsNoCall: the shared breaker state lives
+// in a Redis that accepts connections and never answers (a partition
+// behind a proxy, a hung server). Calls still take no longer than the
+// state read's 50 ms bound, and the breaker opening — which writes the
+// state — holds no call either. Before, go-redis ignored the 50 ms (it
+// honours a context's deadline only when told to) and waited its 500 ms
+// read timeout, and the write ran under the breaker's lock: chaos-cluster's
+// Redis partition failed orders past the gateway's 1 s.
+func TestUnreachableSharedStateHoldsNoCall(t *testing.T) {
+	t.Parallel()
+	hole := blackHole(t)
+	var healthy atomic.Bool
+	healthy.Store(true)
+	addr, _, _ := serve(t, &fakeUsers{getUser: func(context.Context, *userv1.GetUserRequest) (*userv1.GetUserResponse, error) {
+		if healthy.Load() {
+			return okUser, nil
+		}
+		return nil, status.Error(codes.Internal, "boom")
+	}}, mesh.ServerConfig{})
+	shared, err := redisbreaker.New("redis://"+hole+"/0", "test-hole:")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { shared.Close() })
+	c := dialMesh(t, addr, mesh.ClientConfig{Caller: "order", Shared: shared, SharedRefresh: 10 * time.Millisecond,
+		Breaker: mesh.BreakerConfig{Timeout: time.Hour}})
+	// Each call after a refresh interval reads the state: 50 ms at most,
+	// 200 ms allowed for a busy machine (the read timeout was 500 ms).
+	const bound = 200 * time.Millisecond
+	timed := func(what string) error {
+		start := time.Now()
+		_, err := c.GetUser(context.Background(), &userv1.GetUserRequest{Id: validID})
+		if d := time.Since(start); d > bound {
+			t.Errorf("%s took %v with the shared state unreachable; want under %v", what, d, bound)
+		}
+		return err
+	}
+	for i := range 5 {
+		time.Sleep(15 * time.Millisecond)
+		if err := timed(fmt.Sprint("healthy call ", i)); err != nil {
+			t.Fatalf("healthy call %d: %v", i, err)
+		}
+	}
+	healthy.Store(false)
+	for i := range 3 { // the third opens the breaker and publishes it
+		if err := timed(fmt.Sprint("failing call ", i)); status.Code(err) != codes.Internal {
+			t.Fatalf("failing call %d: %v", i, err)
+		}
+	}
+	if err := timed("call to the open breaker"); !strings.Contains(fmt.Sprint(err), "circuit breaker open") {
+		t.Fatalf("after 3 failures: %v; want the breaker open", err)
+	}
+}
+
+// blackHole listens on loopback, accepts connections and never reads or
+// answers; the test's cleanup closes them.
+func blackHole(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var conns []net.Conn
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		<-done
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	return ln.Addr().String()
+}
+
 // TestSharedBreakerOpensEveryReplica: two replicas of a caller share their
 // breaker through the machine's Redis; when one opens, the other stops
 // calling the upstream too, and both recover after the open period.

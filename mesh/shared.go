@@ -3,6 +3,7 @@ package mesh
 import (
 	"context"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -31,8 +32,8 @@ type SharedBreakerState interface {
 
 // sharedOpen mirrors the shared state of one upstream in memory. The
 // first call after each refresh interval reads the store (bounded by a
-// short timeout); every other call reads the copy. No goroutine is left
-// running.
+// short timeout); every other call reads the copy. State changes are
+// written by a short-lived goroutine (publish); none is left running.
 type sharedOpen struct {
 	store      SharedBreakerState
 	key        string
@@ -42,6 +43,10 @@ type sharedOpen struct {
 	next       atomic.Int64 // unix nanos of the next refresh
 	refreshing atomic.Bool
 	failing    atomic.Bool
+
+	mu      sync.Mutex // guards want and writing
+	want    pendingState
+	writing bool // a goroutine is writing want to the store
 }
 
 func newSharedOpen(store SharedBreakerState, key string, every time.Duration, log *slog.Logger) *sharedOpen {
@@ -79,15 +84,57 @@ func (s *sharedOpen) refresh() {
 	}
 }
 
-// publish records a local state change for the other replicas.
+// publish records a local state change for the other replicas. The
+// copy in memory changes at once; the store is written by a goroutine of
+// its own, never by the caller: gobreaker reports a state change under
+// its lock, and a write to an unreachable store (up to its 500 ms bound)
+// would hold every call through the breaker meanwhile. Writes are
+// coalesced and kept in order — one writer at a time, writing the latest
+// state until none is newer — and the writer ends when it has written it.
 func (s *sharedOpen) publish(open bool, until time.Time) {
-	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
-	defer cancel()
 	if open {
 		s.until.Store(until.UnixNano())
-		_ = s.store.MarkOpen(ctx, s.key, until)
-		return
+	} else {
+		s.until.Store(0)
 	}
-	s.until.Store(0)
-	_ = s.store.MarkClosed(ctx, s.key)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.want = pendingState{open: open, until: until, seq: s.want.seq + 1}
+	if s.writing {
+		return // the running writer picks it up
+	}
+	s.writing = true
+	go s.write()
+}
+
+// pendingState is a state publish asked to be written; seq tells a newer
+// one from the one being written.
+type pendingState struct {
+	open  bool
+	until time.Time
+	seq   uint64
+}
+
+// write writes the latest published state to the store, again while a
+// newer one arrived during the write.
+func (s *sharedOpen) write() {
+	for {
+		s.mu.Lock()
+		w := s.want
+		s.mu.Unlock()
+		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+		if w.open {
+			_ = s.store.MarkOpen(ctx, s.key, w.until)
+		} else {
+			_ = s.store.MarkClosed(ctx, s.key)
+		}
+		cancel()
+		s.mu.Lock()
+		if s.want.seq == w.seq {
+			s.writing = false
+			s.mu.Unlock()
+			return
+		}
+		s.mu.Unlock()
+	}
 }

@@ -353,13 +353,22 @@ func (c *cluster) streamInfo(url, stream string, d time.Duration) (*jetstream.St
 	return st.Info(ctx)
 }
 
-// leader is the host leading stream's replicas, as JetStream reports it.
+// leader is the host leading stream's replicas, as JetStream reports it,
+// asked again for up to 15 s while none is reported: right after a fault
+// heals the nodes may be electing one (CI: a partitioned leader back for
+// 5 s, "no leader" in the report's last question, with writes long since
+// resumed and the outbox drained).
 func (c *cluster) leader(stream string) string {
 	t := c.s.t
 	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
 	info, err := c.streamInfo(c.s.natsURL, stream, 5*time.Second)
+	for (err != nil || info.Cluster == nil || info.Cluster.Leader == "") && time.Now().Before(deadline) {
+		time.Sleep(200 * time.Millisecond)
+		info, err = c.streamInfo(c.s.natsURL, stream, 5*time.Second)
+	}
 	if err != nil || info.Cluster == nil || info.Cluster.Leader == "" {
-		t.Fatalf("stream %s: no leader: %v", stream, err)
+		t.Fatalf("stream %s: no leader within 15s: %v", stream, err)
 	}
 	if n := len(info.Cluster.Replicas) + 1; n != 3 {
 		t.Fatalf("stream %s has %d replicas; want 3", stream, n)
