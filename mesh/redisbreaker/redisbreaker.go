@@ -33,8 +33,8 @@ func New(url, prefix string) (*State, error) {
 	// The mesh bounds every read and write with its context (a breaker
 	// state read on the call path gets 50 ms): go-redis honours a
 	// context's deadline only with ContextTimeoutEnabled — without it a
-	// read from an unreachable Redis waited its ReadTimeout, and retried
-	// (chaos-cluster, Redis partitioned: calls held past the gateway's
+	// read from an unreachable Redis waited its ReadTimeout, 500 ms
+	// (chaos-cluster, Redis partitioned: orders held past the gateway's
 	// 1 s). No retries: the state is read again at the next refresh.
 	opts.DialTimeout, opts.ReadTimeout, opts.WriteTimeout = 250*time.Millisecond, 250*time.Millisecond, 250*time.Millisecond
 	opts.ContextTimeoutEnabled, opts.MaxRetries = true, -1
