@@ -194,6 +194,17 @@ func TestSlowAndBrokenNetwork(t *testing.T) {
 	users := createUsers(t, s, 10)
 	goroutines := metric(t, s.orders[0].admin, "go_goroutines")
 	fds := metric(t, s.orders[0].admin, "process_open_fds")
+	// The order service's own view of its GetUser calls (the mesh client
+	// histogram: the whole call, breaker and deadline included): how many
+	// took over 1 s, i.e. waited for the network delay instead of ending
+	// at their 300 ms deadline.
+	getUser := []string{`grpc_method="GetUser"`}
+	callsOver1s := func() float64 {
+		all := metric(t, s.orders[0].admin, "grpc_client_handling_seconds_count", getUser...)
+		fast := metric(t, s.orders[0].admin, "grpc_client_handling_seconds_bucket", append(getUser, `le="1"`)...)
+		return all - fast
+	}
+	slowCallsBefore := callsOver1s()
 	l := newLoad(t, s, users, 200, 0)
 	l.start()
 	time.Sleep(2 * time.Second)
@@ -215,15 +226,34 @@ func TestSlowAndBrokenNetwork(t *testing.T) {
 	afterFDs := metric(t, s.orders[0].admin, "process_open_fds")
 	var fails []string
 	var slowLat []time.Duration
+	var outliers []string
 	l.mu.Lock()
 	for _, o := range l.outcomes {
 		if o.sent.After(slowFrom) && o.sent.Before(slowTo) {
 			slowLat = append(slowLat, o.latency)
+			if o.latency > 900*time.Millisecond && len(outliers) < 10 {
+				outliers = append(outliers, fmt.Sprintf("sent at +%v: %v, status %d after %d attempts, request %s",
+					o.sent.Sub(slowFrom).Round(time.Millisecond), o.latency.Round(time.Millisecond), o.code, o.attempts, o.requestID))
+			}
 		}
 	}
 	l.mu.Unlock()
-	if p := percentile(slowLat, 0.999); p > 900*time.Millisecond {
-		fails = append(fails, fmt.Sprintf("p99.9 latency %v: a call waited for the 1 s network delay instead of its 300 ms deadline", p))
+	// The property is the order service's: none of its calls to the user
+	// service waits out the network delay. End to end (a request's whole
+	// trip through gateway, order service, PostgreSQL), p99 must stay
+	// under the delay too. p99.9 end to end was the bound until one CI
+	// run measured 1.96 s (the slowest one or two of about 1000, the rest
+	// of the scenario clean): that cannot tell a call that waited from a
+	// stall of the shared machine; the order service's histogram can, and
+	// the slow requests are listed.
+	if n := callsOver1s() - slowCallsBefore; n > 0 {
+		fails = append(fails, fmt.Sprintf("%v GetUser calls took over 1 s: they waited for the 1 s network delay instead of their 300 ms deadline", n))
+	}
+	if p := percentile(slowLat, 0.99); p > 900*time.Millisecond {
+		fails = append(fails, fmt.Sprintf("p99 latency %v end to end while the network was slow: requests waited for the 1 s delay", p))
+	}
+	if len(outliers) > 0 {
+		t.Logf("requests over 900 ms while the network was slow (%d of %d shown):\n%s", len(outliers), len(slowLat), strings.Join(outliers, "\n"))
 	}
 	if afterG > goroutines+40 {
 		fails = append(fails, fmt.Sprintf("goroutines %v → %v: pile-up", goroutines, afterG))
@@ -234,7 +264,7 @@ func TestSlowAndBrokenNetwork(t *testing.T) {
 	for code, n := range sum.failed {
 		fails = append(fails, fmt.Sprintf("%d requests failed with %d (known users should be served, degraded)", n, code))
 	}
-	sum.notes = fmt.Sprintf("p99.9 %v, goroutines %v→%v, fds %v→%v", percentile(slowLat, 0.999).Round(time.Millisecond), goroutines, afterG, fds, afterFDs)
+	sum.notes = fmt.Sprintf("p99 %v, p99.9 %v, goroutines %v→%v, fds %v→%v", percentile(slowLat, 0.99).Round(time.Millisecond), percentile(slowLat, 0.999).Round(time.Millisecond), goroutines, afterG, fds, afterFDs)
 	report(t, "slow-broken-network", sum, fails...)
 }
 
