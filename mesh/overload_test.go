@@ -3,6 +3,8 @@ package mesh_test
 import (
 	"context"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -131,18 +133,25 @@ func TestReadsHonourPushbackWritesDoNot(t *testing.T) {
 // TestOverLimitIsRefusedOnlyWhenShortOfCPU: 64 calls at once, each 100 ms
 // long, against a limit of 4–8 — with CPU to spare every call is admitted
 // and those over the limit are counted; short of CPU, those over the
-// limit are refused. The CPU signal itself is a fake here (the real one,
-// which reads the whole machine, is tested alone: cpusignal_test.go).
+// limit are refused, with a retry delay — after a wait for a slot, or at
+// once (MaxWait 0, the default). The CPU signal itself is a fake here (the
+// real one, which reads the whole machine, is tested alone:
+// cpusignal_test.go).
 func TestOverLimitIsRefusedOnlyWhenShortOfCPU(t *testing.T) {
 	t.Parallel()
-	for _, short := range []bool{false, true} {
+	type run struct {
+		short   bool
+		maxWait time.Duration
+	}
+	for _, r := range []run{{false, time.Millisecond}, {true, time.Millisecond}, {false, 0}, {true, 0}} {
+		short := r.short
 		fake := &fakeUsers{getUser: func(ctx context.Context, _ *userv1.GetUserRequest) (*userv1.GetUserResponse, error) {
 			time.Sleep(100 * time.Millisecond)
 			return okUser, nil
 		}}
 		m, _ := testenv.Metrics()
 		srv := mesh.NewServer(mesh.ServerConfig{Name: "user", Shed: mesh.ShedConfig{Enabled: true, MinLimit: 4, MaxLimit: 8,
-			MaxWait: time.Millisecond, Pushback: 100 * time.Millisecond, RunQueue: mesh.DefaultShedRunQueue,
+			MaxWait: r.maxWait, Pushback: 100 * time.Millisecond, RunQueue: mesh.DefaultShedRunQueue,
 			Saturated: func() bool { return short }}}, testenv.Logger(), m)
 		srv.Register(&userv1.UserService_ServiceDesc, fake, validate)
 		c := userv1.NewUserServiceClient(testenv.Dial(t, testenv.Serve(t, srv)))
@@ -150,12 +159,16 @@ func TestOverLimitIsRefusedOnlyWhenShortOfCPU(t *testing.T) {
 		var wg sync.WaitGroup
 		for range 64 {
 			wg.Go(func() {
-				_, err := c.GetUser(context.Background(), &userv1.GetUserRequest{Id: validID})
+				var trailer metadata.MD
+				_, err := c.GetUser(context.Background(), &userv1.GetUserRequest{Id: validID}, grpc.Trailer(&trailer))
 				switch status.Code(err) {
 				case codes.OK:
 					served.Add(1)
 				case codes.ResourceExhausted:
 					refused.Add(1)
+					if ms, perr := strconv.Atoi(strings.Join(trailer.Get("grpc-retry-pushback-ms"), "")); perr != nil || ms < 50 || ms > 150 {
+						t.Errorf("refused without a retry delay of 50–150 ms: grpc-retry-pushback-ms %q", trailer.Get("grpc-retry-pushback-ms"))
+					}
 				default:
 					t.Errorf("call: %v", err)
 				}
@@ -163,7 +176,7 @@ func TestOverLimitIsRefusedOnlyWhenShortOfCPU(t *testing.T) {
 		}
 		wg.Wait()
 		over := testutil.ToFloat64(m.OverLimit("user"))
-		t.Logf("short of CPU %v: %d served, %d refused, %v admitted over the limit", short, served.Load(), refused.Load(), over)
+		t.Logf("short of CPU %v, max wait %v: %d served, %d refused, %v admitted over the limit", short, r.maxWait, served.Load(), refused.Load(), over)
 		if !short && (refused.Load() != 0 || over < 56) {
 			t.Errorf("CPU to spare: %d refused, %v admitted over the limit; want 0 and at least 56", refused.Load(), over)
 		}
