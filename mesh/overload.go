@@ -75,7 +75,7 @@ func (c *ShedConfig) RegisterFlags(prefix string, fs *flag.FlagSet) {
 	fs.UintVar(&c.MaxLimit, prefix+"shed-max-limit", DefaultShedMaxLimit, "highest concurrency limit the shedding limiter may reach")
 	fs.DurationVar(&c.MaxWait, prefix+"shed-max-wait", DefaultShedMaxWait, "longest a call over the limit waits for a slot under --shed before it is refused (0: refused at once)")
 	fs.DurationVar(&c.Pushback, prefix+"shed-pushback", DefaultShedPushback, "retry delay told to callers refused by --shed (grpc-retry-pushback-ms, RetryInfo), jittered ±50%")
-	fs.Float64Var(&c.RunQueue, prefix+"shed-run-queue", DefaultShedRunQueue, "goroutines waiting for a CPU, per CPU (median of 50 ms windows), above which — while the process uses at least half its CPUs — it is short of CPU; only then does --shed refuse calls over its limit (0: refuse over the limit whatever the cause)")
+	fs.Float64Var(&c.RunQueue, prefix+"shed-run-queue", DefaultShedRunQueue, "goroutines waiting for a CPU, per CPU (median of 50 ms windows, or three samples in a row over 8x it), above which — while the process uses at least half its CPUs — it is short of CPU; only then does --shed refuse calls over its limit (0: refuse over the limit whatever the cause)")
 }
 
 // Validate reports settings that cannot work.

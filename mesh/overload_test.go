@@ -217,6 +217,35 @@ func TestRunQueueWindow(t *testing.T) {
 	if got := mesh.RunQueueWindow(1, 0.2, busy, at); slices.Contains(got, true) {
 		t.Errorf("a starved process counted as short of CPU for its own work: %v", got)
 	}
+	// A sudden overload late in a quiet window (samples every 5 ms, as
+	// sampled): decided on three samples in a row far over the target,
+	// spanning 10 ms (the 11th sample), not when the next window closes
+	// (the 20th) — unless the process is starved by its neighbours. Two
+	// high samples (a burst), or three not far enough over, decide nothing.
+	every5 := make([]int64, 20)
+	for i := range every5 {
+		every5[i] = int64(i+1) * 5 * ms
+	}
+	withQueue := func(v float64, from, to int) []float64 {
+		q := make([]float64, 20)
+		for i := from; i < to; i++ {
+			q[i] = v
+		}
+		return q
+	}
+	got = mesh.RunQueueWindow(1, 1, withQueue(40, 8, 20), every5)
+	if slices.Contains(got[:10], true) || !got[10] {
+		t.Errorf("a sudden overload: saturated at %v, want from the 11th sample on", got)
+	}
+	if got := mesh.RunQueueWindow(1, 0.2, withQueue(40, 8, 20), every5); slices.Contains(got, true) {
+		t.Errorf("a sudden queue in a starved process counted as short of CPU: %v", got)
+	}
+	if got := mesh.RunQueueWindow(1, 1, withQueue(40, 4, 6), every5); slices.Contains(got, true) {
+		t.Errorf("a burst of two samples made the process short of CPU: %v", got)
+	}
+	if got := mesh.RunQueueWindow(1, 1, withQueue(7, 4, 7), every5); slices.Contains(got, true) {
+		t.Errorf("three samples under eight times the target made the process short of CPU: %v", got)
+	}
 	// The hold: a second after the busy window, quiet samples end it.
 	hold := append(append([]float64{}, busy[:50]...), make([]float64, 10)...)
 	holdAt := append(append([]int64{}, at[:50]...), make([]int64, 10)...)
