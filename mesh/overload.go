@@ -148,11 +148,11 @@ func NewLimiter(cfg ShedConfig, name string, m *Metrics) *Limiter {
 
 // Admit admits a call within the limit at once, and one over it at once
 // while the process is not short of CPU. Otherwise it is refused at once,
-// or, with MaxWait set, after waiting up to MaxWait for a slot. Admitted, it returns the function that
-// frees the slot; refused, the retry delay to tell the caller (jittered),
-// counted as refused for route — unless ctx ended while waiting (then ok
-// is false, the retry delay 0 and nothing is counted: the caller left,
-// the server did not refuse).
+// or, with MaxWait set, after waiting up to MaxWait for a slot. Admitted,
+// it returns the function that frees the slot; refused, the retry delay to
+// tell the caller (jittered), counted as refused for route — unless ctx
+// ended while waiting (then ok is false, the retry delay 0 and nothing is
+// counted: the caller left, the server did not refuse).
 func (l *Limiter) Admit(ctx context.Context, route string) (release func(), retry time.Duration, ok bool) {
 	if permit, ok := l.lim.TryAcquirePermit(); ok {
 		return l.admit(permit), 0, true
