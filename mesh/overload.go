@@ -163,28 +163,21 @@ func (l *Limiter) Admit(ctx context.Context, route string) (release func(), retr
 		l.observe()
 		return func() {}, 0, true
 	}
-	if l.cfg.MaxWait <= 0 { // refused at once: no timer, no queue
-		l.observe()
-		l.m.refused.WithLabelValues(route, "overload").Inc()
-		return nil, l.retryDelay(), false
-	}
-	start := time.Now()
-	permit, err := l.lim.AcquirePermitWithMaxWait(ctx, l.cfg.MaxWait)
-	l.m.queueSeconds.Observe(time.Since(start).Seconds())
-	if err != nil {
-		l.observe()
+	if l.cfg.MaxWait > 0 { // else refused at once: no timer, no queue
+		start := time.Now()
+		permit, err := l.lim.AcquirePermitWithMaxWait(ctx, l.cfg.MaxWait)
+		l.m.queueSeconds.Observe(time.Since(start).Seconds())
+		if err == nil {
+			return l.admit(permit), 0, true
+		}
 		if ctx.Err() != nil {
+			l.observe()
 			return nil, 0, false
 		}
-		l.m.refused.WithLabelValues(route, "overload").Inc()
-		return nil, l.retryDelay(), false
 	}
-	return l.admit(permit), 0, true
-}
-
-// retryDelay is the pushback told to a refused caller, jittered ±50%.
-func (l *Limiter) retryDelay() time.Duration {
-	return l.cfg.Pushback/2 + rand.N(l.cfg.Pushback+1)
+	l.observe()
+	l.m.refused.WithLabelValues(route, "overload").Inc()
+	return nil, l.cfg.Pushback/2 + rand.N(l.cfg.Pushback+1), false
 }
 
 func (l *Limiter) admit(permit adaptivelimiter.Permit) func() {

@@ -143,10 +143,7 @@ func (s *saturation) add(now int64, perCPU, cpu float64) {
 	}
 	slices.Sort(s.samples)
 	median := s.samples[len(s.samples)/2]
-	share := (cpu - s.cpuAt) / (float64(now-s.opened) / 1e9 * max(s.procs, 1))
-	if cpu < 0 { // not known on this system: the run queue alone decides
-		share = 1
-	}
+	share := s.cpuShare(s.opened, s.cpuAt, now, cpu)
 	s.samples, s.opened, s.cpuAt = s.samples[:0], now, cpu
 	s.last.Store(math.Float64bits(median))
 	if median > s.target && share >= minCPUShare {
@@ -162,9 +159,9 @@ func (s *saturation) add(now int64, perCPU, cpu float64) {
 // later: 50–100 ms in which every call over the limit is admitted —
 // measured at 4x the knee after idling at 100 calls a second: ~300
 // calls admitted in the overload's first 100 ms, answered up to
-// 340–560 ms later (123–142 within 85 ms with this). A burst (callers woken by one timer, a GC cycle) fills the queue
-// for a sample or two, not for three in a row at earlyFactor times the
-// target.
+// 340–560 ms later (123–142 within 85 ms with this). A burst (callers
+// woken by one timer, a GC cycle) fills the queue for a sample or two,
+// not for three in a row at earlyFactor times the target.
 func (s *saturation) early(now int64, cpu float64) {
 	if s.next < earlySamples || now < s.until.Load() {
 		return
@@ -179,11 +176,20 @@ func (s *saturation) early(now int64, cpu float64) {
 			return
 		}
 	}
-	share := (cpu - first.cpu) / (float64(span) / 1e9 * max(s.procs, 1))
-	if cpu >= 0 && share < minCPUShare {
+	if s.cpuShare(first.at, first.cpu, now, cpu) < minCPUShare {
 		return
 	}
 	s.until.Store(now + s.hold)
+}
+
+// cpuShare is the share of its CPUs (GOMAXPROCS) the process used between
+// two samples of its CPU seconds; 1 where the system does not tell
+// (processCPU negative): the run queue alone decides.
+func (s *saturation) cpuShare(from int64, cpuFrom float64, now int64, cpu float64) float64 {
+	if cpu < 0 {
+		return 1
+	}
+	return (cpu - cpuFrom) / (float64(now-from) / 1e9 * max(s.procs, 1))
 }
 
 const (
