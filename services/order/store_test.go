@@ -12,6 +12,7 @@ import (
 
 	eventsv1 "github.com/trellis-mesh/trellis/gen/trellis/events/v1"
 	"github.com/trellis-mesh/trellis/internal/event"
+	"github.com/trellis-mesh/trellis/internal/sqldb"
 	"github.com/trellis-mesh/trellis/internal/testenv"
 	"github.com/trellis-mesh/trellis/mesh"
 	"github.com/trellis-mesh/trellis/services/order"
@@ -331,4 +332,66 @@ var storeTests = map[string]func(t *testing.T, s *order.SQLStore){
 			t.Errorf("after cancel: status %v, update_time %v", got.Status, got.UpdateTime)
 		}
 	},
+}
+
+// TestOneUsersCreatesDoNotQueue: on PostgreSQL a Create of a user does not
+// wait for another Create of the same user that is still in its
+// transaction (the replica row is locked shared; with the write lock of
+// an upsert, one user's orders committed one at a time). Create A is held
+// in its transaction by an uncommitted order of the same idempotency key
+// (its insert waits for that transaction); Create B, of the same user,
+// must commit meanwhile.
+func TestOneUsersCreatesDoNotQueue(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	db := testenv.OpenDB(t, sqldb.Postgres, "order")
+	s, err := order.NewSQLStore(ctx, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	uid := uuid.NewString()
+	if err := s.Create(ctx, newOrder(uid, "first"), created(t)); err != nil { // the replica row exists
+		t.Fatal(err)
+	}
+	holder, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Rollback()
+	if _, err := holder.ExecContext(ctx, `INSERT INTO orders (id, user_id, status, currency, total_minor, idempotency_key, payload_hash, create_time, update_time, version)
+		VALUES ($1, $2, 1, 'EUR', 1, 'a', 'h', 0, 0, 1)`, uuid.NewString(), uid); err != nil {
+		t.Fatal(err)
+	}
+	var xid string
+	if err := holder.QueryRowContext(ctx, "SELECT pg_current_xact_id()::text").Scan(&xid); err != nil {
+		t.Fatal(err)
+	}
+	a, b := newOrder(uid, "a"), newOrder(uid, "b")
+	doneA := make(chan error, 1)
+	go func() { doneA <- s.Create(ctx, a, eventFor(t, a.ID)) }()
+	// A is in its transaction once it waits for the holder's.
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		var waiting int
+		if err := db.QueryRowContext(ctx, "SELECT count(*) FROM pg_locks WHERE NOT granted AND locktype = 'transactionid' AND transactionid::text = $1", xid).Scan(&waiting); err != nil {
+			t.Fatal(err)
+		}
+		if waiting > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("Create A never waited for the uncommitted order")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	bctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := s.Create(bctx, b, eventFor(t, b.ID)); err != nil {
+		t.Fatalf("Create B while A of the same user is in its transaction: %v (want committed without waiting for A)", err)
+	}
+	if err := holder.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-doneA; err != nil {
+		t.Fatalf("Create A after the holder rolled back: %v", err)
+	}
 }
