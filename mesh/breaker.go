@@ -240,7 +240,11 @@ func (v verdict) Unwrap() error        { return v.err }
 // made up itself — the request could not be encoded, the answer was over
 // the size limit or could not be decoded — says nothing about the
 // upstream's health, however its code reads.
-func breakerInterceptor(caller, upstream string, cb *gobreaker.CircuitBreaker[struct{}], m *Metrics, shared *sharedOpen) grpc.UnaryClientInterceptor {
+//
+// An answer RESOURCE_EXHAUSTED with grpc-retry-pushback-ms is a mesh
+// server shedding load: it never counts (a server that sheds is alive),
+// and it marks overload (when set) for the process's limiters.
+func breakerInterceptor(caller, upstream string, cb *gobreaker.CircuitBreaker[struct{}], m *Metrics, shared *sharedOpen, overload *UpstreamOverload) grpc.UnaryClientInterceptor {
 	rejected := m.breakerRejected.WithLabelValues(caller, upstream)
 	var slow timeouts
 	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
@@ -258,6 +262,8 @@ func breakerInterceptor(caller, upstream string, cb *gobreaker.CircuitBreaker[st
 			answered := len(trailer) > 0
 			if !answered {
 				err = localError(upstream, err)
+			} else if overload != nil && status.Code(err) == codes.ResourceExhausted && len(trailer.Get(pushbackKey)) > 0 {
+				overload.Mark()
 			}
 			if !countsAgainstUpstream(ctx, err, answered) {
 				slow.record(time.Now(), false)

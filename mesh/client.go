@@ -86,6 +86,9 @@ type ClientConfig struct {
 	// Tracer, when set, traces every call and propagates the trace
 	// context. Nil: no tracing.
 	Tracer trace.TracerProvider
+	// Overload, when set, is marked whenever the upstream refuses a call
+	// for overload (see UpstreamOverload); the process's limiters read it.
+	Overload *UpstreamOverload
 }
 
 // Dial returns a lazily connecting client for the upstream. Interceptors,
@@ -153,7 +156,7 @@ func Dial(cfg ClientConfig, log *slog.Logger, m *Metrics, opts ...grpc.DialOptio
 			clientRequestID,
 			m.client.UnaryClientInterceptor(),
 			defaultDeadline(cfg.DefaultTimeout),
-			breakerInterceptor(cfg.Caller, cfg.Name, cb, m, shared),
+			breakerInterceptor(cfg.Caller, cfg.Name, cb, m, shared, cfg.Overload),
 		),
 	}, opts...)
 	all = append(all, clientTracing(cfg.Tracer)...)

@@ -31,3 +31,8 @@ func RunQueueWindow(target, share float64, samples []float64, at []int64) []bool
 	}
 	return out
 }
+
+// Limit is server's current concurrency limit gauge.
+func (m *Metrics) Limit(server string) prometheus.Gauge {
+	return m.limit.WithLabelValues(server)
+}

@@ -49,7 +49,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"caller", "method"}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "trellis_server_refused_total",
-			Help: "Calls a server refused before its handler ran, by method and reason (deadline: too short for what the method usually takes; overload: no slot under --shed).",
+			Help: "Calls a server refused before its handler ran, by method and reason (deadline: too short for what the method usually takes; overload: no slot under --shed while short of CPU; upstream_overload: no slot while an upstream sheds).",
 		}, []string{"method", "reason"}),
 	}
 	m.admitted = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "trellis_server_admitted_total",

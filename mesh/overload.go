@@ -7,6 +7,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/failsafe-go/failsafe-go/adaptivelimiter"
@@ -25,7 +26,7 @@ type ShedConfig struct {
 	// Enabled turns shedding on.
 	Enabled bool
 	// MinLimit and MaxLimit bound the concurrency limit the limiter
-	// adapts; it starts at MinLimit*2.
+	// adapts; it starts at MinLimit*2 (at most MaxLimit).
 	MinLimit, MaxLimit uint
 	// MaxWait is how long a call may queue for a slot before it is
 	// refused; 0 (the default) refuses at once.
@@ -40,6 +41,41 @@ type ShedConfig struct {
 	RunQueue float64
 	// Saturated, when set, replaces the scheduler signal (tests).
 	Saturated func() bool
+	// Upstream, when set, is the process's record of its upstreams'
+	// overload refusals (ClientConfig.Overload): while one of them sheds,
+	// calls over this limit are refused as if the process were short of
+	// CPU itself (reason "upstream_overload").
+	Upstream *UpstreamOverload
+}
+
+// UpstreamOverload remembers, for a second, that an upstream refused a
+// call for overload — an answer RESOURCE_EXHAUSTED with
+// grpc-retry-pushback-ms, which only a mesh server's admission sends.
+// One per process: the mesh clients mark it (ClientConfig.Overload) and
+// the process's limiters read it (ShedConfig.Upstream).
+//
+// It carries the CPU signal down a chain whose processes share CPUs with
+// each other. A component that is short of CPU sheds; its callers, whose
+// own CPU signal reads "starved by neighbours" (they share the CPUs with
+// it, and with the database), would otherwise go on admitting every call
+// over their limits and pass the flood down, where it queues in
+// connections and handlers before it is refused. With it the edge sheds
+// too: early, before a hop, and its limit bounds the calls in flight in
+// the whole chain. A slow upstream is still not overload: only an
+// upstream that refuses for lack of CPU sets it.
+type UpstreamOverload struct {
+	until atomic.Int64 // unix ns
+}
+
+// Mark records an overload refusal now.
+func (u *UpstreamOverload) Mark() {
+	u.until.Store(time.Now().UnixNano() + int64(schedHold))
+}
+
+// Recent reports whether an upstream refused for overload in the last
+// second; false for nil.
+func (u *UpstreamOverload) Recent() bool {
+	return u != nil && time.Now().UnixNano() < u.until.Load()
 }
 
 // Defaults of the shedding flags.
@@ -127,7 +163,7 @@ func exportShedMetrics(m *Metrics, name string) {
 // consulted: a Limiter always limits).
 func NewLimiter(cfg ShedConfig, name string, m *Metrics) *Limiter {
 	lim := adaptivelimiter.NewBuilder[any]().
-		WithLimits(cfg.MinLimit, cfg.MaxLimit, 2*cfg.MinLimit).
+		WithLimits(cfg.MinLimit, cfg.MaxLimit, min(2*cfg.MinLimit, cfg.MaxLimit)).
 		WithQueueing(2, 3). // a queue up to twice the limit, refusals growing towards three times
 		WithMaxWaitTime(cfg.MaxWait).
 		Build()
@@ -147,7 +183,8 @@ func NewLimiter(cfg ShedConfig, name string, m *Metrics) *Limiter {
 }
 
 // Admit admits a call within the limit at once, and one over it at once
-// while the process is not short of CPU. Otherwise it is refused at once,
+// while the process is not short of CPU and no upstream of it is shedding
+// (cfg.Upstream). Otherwise it is refused at once,
 // or, with MaxWait set, after waiting up to MaxWait for a slot. Admitted,
 // it returns the function that frees the slot; refused, the retry delay to
 // tell the caller (jittered), counted as refused for route — unless ctx
@@ -157,11 +194,15 @@ func (l *Limiter) Admit(ctx context.Context, route string) (release func(), retr
 	if permit, ok := l.lim.TryAcquirePermit(); ok {
 		return l.admit(permit), 0, true
 	}
+	reason := "overload"
 	if !l.saturated() {
-		l.overLimit.Inc()
-		l.admitted.Inc()
-		l.observe()
-		return func() {}, 0, true
+		if !l.cfg.Upstream.Recent() {
+			l.overLimit.Inc()
+			l.admitted.Inc()
+			l.observe()
+			return func() {}, 0, true
+		}
+		reason = "upstream_overload"
 	}
 	if l.cfg.MaxWait > 0 { // else refused at once: no timer, no queue
 		start := time.Now()
@@ -176,7 +217,7 @@ func (l *Limiter) Admit(ctx context.Context, route string) (release func(), retr
 		}
 	}
 	l.observe()
-	l.m.refused.WithLabelValues(route, "overload").Inc()
+	l.m.refused.WithLabelValues(route, reason).Inc()
 	return nil, l.cfg.Pushback/2 + rand.N(l.cfg.Pushback+1), false
 }
 
@@ -195,6 +236,10 @@ func (l *Limiter) observe() {
 		l.m.runQueue.Set(l.sched.RunQueue())
 	}
 }
+
+// pushbackKey is the trailer of a refusal that tells gRPC's retry when to
+// try again (gRFC A6); only admission sets it.
+const pushbackKey = "grpc-retry-pushback-ms"
 
 // overloaded is the refusal's message; the details say when to retry.
 const overloaded = "the server is overloaded: retry after the delay in RetryInfo (grpc-retry-pushback-ms)"
@@ -215,7 +260,7 @@ func admission(l *Limiter, registered serviceTimes) grpc.UnaryServerInterceptor 
 			if ctx.Err() != nil {
 				return nil, status.FromContextError(ctx.Err()).Err()
 			}
-			_ = grpc.SetTrailer(ctx, metadata.Pairs("grpc-retry-pushback-ms", strconv.FormatInt(delay.Milliseconds(), 10)))
+			_ = grpc.SetTrailer(ctx, metadata.Pairs(pushbackKey, strconv.FormatInt(delay.Milliseconds(), 10)))
 			st, _ := status.New(codes.ResourceExhausted, overloaded).WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(delay)})
 			return nil, st.Err()
 		}

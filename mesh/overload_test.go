@@ -17,6 +17,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	userv1 "github.com/trellis-mesh/trellis/gen/trellis/user/v1"
 	"github.com/trellis-mesh/trellis/internal/testenv"
@@ -255,5 +256,113 @@ func TestRunQueueWindow(t *testing.T) {
 	got = mesh.RunQueueWindow(1, 1, hold, holdAt)
 	if !got[58] || got[59] {
 		t.Errorf("hold: %v, want saturated until a second after the busy window closed", got[50:])
+	}
+}
+
+// TestUpstreamSheddingIsOverloadForItsCallers: an upstream that refuses
+// for overload (a real shedding server, limit 2, short of CPU) marks its
+// caller's record through the mesh client; while it is marked, a limiter
+// of the caller with CPU to spare refuses calls over its limit (reason
+// upstream_overload) instead of admitting them. RESOURCE_EXHAUSTED that
+// is not a shedding server's — a handler's (a rate limit, with RetryInfo)
+// — marks nothing, and an unmarked record admits over the limit as before.
+func TestUpstreamSheddingIsOverloadForItsCallers(t *testing.T) {
+	t.Parallel()
+	create := &userv1.CreateUserRequest{Email: "a@example.com", Name: "A", Password: "correct-horse"}
+	// calls sends 16 writes at once (writes: the mesh does not retry them)
+	// through a mesh client marking overload, and counts the refusals.
+	calls := func(t *testing.T, shed bool, handler func() error, overload *mesh.UpstreamOverload) (refused int32) {
+		fake := &fakeUsers{createUser: func(context.Context, *userv1.CreateUserRequest) (*userv1.CreateUserResponse, error) {
+			if err := handler(); err != nil {
+				return nil, err
+			}
+			return &userv1.CreateUserResponse{User: okUser.User}, nil
+		}}
+		addr, _, _ := serve(t, fake, mesh.ServerConfig{Name: "user", Shed: mesh.ShedConfig{Enabled: shed, MinLimit: 2, MaxLimit: 2,
+			Pushback: 100 * time.Millisecond, RunQueue: mesh.DefaultShedRunQueue, Saturated: func() bool { return true }}})
+		c := dialMesh(t, addr, mesh.ClientConfig{Overload: overload})
+		var n atomic.Int32
+		var wg sync.WaitGroup
+		for range 16 {
+			wg.Go(func() {
+				if _, err := c.CreateUser(context.Background(), create); status.Code(err) == codes.ResourceExhausted {
+					n.Add(1)
+				}
+			})
+		}
+		wg.Wait()
+		return n.Load()
+	}
+	slow := func() error { time.Sleep(100 * time.Millisecond); return nil }
+
+	// Not overload: a handler's own RESOURCE_EXHAUSTED (with RetryInfo,
+	// as the sign-in limit sends it).
+	other := new(mesh.UpstreamOverload)
+	limited := func() error {
+		st, _ := status.New(codes.ResourceExhausted, "too many failed sign-ins").WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(time.Second)})
+		return st.Err()
+	}
+	if n := calls(t, false, limited, other); n != 16 || other.Recent() {
+		t.Errorf("a handler's RESOURCE_EXHAUSTED: %d of 16 refused, marked %v; want 16 and not marked", n, other.Recent())
+	}
+
+	// Overload: the shedding server refuses most of the burst.
+	overload := new(mesh.UpstreamOverload)
+	if n := calls(t, true, slow, overload); n < 8 || !overload.Recent() {
+		t.Fatalf("a shedding upstream: %d of 16 refused, marked %v; want most refused and marked", n, overload.Recent())
+	}
+
+	// The caller's limiter: 8 calls over a limit of 2, CPU to spare.
+	admitOver := func(rec *mesh.UpstreamOverload) (admitted, refused int, m *mesh.Metrics) {
+		m, _ = testenv.Metrics()
+		l := mesh.NewLimiter(mesh.ShedConfig{Enabled: true, MinLimit: 2, MaxLimit: 2, Pushback: 100 * time.Millisecond,
+			RunQueue: mesh.DefaultShedRunQueue, Saturated: func() bool { return false }, Upstream: rec}, "gateway", m)
+		for range 8 {
+			if _, _, ok := l.Admit(context.Background(), "gateway:POST"); ok {
+				admitted++
+			} else {
+				refused++
+			}
+		}
+		return admitted, refused, m
+	}
+	admitted, refused, m := admitOver(overload)
+	if admitted > 4 || refused < 4 || testutil.ToFloat64(m.Refused("gateway:POST", "upstream_overload")) != float64(refused) {
+		t.Errorf("an upstream shedding: %d admitted, %d refused (%v counted as upstream_overload); want the calls over the limit refused and counted",
+			admitted, refused, testutil.ToFloat64(m.Refused("gateway:POST", "upstream_overload")))
+	}
+	if admitted, refused, _ := admitOver(other); admitted != 8 || refused != 0 {
+		t.Errorf("no upstream shedding: %d admitted, %d refused; want all 8 admitted", admitted, refused)
+	}
+	if admitted, refused, _ := admitOver(nil); admitted != 8 || refused != 0 {
+		t.Errorf("no record: %d admitted, %d refused; want all 8 admitted", admitted, refused)
+	}
+}
+
+// TestEveryValidLimitRangeStarts: every --shed-min-limit and
+// --shed-max-limit that Validate accepts builds a limiter (the initial
+// limit, twice the minimum, used to be out of range — a panic at start —
+// when the maximum was under it, e.g. 200 and 256), starting within range.
+func TestEveryValidLimitRangeStarts(t *testing.T) {
+	t.Parallel()
+	for _, r := range [][2]uint{{1, 1}, {2, 2}, {32, 32}, {32, 63}, {32, 64}, {200, 256}, {1, 1 << 20}} {
+		cfg := mesh.ShedConfig{Enabled: true, MinLimit: r[0], MaxLimit: r[1], Pushback: time.Second, RunQueue: 1}
+		if err := cfg.Validate(); err != nil {
+			t.Fatalf("%v: %v", r, err)
+		}
+		m, _ := testenv.Metrics()
+		var limit float64
+		func() {
+			defer func() {
+				if p := recover(); p != nil {
+					t.Errorf("limits %d–%d: %v", r[0], r[1], p)
+				}
+			}()
+			mesh.NewLimiter(cfg, "user", m)
+			limit = testutil.ToFloat64(m.Limit("user"))
+		}()
+		if limit < float64(r[0]) || limit > float64(r[1]) {
+			t.Errorf("limits %d–%d: starts at %v", r[0], r[1], limit)
+		}
 	}
 }

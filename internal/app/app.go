@@ -85,6 +85,9 @@ func New(ctx context.Context, cfg Config, log *slog.Logger) (_ *App, err error) 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	a := &App{cfg: cfg, log: log, reg: reg, metrics: mesh.NewMetrics(reg), addrs: map[string]string{}}
+	// One record of the upstreams' overload refusals per process: the
+	// mesh clients mark it, every limiter of the process reads it.
+	a.cfg.Server.Shed.Upstream = new(mesh.UpstreamOverload)
 	defer func() {
 		if err != nil {
 			a.close()
@@ -161,6 +164,7 @@ func (a *App) dial(caller, name, target string, shared mesh.SharedBreakerState, 
 	conn, err := mesh.Dial(mesh.ClientConfig{
 		Name: name, Caller: caller, Target: target, Services: services, Shared: shared, Tracer: a.tp, Credentials: creds,
 		DefaultTimeout: a.cfg.Upstream.Timeout, Breaker: a.cfg.Upstream.Breaker, Outlier: a.cfg.Upstream.Outlier,
+		Overload: a.cfg.Server.Shed.Upstream,
 	}, a.log.With("upstream", name), a.metrics)
 	if err != nil {
 		return nil, err
