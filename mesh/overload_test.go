@@ -366,3 +366,53 @@ func TestEveryValidLimitRangeStarts(t *testing.T) {
 		}
 	}
 }
+
+// TestLatencyTargetBoundsWorkInFlight: with the process short of CPU,
+// calls that take 100 ms — more than the 40 ms target — are held to the
+// minimum limit (8; the adaptive limit starts at 16), since what completes
+// in 40 ms is under one; calls that take 5 ms are held only by the
+// adaptive limit (16); with CPU to spare nothing is held. 48 callers, each
+// retrying a refusal after 1 ms, for 600 ms.
+func TestLatencyTargetBoundsWorkInFlight(t *testing.T) {
+	t.Parallel()
+	peak := func(work time.Duration, short bool) (peak int32) {
+		m, _ := testenv.Metrics()
+		l := mesh.NewLimiter(mesh.ShedConfig{Enabled: true, MinLimit: 8, MaxLimit: 200, Pushback: time.Second, RunQueue: 1,
+			LatencyTarget: 40 * time.Millisecond, Saturated: func() bool { return short }}, "user", m)
+		var running, top atomic.Int32
+		start := time.Now()
+		var wg sync.WaitGroup
+		for range 48 {
+			wg.Go(func() {
+				for time.Since(start) < 600*time.Millisecond {
+					release, _, ok := l.Admit(context.Background(), "m")
+					if !ok {
+						time.Sleep(time.Millisecond)
+						continue
+					}
+					n := running.Add(1)
+					if time.Since(start) > 300*time.Millisecond { // after the first completions
+						for cur := top.Load(); n > cur && !top.CompareAndSwap(cur, n); cur = top.Load() {
+						}
+					}
+					time.Sleep(work)
+					running.Add(-1)
+					release()
+				}
+			})
+		}
+		wg.Wait()
+		return top.Load()
+	}
+	// The cap is read, not reserved: calls arriving together may pass it
+	// together, a few over.
+	if p := peak(100*time.Millisecond, true); p > 12 {
+		t.Errorf("100 ms calls, short of CPU: %d in flight; want about 8 (at most 12; the limit alone allows 16)", p)
+	}
+	if p := peak(5*time.Millisecond, true); p < 14 {
+		t.Errorf("5 ms calls, short of CPU: at most %d in flight; want the limit's 16, not the target holding them", p)
+	}
+	if p := peak(100*time.Millisecond, false); p < 40 {
+		t.Errorf("100 ms calls, CPU to spare: at most %d in flight; want nothing held (≥ 40)", p)
+	}
+}

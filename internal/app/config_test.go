@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/trellis-mesh/trellis/internal/app"
+	"github.com/trellis-mesh/trellis/mesh"
 )
 
 // TestValidate: each component validates its own settings and the process
@@ -40,6 +41,7 @@ func TestValidate(t *testing.T) {
 		{"shedding CPU signal NaN", func(c *app.Config) { c.Server.Shed.RunQueue = math.NaN() }, "--shed-run-queue"},
 		{"shedding CPU signal infinite", func(c *app.Config) { c.Server.Shed.RunQueue = math.Inf(1) }, "--shed-run-queue"},
 		{"shedding CPU signal off", func(c *app.Config) { c.Server.Shed.RunQueue = 0 }, ""},
+		{"shedding latency target", func(c *app.Config) { c.Server.Shed.LatencyTarget = -time.Millisecond }, "--shed-latency-target"},
 		{"shedding limits crossed", func(c *app.Config) { c.Server.Shed.MinLimit, c.Server.Shed.MaxLimit = 64, 32 }, "--shed-min-limit"},
 		{"breaker (upstream)", func(c *app.Config) { c.Upstream.Breaker.Timeout = 0 }, "--breaker-timeout"},
 		{"outlier ejection (upstream)", func(c *app.Config) { c.Upstream.Outlier.FailurePercent = 101 }, "--outlier-failure-percent"},
@@ -107,7 +109,7 @@ func TestPingIntervalFlagRefusesMalformedValues(t *testing.T) {
 func TestSheddingIsOnByDefault(t *testing.T) {
 	t.Parallel()
 	c := app.Defaults()
-	if !c.Server.Shed.Enabled || !c.Gateway.Shed || c.Server.Shed.RunQueue <= 0 || c.Server.Shed.MaxWait != 0 {
+	if !c.Server.Shed.Enabled || !c.Gateway.Shed || c.Server.Shed.RunQueue <= 0 || c.Server.Shed.MaxWait != 0 || c.Server.Shed.LatencyTarget != mesh.DefaultShedLatencyTarget {
 		t.Errorf("shedding defaults %+v, gateway %v: want on, with the CPU signal and refusals at once (no queue)", c.Server.Shed, c.Gateway.Shed)
 	}
 }
