@@ -237,40 +237,32 @@ func NewLimiter(cfg ShedConfig, name string, m *Metrics) *Limiter {
 }
 
 // Admit admits a call within the limit at once, and one over it at once
-// while the process is not short of CPU and no upstream of it is shedding
-// (cfg.Upstream). Short of CPU (or an upstream shedding), a call is also
-// refused, within the limit or not, while the calls in flight are more
-// than the server completes in cfg.LatencyTarget. Otherwise it is refused at once,
-// or, with MaxWait set, after waiting up to MaxWait for a slot. Admitted,
-// it returns the function that frees the slot; refused, the retry delay to
-// tell the caller (jittered), counted as refused for route — unless ctx
-// ended while waiting (then ok is false, the retry delay 0 and nothing is
-// counted: the caller left, the server did not refuse).
+// while the process is not short of CPU and no upstream of it sheds
+// (cfg.Upstream). While either is the case, a call over the limit is
+// refused — and so is one within it while the calls in flight exceed what
+// the server completes in cfg.LatencyTarget — at once, or, with MaxWait
+// set, after waiting up to MaxWait for a slot. Admitted, it returns the
+// function that frees the slot; refused, the retry delay to tell the
+// caller (jittered), counted as refused for route — unless ctx ended while
+// waiting (then ok is false, the retry delay 0 and nothing is counted: the
+// caller left, the server did not refuse).
 func (l *Limiter) Admit(ctx context.Context, route string) (release func(), retry time.Duration, ok bool) {
-	reason := "overload"
-	if t := l.cfg.LatencyTarget; t > 0 {
-		now := time.Now().UnixNano()
-		if float64(l.running.Load()) >= max(float64(l.cfg.MinLimit), l.done.perSecond(now)*t.Seconds()) {
-			if l.saturated() {
-				return l.refuse(route, reason)
-			}
-			if l.cfg.Upstream.Recent() {
-				return l.refuse(route, "upstream_overload")
-			}
+	if t := l.cfg.LatencyTarget; t > 0 &&
+		float64(l.running.Load()) >= max(float64(l.cfg.MinLimit), l.done.perSecond(time.Now().UnixNano())*t.Seconds()) {
+		if reason := l.short(); reason != "" {
+			return l.refuse(route, reason)
 		}
 	}
 	if permit, ok := l.lim.TryAcquirePermit(); ok {
 		return l.admit(permit), 0, true
 	}
-	if !l.saturated() {
-		if !l.cfg.Upstream.Recent() {
-			l.overLimit.Inc()
-			l.admitted.Inc()
-			l.running.Add(1)
-			l.observe()
-			return l.release, 0, true
-		}
-		reason = "upstream_overload"
+	reason := l.short()
+	if reason == "" {
+		l.overLimit.Inc()
+		l.admitted.Inc()
+		l.running.Add(1)
+		l.observe()
+		return l.release, 0, true
 	}
 	if l.cfg.MaxWait > 0 { // else refused at once: no timer, no queue
 		start := time.Now()
@@ -285,6 +277,19 @@ func (l *Limiter) Admit(ctx context.Context, route string) (release func(), retr
 		}
 	}
 	return l.refuse(route, reason)
+}
+
+// short says why calls past the limit are refused now — the process is
+// short of CPU ("overload") or an upstream sheds ("upstream_overload") —
+// or "" when they are admitted.
+func (l *Limiter) short() string {
+	switch {
+	case l.saturated():
+		return "overload"
+	case l.cfg.Upstream.Recent():
+		return "upstream_overload"
+	}
+	return ""
 }
 
 func (l *Limiter) refuse(route, reason string) (func(), time.Duration, bool) {
