@@ -247,8 +247,9 @@ func NewLimiter(cfg ShedConfig, name string, m *Metrics) *Limiter {
 // waiting (then ok is false, the retry delay 0 and nothing is counted: the
 // caller left, the server did not refuse).
 func (l *Limiter) Admit(ctx context.Context, route string) (release func(), retry time.Duration, ok bool) {
-	if t := l.cfg.LatencyTarget; t > 0 &&
-		float64(l.running.Load()) >= max(float64(l.cfg.MinLimit), l.done.perSecond(time.Now().UnixNano())*t.Seconds()) {
+	// The cap is never under MinLimit: below it, no clock and no lock.
+	if t, n := l.cfg.LatencyTarget, float64(l.running.Load()); t > 0 && n >= float64(l.cfg.MinLimit) &&
+		n >= l.done.perSecond(time.Now().UnixNano())*t.Seconds() {
 		if reason := l.short(); reason != "" {
 			return l.refuse(route, reason)
 		}

@@ -77,13 +77,36 @@ func TestPingIntervalFlagRefusesMalformedValues(t *testing.T) {
 	if c := app.Defaults(); c.Events.PingInterval != 2*time.Second {
 		t.Fatalf("default ping interval %v, want 2s", c.Events.PingInterval)
 	}
+	refusesMalformedDurations(t, "nats-ping-interval", "TRELLIS_NATS_PING_INTERVAL")
+}
+
+// TestLatencyTargetFlagRefusesMalformedValues: the same for
+// --shed-latency-target; 0s (off) is accepted, a negative one is
+// TestValidate's.
+func TestLatencyTargetFlagRefusesMalformedValues(t *testing.T) {
+	t.Parallel()
+	refusesMalformedDurations(t, "shed-latency-target", "TRELLIS_SHED_LATENCY_TARGET")
+	var c app.Config
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	c.RegisterFlags(fs)
+	if err := app.ParseFlags(fs, []string{"--shed-latency-target", "0s"}, func(string) string { return "" }); err != nil || c.Server.Shed.LatencyTarget != 0 {
+		t.Errorf("--shed-latency-target 0s: %v, target %v; want accepted, off", err, c.Server.Shed.LatencyTarget)
+	}
+}
+
+// refusesMalformedDurations: the duration flag name and its environment
+// variable env accept only Go durations; anything else is an error naming
+// the flag or the variable.
+func refusesMalformedDurations(t *testing.T, name, env string) {
+	t.Helper()
 	for _, v := range []string{"", "abc", "2", "2 s", "-", "1e9", "9999999999h", "2s\x00", strings.Repeat("9", 4096) + "s"} {
 		var c app.Config
 		fs := flag.NewFlagSet("run", flag.ContinueOnError)
 		fs.SetOutput(io.Discard)
 		c.RegisterFlags(fs)
-		if err := app.ParseFlags(fs, []string{"--nats-ping-interval", v}, func(string) string { return "" }); err == nil {
-			t.Errorf("--nats-ping-interval %q: accepted", v)
+		if err := app.ParseFlags(fs, []string{"--" + name, v}, func(string) string { return "" }); err == nil {
+			t.Errorf("--%s %q: accepted", name, v)
 		}
 		if v == "" {
 			continue // an empty variable means "not set"
@@ -92,14 +115,14 @@ func TestPingIntervalFlagRefusesMalformedValues(t *testing.T) {
 		fs = flag.NewFlagSet("run", flag.ContinueOnError)
 		fs.SetOutput(io.Discard)
 		e.RegisterFlags(fs)
-		err := app.ParseFlags(fs, nil, func(name string) string {
-			if name == "TRELLIS_NATS_PING_INTERVAL" {
+		err := app.ParseFlags(fs, nil, func(key string) string {
+			if key == env {
 				return v
 			}
 			return ""
 		})
-		if err == nil || !strings.Contains(err.Error(), "TRELLIS_NATS_PING_INTERVAL") {
-			t.Errorf("TRELLIS_NATS_PING_INTERVAL=%q: %v, want an error naming the variable", v, err)
+		if err == nil || !strings.Contains(err.Error(), env) {
+			t.Errorf("%s=%q: %v, want an error naming the variable", env, v, err)
 		}
 	}
 }
