@@ -247,8 +247,11 @@ func NewLimiter(cfg ShedConfig, name string, m *Metrics) *Limiter {
 // waiting (then ok is false, the retry delay 0 and nothing is counted: the
 // caller left, the server did not refuse).
 func (l *Limiter) Admit(ctx context.Context, route string) (release func(), retry time.Duration, ok bool) {
+	// The call's slot in running is taken first and given back on
+	// refusal, so calls arriving together cannot pass the cap together.
 	// The cap is never under MinLimit: below it, no clock and no lock.
-	if t, n := l.cfg.LatencyTarget, float64(l.running.Load()); t > 0 && n >= float64(l.cfg.MinLimit) &&
+	n := float64(l.running.Add(1) - 1)
+	if t := l.cfg.LatencyTarget; t > 0 && n >= float64(l.cfg.MinLimit) &&
 		n >= l.done.perSecond(time.Now().UnixNano())*t.Seconds() {
 		if reason := l.short(); reason != "" {
 			return l.refuse(route, reason)
@@ -261,7 +264,6 @@ func (l *Limiter) Admit(ctx context.Context, route string) (release func(), retr
 	if reason == "" {
 		l.overLimit.Inc()
 		l.admitted.Inc()
-		l.running.Add(1)
 		l.observe()
 		return l.release, 0, true
 	}
@@ -273,6 +275,7 @@ func (l *Limiter) Admit(ctx context.Context, route string) (release func(), retr
 			return l.admit(permit), 0, true
 		}
 		if ctx.Err() != nil {
+			l.running.Add(-1)
 			l.observe()
 			return nil, 0, false
 		}
@@ -294,6 +297,7 @@ func (l *Limiter) short() string {
 }
 
 func (l *Limiter) refuse(route, reason string) (func(), time.Duration, bool) {
+	l.running.Add(-1)
 	l.observe()
 	l.m.refused.WithLabelValues(route, reason).Inc()
 	return nil, l.cfg.Pushback/2 + rand.N(l.cfg.Pushback+1), false
@@ -301,7 +305,6 @@ func (l *Limiter) refuse(route, reason string) (func(), time.Duration, bool) {
 
 func (l *Limiter) admit(permit adaptivelimiter.Permit) func() {
 	l.admitted.Inc()
-	l.running.Add(1)
 	l.observe()
 	return func() { permit.Record(); l.release() }
 }
