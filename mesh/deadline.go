@@ -38,37 +38,64 @@ func defaultDeadline(d time.Duration) grpc.UnaryClientInterceptor {
 // taken on the call path.
 type serviceTimes map[string]*serviceTime
 
-// serviceTime is an exponentially weighted mean of a method's last calls'
-// durations (about the last 20 weigh in).
+// serviceTime is an exponentially weighted mean of the durations of a
+// method's last completed calls (about the last 20 weigh in).
+//
+// It must not latch. Refused calls are not measured, so an estimate that
+// refuses every call would never be corrected: a replica stopped for 10 s
+// (SIGSTOP, a VM pause, a stuck disk) finished its stalled calls at ~10 s
+// each, read "usually takes 2 s", and then refused every call with a
+// deadline under a second, for good (the cluster chaos suite's 504s). So:
+// a call that ended because its own deadline passed or its caller gave up
+// measures the caller, not the method, and is not observed; one sample
+// weighs in at most maxSampleRatio times the estimate, so a single slow
+// call cannot make the method look slow; and an estimate no completed call
+// has confirmed for estimateTTL is dropped, the next minSamples calls run
+// and make a new one.
 type serviceTime struct {
 	mean    atomic.Int64 // nanoseconds
 	samples atomic.Int64
+	last    atomic.Int64 // unix ns of the last observed call
 }
 
-func (st *serviceTime) observe(d time.Duration) {
+// Bounds of a method's estimate (serviceTime).
+const (
+	// minSamples is how many calls a method needs before its estimate is used.
+	minSamples = 20
+	// maxSampleRatio caps one sample at this many times the estimate.
+	maxSampleRatio = 4
+	// estimateTTL: an estimate no call has confirmed for this long is dropped.
+	estimateTTL = time.Second
+)
+
+func (st *serviceTime) observe(d time.Duration, now time.Time) {
+	st.last.Store(now.UnixNano())
 	if st.samples.Add(1) == 1 {
 		st.mean.Store(int64(d))
 		return
 	}
 	for {
 		old := st.mean.Load()
-		if st.mean.CompareAndSwap(old, old+(int64(d)-old)/10) {
+		sample := min(int64(d), maxSampleRatio*old)
+		if st.mean.CompareAndSwap(old, old+(sample-old)/10) {
 			return
 		}
 	}
 }
 
 // needs is the time the method can be expected to take; false until it
-// has been seen often enough to say.
-func (st *serviceTime) needs() (time.Duration, bool) {
+// has been seen often enough to say, and again once no call has confirmed
+// it for estimateTTL.
+func (st *serviceTime) needs(now time.Time) (time.Duration, bool) {
 	if st.samples.Load() < minSamples {
+		return 0, false
+	}
+	if now.UnixNano()-st.last.Load() > int64(estimateTTL) {
+		st.samples.Store(0) // the next call starts a new estimate
 		return 0, false
 	}
 	return time.Duration(st.mean.Load()), true
 }
-
-// minSamples is how many calls a method needs before its estimate is used.
-const minSamples = 20
 
 // deadlines bounds every call's work, then refuses the hopeless ones.
 // Bound: no deadline, or one further away than max, becomes max, so a
@@ -96,14 +123,17 @@ func deadlines(max time.Duration, times serviceTimes, m *Metrics) grpc.UnaryServ
 		if st == nil {
 			return handler(ctx, req)
 		}
-		if need, ok := st.needs(); ok && time.Until(dl) < need/2 {
+		start := time.Now()
+		if need, ok := st.needs(start); ok && dl.Sub(start) < need/2 {
 			m.refused.WithLabelValues(info.FullMethod, "deadline").Inc()
 			return nil, status.Errorf(codes.DeadlineExceeded, "refused: %s usually takes %s and the call's deadline is %s away",
-				info.FullMethod, need.Round(time.Microsecond), time.Until(dl).Round(time.Microsecond))
+				info.FullMethod, need.Round(time.Microsecond), dl.Sub(start).Round(time.Microsecond))
 		}
-		start := time.Now()
 		resp, err := handler(ctx, req)
-		st.observe(time.Since(start))
+		if ctx.Err() == nil { // else it measured its deadline, not the method
+			end := time.Now()
+			st.observe(end.Sub(start), end)
+		}
 		return resp, err
 	}
 }

@@ -36,3 +36,7 @@ func RunQueueWindow(target, share float64, samples []float64, at []int64) []bool
 func (m *Metrics) Limit(server string) prometheus.Gauge {
 	return m.limit.WithLabelValues(server)
 }
+
+// EstimateTTL: a method's duration estimate no completed call confirmed
+// for this long is dropped (deadline.go).
+const EstimateTTL = estimateTTL
