@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"os"
@@ -128,11 +129,7 @@ func runCmd(args []string, stderr io.Writer) int {
 	log = log.With("version", buildVersion())
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	// The Go heap agrees with the container: GOMEMLIMIT at 90% of the
-	// cgroup's memory limit (automemlimit), so the collector works harder
-	// before the kernel kills the process. A GOMEMLIMIT in the environment
-	// wins; no limit (a laptop) leaves it unlimited.
-	_, _ = memlimit.Set(memlimit.WithRatio(0.9), memlimit.WithLogger(log))
+	setMemoryLimit(log)
 	// go-redis logs (a failed dial while Redis is away) through one
 	// process-wide logger: into ours, as structured warnings, at most one
 	// a second.
@@ -305,4 +302,22 @@ func buildVersion() string {
 		}
 	}
 	return "dev"
+}
+
+// setMemoryLimit makes the Go heap agree with the container: GOMEMLIMIT at
+// 90% of the cgroup's memory limit (automemlimit), so the collector works
+// harder before the kernel kills the process. A GOMEMLIMIT in the
+// environment wins; no limit (a laptop) leaves it unlimited. A limit that
+// cannot be read — cgroup v1 listed in /proc/self/cgroup but not mounted,
+// as in many sandboxes — is not a fault of the process: one INFO line, not
+// the library's own ERROR at every start (which alerting on ERROR lines
+// would page on).
+func setMemoryLimit(log *slog.Logger, opts ...memlimit.Option) {
+	limit, err := memlimit.Set(append([]memlimit.Option{memlimit.WithRatio(0.9)}, opts...)...)
+	switch {
+	case err != nil:
+		log.Info("GOMEMLIMIT left as it was: no memory limit could be read from the cgroup", "reason", err.Error())
+	case limit > 0 && limit < math.MaxInt64:
+		log.Info("GOMEMLIMIT", "bytes", limit)
+	}
 }
