@@ -485,6 +485,38 @@ func leaderFault(t *testing.T, name, what string, bound, hold time.Duration, fau
 	report(t, name, sum, fails...)
 }
 
+// untouchedPath checks the ledger of a scenario whose fault must not touch
+// the request path (JetStream without quorum: the outbox holds the events;
+// Redis away: each replica keeps its own breaker), run without client
+// retries: no request may fail for the fault, which would show as 503 or
+// 500 — not one. A 504 is a call that outlived the suite's 1 s upstream
+// timeout, and on this machine a few do whatever the fault: the cluster
+// (three JetStream nodes with TLS, five Trellis processes, PostgreSQL, the
+// load, on two cores) keeps the CPUs ~75 % busy at clusterRate, and a
+// JetStream node catching up after a restart takes them to 100 % for
+// seconds (vmstat: run queue 19–34, idle 0; 6–22 requests answered 504 in
+// four runs of the quorum scenario, in its first seconds or just after the
+// restart, none while the quorum was gone). So 504s are allowed up to 1 %
+// of the requests and counted in the report; more is a failure. Until
+// 2026-12-05 a latched deadline estimate (docs/resilience.md) made such
+// slow moments last the rest of a run: those runs failed 36 to 218
+// requests, mostly 503s.
+func untouchedPath(sum summary) string {
+	var other []string
+	for code, n := range sum.failed {
+		if code != http.StatusGatewayTimeout {
+			other = append(other, fmt.Sprintf("%d×%d", n, code))
+		}
+	}
+	switch {
+	case len(other) > 0:
+		return "failed: " + strings.Join(other, ", ")
+	case sum.failed[http.StatusGatewayTimeout]*100 > sum.sent:
+		return fmt.Sprintf("%d of %d answered 504 (allowed: 1 %%, a machine busy for a moment)", sum.failed[http.StatusGatewayTimeout], sum.sent)
+	}
+	return ""
+}
+
 // TestClusterStreamLeaderKilled: the leader SIGKILLed, restarted 5 s after
 // writes resume.
 func TestClusterStreamLeaderKilled(t *testing.T) {
@@ -532,8 +564,8 @@ func TestClusterQuorumLost(t *testing.T) {
 		fails = append(fails, "outbox not drained after the quorum returned")
 	}
 	sum := l.ledger(c.s)
-	if len(sum.failed) > 0 {
-		fails = append(fails, "RPCs failed while JetStream had no quorum (they must not: the outbox holds the events)")
+	if f := untouchedPath(sum); f != "" {
+		fails = append(fails, "RPCs failed while JetStream had no quorum (they must not: the outbox holds the events): "+f)
 	}
 	if backlog < 100 {
 		fails = append(fails, fmt.Sprintf("outbox backlog without quorum was %v; want it to grow", backlog))
@@ -697,8 +729,8 @@ func TestClusterRedisPartitioned(t *testing.T) {
 	l.finish()
 	sum := l.ledger(c.s)
 	var fails []string
-	if len(sum.failed) > 0 {
-		fails = append(fails, "requests failed while Redis was unreachable")
+	if f := untouchedPath(sum); f != "" {
+		fails = append(fails, "requests failed while Redis was unreachable: "+f)
 	}
 	sum.notes = "redis blackholed 10s"
 	report(t, "cluster-partition-redis", sum, fails...)
