@@ -42,10 +42,11 @@ type serviceTimes map[string]*serviceTime
 // method's last completed calls (about the last 20 weigh in).
 //
 // It must not latch. Refused calls are not measured, so an estimate that
-// refuses every call would never be corrected: a replica stopped for 10 s
-// (SIGSTOP, a VM pause, a stuck disk) finished its stalled calls at ~10 s
-// each, read "usually takes 2 s", and then refused every call with a
-// deadline under a second, for good (the cluster chaos suite's 504s). So:
+// refuses every call would never be corrected: in the cluster chaos suite
+// a user replica whose calls stalled for ~10 s read "GetUser usually
+// takes 2 s" and then refused every call with a deadline under a second
+// for the rest of the run (so would one stopped by SIGSTOP, a VM pause or
+// a stuck disk). So:
 // a call that ended because its own deadline passed or its caller gave up
 // measures the caller, not the method, and is not observed; one sample
 // weighs in at most maxSampleRatio times the estimate, so a single slow
@@ -76,7 +77,7 @@ func (st *serviceTime) observe(d time.Duration, now time.Time) {
 	}
 	for {
 		old := st.mean.Load()
-		sample := min(int64(d), maxSampleRatio*old)
+		sample := min(int64(d), maxSampleRatio*max(old, int64(time.Microsecond))) // never stuck at 0
 		if st.mean.CompareAndSwap(old, old+(sample-old)/10) {
 			return
 		}
