@@ -453,6 +453,7 @@ type load struct {
 	outcomes []*outcome
 	attempts map[int]int // status of every attempt, 0 = transport error
 	began    time.Time
+	ran      time.Duration // from start to finish
 	// failures counts the attempts that did not succeed, per second of
 	// the load and status: the timeline a failing scenario prints.
 	failures map[int]map[int]int
@@ -497,7 +498,7 @@ func (l *load) start() {
 	})
 }
 
-func (l *load) finish() { close(l.stop); l.wg.Wait() }
+func (l *load) finish() { close(l.stop); l.wg.Wait(); l.ran = time.Since(l.began) }
 
 // Retry modes of a load (load.mode).
 const (
