@@ -46,13 +46,12 @@ type serviceTimes map[string]*serviceTime
 // a user replica whose calls stalled for ~10 s read "GetUser usually
 // takes 2 s" and then refused every call with a deadline under a second
 // for the rest of the run (so would one stopped by SIGSTOP, a VM pause or
-// a stuck disk). So:
-// a call that ended because its own deadline passed or its caller gave up
-// measures the caller, not the method, and is not observed; one sample
-// weighs in at most maxSampleRatio times the estimate, so a single slow
-// call cannot make the method look slow; and an estimate no completed call
-// has confirmed for estimateTTL is dropped, the next minSamples calls run
-// and make a new one.
+// a stuck disk). So: a call that ended because its own deadline passed or
+// its caller gave up measures the caller, not the method, and is not
+// observed; one sample weighs in at most maxSampleRatio times the
+// estimate, so a single slow call cannot make the method look slow; and an
+// estimate no completed call has confirmed for estimateTTL is dropped, the
+// next minSamples calls run and make a new one.
 type serviceTime struct {
 	mean    atomic.Int64 // nanoseconds
 	samples atomic.Int64
