@@ -2,6 +2,9 @@ package main
 
 import (
 	"context"
+	"net"
+	"net/http"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -111,5 +114,55 @@ func TestHTMLReportIsSelfContained(t *testing.T) {
 	md := markdown(rep)
 	if !strings.Contains(md, "| 1 unary GetUser | all-in-one | bare grpc-go (baseline) | ") {
 		t.Errorf("markdown table:\n%s", md)
+	}
+}
+
+// The netpoll mode's server answers 429 under either kind of busy work,
+// refuses a kind it does not know, and stops every goroutine it started.
+func TestNetpollServerAnswersWhileBusyAndStops(t *testing.T) {
+	for _, kind := range []string{"chan", "net"} {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		before := runtime.NumGoroutine()
+		go func() { done <- serveBusy(ctx, ln, kind, 4) }()
+		tr := &http.Transport{}
+		for range 5 {
+			resp, err := (&http.Client{Transport: tr, Timeout: 10 * time.Second}).Get("http://" + ln.Addr().String() + "/")
+			if err != nil {
+				t.Fatalf("%s: %v", kind, err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusTooManyRequests {
+				t.Fatalf("%s: %s, want 429", kind, resp.Status)
+			}
+		}
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("%s: %v", kind, err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s: the server did not stop 10 s after its context ended", kind)
+		}
+		tr.CloseIdleConnections()
+		deadline := time.Now().Add(5 * time.Second)
+		for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		if n := runtime.NumGoroutine(); n > before {
+			t.Fatalf("%s: %d goroutines after the server stopped, %d before", kind, n, before)
+		}
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := serveBusy(context.Background(), ln, "spin", 1); err == nil {
+		t.Fatal("an unknown kind was accepted")
 	}
 }

@@ -29,6 +29,10 @@ func main() {
 			exitOn(serveBare(os.Args[2:]))
 		case "serve-bare-gateway": // scenario 2's baseline gateway
 			exitOn(serveBareGateway(os.Args[2:]))
+		case "netpoll": // a busy Go process's answer time (docs/resilience.md)
+			exitOn(netpollReport())
+		case "netpoll-serve": // its server
+			exitOn(netpollServe(os.Args[2:]))
 		}
 	}
 	os.Exit(run())
@@ -74,7 +78,12 @@ func run() int {
 	from := flag.String("from", "", "render the Markdown table and report.html of an earlier results.json into -out, running nothing")
 	conc := flag.Int("concurrency", 32, "callers of a closed-loop run")
 	protect := flag.String("overload-flags", "", "extra trellis flags of scenario 8's protected system (space-separated), to try shedding settings")
+	baseRate := flag.Int("overload-rate", 0, "scenario 8's 1× rate in orders/s instead of the knee it searches for, so that runs of different settings offer the same load (0: search)")
 	flag.Parse()
+	if *baseRate < 0 {
+		fmt.Fprintln(os.Stderr, "trellis-bench: -overload-rate must not be negative")
+		return 2
+	}
 	if *from != "" {
 		return rerender(*from, *out)
 	}
@@ -88,7 +97,7 @@ func run() int {
 	}
 	defer os.RemoveAll(tmp)
 	logDir = tmp
-	r := &runner{bin: *bin, tmp: tmp, quick: *profile == "quick", profile: "all-in-one (SQLite, embedded NATS)", conc: *conc, requests: *requests, protect: strings.Fields(*protect),
+	r := &runner{bin: *bin, tmp: tmp, quick: *profile == "quick", profile: "all-in-one (SQLite, embedded NATS)", conc: *conc, requests: *requests, protect: strings.Fields(*protect), baseRate: *baseRate,
 		rep: &report{Profile: *profile, Started: time.Now().UTC(), Ratios: map[string]float64{}, Floors: map[string]float64{},
 			Machine: fmt.Sprintf("%s/%s, %d CPUs", runtime.GOOS, runtime.GOARCH, runtime.NumCPU())}}
 	// The quick profile gates CI: more, shorter rounds, so that one noisy

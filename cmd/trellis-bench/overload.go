@@ -103,7 +103,10 @@ func (r *runner) overloadOn(ctx context.Context, run func(i int, extra []string)
 		return true
 	}
 	base, bad := 50, 0
-	for rate := 100; rate <= 6400; rate *= 2 {
+	if r.baseRate > 0 {
+		base = r.baseRate
+	}
+	for rate := 100; r.baseRate == 0 && rate <= 6400; rate *= 2 {
 		if !sustained(rate) {
 			bad = rate
 			break

@@ -159,6 +159,7 @@ type runner struct {
 	conc     int
 	profile  string
 	protect  []string // scenario 8's protected system's extra flags
+	baseRate int      // scenario 8's 1× rate; 0: found by the knee search
 }
 
 // warmup is how long each target is called before it is measured.
