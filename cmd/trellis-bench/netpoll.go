@@ -44,6 +44,12 @@ func netpollReport() error {
 	if err != nil {
 		return err
 	}
+	tmp, err := os.MkdirTemp("", "trellis-bench-netpoll")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	logDir = tmp // the servers' output
 	procs := os.Getenv("GOMAXPROCS")
 	if procs == "" {
 		procs = "default: the server's CPUs"
