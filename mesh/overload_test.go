@@ -133,11 +133,11 @@ func TestReadsHonourPushbackWritesDoNot(t *testing.T) {
 
 // TestOverLimitIsRefusedOnlyWhenShortOfCPU: 64 calls at once, each held
 // until all have been admitted or refused, against a limit of 4–8 — with
-// CPU to spare every call is admitted and those over the limit are counted; short of CPU, those over the
-// limit are refused, with a retry delay — after a wait for a slot, or at
-// once (MaxWait 0, the default). The CPU signal itself is a fake here (the
-// real one, which reads the whole machine, is tested alone:
-// cpusignal_test.go).
+// CPU to spare every call is admitted and those over the limit are
+// counted; short of CPU, those over the limit are refused, with a retry
+// delay — after a wait for a slot, or at once (MaxWait 0, the default).
+// The CPU signal itself is a fake here (the real one, which reads the
+// whole machine, is tested alone: cpusignal_test.go).
 func TestOverLimitIsRefusedOnlyWhenShortOfCPU(t *testing.T) {
 	t.Parallel()
 	type run struct {

@@ -9,9 +9,11 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/signal"
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -57,7 +59,9 @@ func netpollReport() error {
 	fmt.Printf("Answer time of a bare 429 while the server's CPU is busy (%s; GOMAXPROCS %s)\n\n", where, procs)
 	fmt.Println("| busy goroutines | kind | p50 ms | p90 ms | p99 ms |")
 	fmt.Println("|---:|---|---:|---:|---:|")
-	ctx := context.Background()
+	// Interrupted, it stops the server it started, as run does.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
 	for _, kind := range []string{"chan", "net"} {
 		for _, n := range []int{0, 2, 8, 32} {
 			addr := freeAddr()
@@ -74,6 +78,9 @@ func netpollReport() error {
 				return httpDo(ctx, "GET", url, "", http.StatusTooManyRequests)
 			})
 			p.stop()
+			if err := ctx.Err(); err != nil {
+				return err
+			}
 			if len(res.Errors) > 0 {
 				return fmt.Errorf("netpoll %s %d: errors %v", kind, n, res.Errors)
 			}
@@ -103,10 +110,7 @@ func netpollServe(args []string) error {
 // goroutines of the kind ("chan" or "net") keep the CPU busy, until ctx
 // ends; then it stops them all and returns nil.
 func serveBusy(ctx context.Context, ln net.Listener, kind string, busy int) error {
-	if kind != "chan" && kind != "net" {
-		ln.Close()
-		return fmt.Errorf("netpoll-serve: -kind is chan or net, not %q", kind)
-	}
+	defer ln.Close() // Serve closes it too; this is for the early returns
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	ctx, cancel := context.WithCancel(ctx)
@@ -125,11 +129,10 @@ func serveBusy(ctx context.Context, ln net.Listener, kind string, busy int) erro
 		}
 		mu.Unlock()
 	}()
-	var peer string
-	if kind == "net" {
+	switch kind {
+	case "net":
 		echo, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
-			ln.Close()
 			return err
 		}
 		track(echo)
@@ -143,13 +146,9 @@ func serveBusy(ctx context.Context, ln net.Listener, kind string, busy int) erro
 				wg.Go(func() { _, _ = io.Copy(c, c) })
 			}
 		})
-		peer = echo.Addr().String()
-	}
-	for i := range busy {
-		if kind == "net" {
-			c, err := net.Dial("tcp", peer)
+		for range busy {
+			c, err := net.Dial("tcp", echo.Addr().String())
 			if err != nil {
-				ln.Close()
 				return err
 			}
 			track(c)
@@ -165,28 +164,29 @@ func serveBusy(ctx context.Context, ln net.Listener, kind string, busy int) erro
 					}
 				}
 			})
-			continue
 		}
-		if i%2 == 1 { // a pair per two goroutines
-			continue
-		}
-		to := make(chan struct{})
-		wg.Go(func() {
-			for range to {
-				spin()
-			}
-		})
-		wg.Go(func() {
-			defer close(to)
-			for {
-				spin()
-				select {
-				case to <- struct{}{}:
-				case <-ctx.Done():
-					return
+	case "chan":
+		for range (busy + 1) / 2 { // a pair per two goroutines
+			to := make(chan struct{})
+			wg.Go(func() {
+				for range to {
+					spin()
 				}
-			}
-		})
+			})
+			wg.Go(func() {
+				defer close(to)
+				for {
+					spin()
+					select {
+					case to <- struct{}{}:
+					case <-ctx.Done():
+						return
+					}
+				}
+			})
+		}
+	default:
+		return fmt.Errorf("netpoll-serve: -kind is chan or net, not %q", kind)
 	}
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		w.WriteHeader(http.StatusTooManyRequests)

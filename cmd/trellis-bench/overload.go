@@ -102,19 +102,20 @@ func (r *runner) overloadOn(ctx context.Context, run func(i int, extra []string)
 		}
 		return true
 	}
-	base, bad := 50, 0
-	if r.baseRate > 0 {
-		base = r.baseRate
-	}
-	for rate := 100; r.baseRate == 0 && rate <= 6400; rate *= 2 {
-		if !sustained(rate) {
-			bad = rate
-			break
+	base := r.baseRate
+	if base == 0 {
+		bad := 0
+		base = 50
+		for rate := 100; rate <= 6400; rate *= 2 {
+			if !sustained(rate) {
+				bad = rate
+				break
+			}
+			base = rate
 		}
-		base = rate
-	}
-	if mid := (base + bad) / 2; bad > 0 && base >= 100 && sustained(mid) {
-		base = mid
+		if mid := (base + bad) / 2; bad > 0 && base >= 100 && sustained(mid) {
+			base = mid
+		}
 	}
 	r.rep.Ratios["overload_base_per_s"+sfx] = float64(base)
 	goodput := map[string]map[int]float64{}
