@@ -8,10 +8,12 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"os"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -163,17 +165,32 @@ func StartNATS(t testing.TB, dir string, port int) *natsserver.Server {
 // that does not exist holds nothing. A read that fails (a clustered node
 // just back from a partition answers "JetStream system temporarily
 // unavailable" while it catches up) is started again, for up to 20 s.
+// Each attempt has 4 s of its own: a JetStream API request that no node
+// answers (a stream leader whose info endpoint is not yet registered with
+// the server we reach, nats-server#4519) waits out its whole context, and
+// one such request must not spend the budget of every retry after it (CI,
+// 2026-12-05: one request took all 20 s after a partition healed).
+// On failure it reports every distinct error it met, when, and through
+// which server.
 func StreamMessages(t testing.TB, js jetstream.JetStream, stream, subject string) []jetstream.Msg {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
+	start := time.Now()
+	var seen []string
+	last := ""
 	for {
+		ctx, cancel := context.WithTimeout(context.Background(), 4*time.Second)
 		out, err := streamMessages(ctx, js, stream, subject)
+		cancel()
 		if err == nil {
 			return out
 		}
-		if ctx.Err() != nil {
-			t.Fatalf("read stream %s: %v", stream, err)
+		e := fmt.Sprintf("%v via %s", err, js.Conn().ConnectedUrlRedacted())
+		if e != last {
+			seen, last = append(seen, fmt.Sprintf("%.1fs: %s", time.Since(start).Seconds(), e)), e
+		}
+		if time.Since(start) > 20*time.Second {
+			t.Fatalf("read stream %s: no read succeeded in %v; errors, from the first:\n  %s",
+				stream, time.Since(start).Round(time.Millisecond), strings.Join(seen, "\n  "))
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
