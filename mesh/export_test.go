@@ -22,7 +22,13 @@ func (m *Metrics) OverLimit(server string) prometheus.Counter {
 // given times (ns), the process using share of its one CPU, and says,
 // after each, whether it is saturated.
 func RunQueueWindow(target, share float64, samples []float64, at []int64) []bool {
-	s := newSaturation(target, schedWindow, schedHold)
+	return RunQueueWindowNeeding(target, DefaultShedCPUShare, share, samples, at)
+}
+
+// RunQueueWindowNeeding is RunQueueWindow with need as the share of its
+// CPU the process must use for its run queue to count (--shed-cpu-share).
+func RunQueueWindowNeeding(target, need, share float64, samples []float64, at []int64) []bool {
+	s := newSaturation(target, need, schedWindow, schedHold)
 	s.opened, s.cpuAt, s.procs = 0, 0, 1
 	var out []bool
 	for i, v := range samples {

@@ -40,6 +40,11 @@ type ShedConfig struct {
 	// above which the process counts as short of CPU: only then are calls
 	// over the limit refused. Zero refuses over the limit always.
 	RunQueue float64
+	// CPUShare is the share of its CPUs (GOMAXPROCS) the process must
+	// have used in a window for a long run queue to count: under it, the
+	// process is taken to be starved by other processes, not short of CPU
+	// for its own work. Zero: the run queue alone decides.
+	CPUShare float64
 	// LatencyTarget, when positive, caps the calls in flight while the
 	// process is short of CPU (or an upstream sheds) at what the server
 	// completes in that time: its completions per second over the last
@@ -112,6 +117,9 @@ const (
 	// less than one goroutine waiting per CPU; one with more work than
 	// CPUs, many (docs/resilience.md, "Overload", has the measurements).
 	DefaultShedRunQueue = 1.0
+	// DefaultShedCPUShare: see docs/resilience.md, "The CPU-share
+	// condition".
+	DefaultShedCPUShare = 0.3
 	// The scheduler signal's window and hold: saturated from
 	// the first window over the target — a short window, since every
 	// window the limit is not applied lets a flood in — and for a second
@@ -122,7 +130,8 @@ const (
 )
 
 // RegisterFlags defines shed, shed-min-limit, shed-max-limit,
-// shed-max-wait, shed-pushback and shed-run-queue, prefixed.
+// shed-max-wait, shed-pushback, shed-latency-target, shed-run-queue and
+// shed-cpu-share, prefixed.
 func (c *ShedConfig) RegisterFlags(prefix string, fs *flag.FlagSet) {
 	fs.BoolVar(&c.Enabled, prefix+"shed", true, "adaptive concurrency limit on every gRPC server's API (failsafe-go adaptivelimiter): a call over it, while the process is short of CPU (--shed-run-queue), gets RESOURCE_EXHAUSTED with a retry delay (at once, or after up to --shed-max-wait); --shed=false turns it off")
 	fs.UintVar(&c.MinLimit, prefix+"shed-min-limit", DefaultShedMinLimit, "lowest concurrency limit the shedding limiter may reach")
@@ -130,7 +139,8 @@ func (c *ShedConfig) RegisterFlags(prefix string, fs *flag.FlagSet) {
 	fs.DurationVar(&c.MaxWait, prefix+"shed-max-wait", DefaultShedMaxWait, "longest a call over the limit waits for a slot under --shed before it is refused (0: refused at once)")
 	fs.DurationVar(&c.Pushback, prefix+"shed-pushback", DefaultShedPushback, "retry delay told to callers refused by --shed (grpc-retry-pushback-ms, RetryInfo), jittered ±50%")
 	fs.DurationVar(&c.LatencyTarget, prefix+"shed-latency-target", DefaultShedLatencyTarget, "while the process is short of CPU (or an upstream sheds), at most this much work in flight: calls completed per second (last 200 ms) times this, never under --shed-min-limit; calls past it are refused like calls over the limit (0: off)")
-	fs.Float64Var(&c.RunQueue, prefix+"shed-run-queue", DefaultShedRunQueue, "goroutines waiting for a CPU, per CPU (median of 50 ms windows, or three samples in a row over 8x it), above which — while the process uses at least half its CPUs — it is short of CPU; only then does --shed refuse calls over its limit (0: refuse over the limit whatever the cause)")
+	fs.Float64Var(&c.RunQueue, prefix+"shed-run-queue", DefaultShedRunQueue, "goroutines waiting for a CPU, per CPU (median of 50 ms windows, or three samples in a row over 8x it), above which — while the process uses at least --shed-cpu-share of its CPUs — it is short of CPU; only then does --shed refuse calls over its limit (0: refuse over the limit whatever the cause)")
+	fs.Float64Var(&c.CPUShare, prefix+"shed-cpu-share", DefaultShedCPUShare, "share of its CPUs (GOMAXPROCS) the process must use in a window for a long run queue (--shed-run-queue) to mean short of CPU; under it the process counts as starved by other processes and admits calls over its limit (0: the run queue alone decides; at most 1)")
 }
 
 // Validate reports settings that cannot work.
@@ -138,8 +148,8 @@ func (c *ShedConfig) Validate() error {
 	if !c.Enabled {
 		return nil
 	}
-	if c.MinLimit == 0 || c.MaxLimit < c.MinLimit || c.MaxWait < 0 || c.LatencyTarget < 0 || c.Pushback <= 0 || !(c.RunQueue >= 0) || math.IsInf(c.RunQueue, 1) {
-		return errors.New("--shed-min-limit must be positive and at most --shed-max-limit, --shed-max-wait, --shed-latency-target and --shed-run-queue not negative (and finite), --shed-pushback positive")
+	if c.MinLimit == 0 || c.MaxLimit < c.MinLimit || c.MaxWait < 0 || c.LatencyTarget < 0 || c.Pushback <= 0 || !(c.RunQueue >= 0) || math.IsInf(c.RunQueue, 1) || !(c.CPUShare >= 0 && c.CPUShare <= 1) {
+		return errors.New("--shed-min-limit must be positive and at most --shed-max-limit, --shed-max-wait, --shed-latency-target and --shed-run-queue not negative (and finite), --shed-cpu-share from 0 to 1, --shed-pushback positive")
 	}
 	return nil
 }
@@ -227,7 +237,7 @@ func NewLimiter(cfg ShedConfig, name string, m *Metrics) *Limiter {
 	switch {
 	case l.saturated != nil:
 	case cfg.RunQueue > 0:
-		l.sched = newSaturation(cfg.RunQueue, schedWindow, schedHold)
+		l.sched = newSaturation(cfg.RunQueue, cfg.CPUShare, schedWindow, schedHold)
 		l.saturated = l.sched.Saturated
 	default:
 		l.saturated = func() bool { return true }

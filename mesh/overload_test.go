@@ -230,6 +230,17 @@ func TestRunQueueWindow(t *testing.T) {
 	if got := mesh.RunQueueWindow(1, 0.2, busy, at); slices.Contains(got, true) {
 		t.Errorf("a starved process counted as short of CPU for its own work: %v", got)
 	}
+	// --shed-cpu-share sets where "starved" ends: a process using a fifth
+	// of its CPU counts with a share of 0.15 or 0, not with 0.25.
+	for _, c := range []struct {
+		need float64
+		want bool
+	}{{0.25, false}, {0.15, true}, {0, true}} {
+		got := mesh.RunQueueWindowNeeding(1, c.need, 0.2, busy, at)
+		if got[59] != c.want || slices.Contains(got[:49], true) {
+			t.Errorf("--shed-cpu-share %v, the process using 0.2 of its CPU: saturated %v, want %v from the window's end", c.need, got, c.want)
+		}
+	}
 	// A sudden overload late in a quiet window (samples every 5 ms, as
 	// sampled): decided on three samples in a row far over the target,
 	// spanning 10 ms (the 11th sample), not when the next window closes

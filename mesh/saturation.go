@@ -38,8 +38,16 @@ import (
 // callers in lockstep measured a quiet process "short of CPU" that way.)
 type saturation struct {
 	target float64 // median runnable goroutines per CPU
-	window int64   // ns
-	hold   int64   // ns
+	// share: the process must have used at least this share of the CPUs
+	// it may use (GOMAXPROCS) in the window for a long run queue to
+	// count (ShedConfig.CPUShare). A process starved by its neighbours —
+	// the CPU taken by other processes on the machine — has a long run
+	// queue too, but refusing its own callers would not give it the CPU
+	// back; one short of CPU for its own work uses all it gets (or all
+	// its cgroup quota allows, which GOMAXPROCS follows).
+	share  float64
+	window int64 // ns
+	hold   int64 // ns
 
 	until atomic.Int64 // saturated until this unix ns
 	last  atomic.Uint64
@@ -72,18 +80,10 @@ const (
 	// minWindowSamples: a window closes once it is long enough and holds
 	// this many samples (a starved process samples rarely).
 	minWindowSamples = 5
-	// minCPUShare: the process must have used at least this share of the
-	// CPUs it may use (GOMAXPROCS) in the window for a long run queue to
-	// count. A process starved by its neighbours — the CPU taken by other
-	// processes on the machine — has a long run queue too, but refusing
-	// its own callers would not give it the CPU back; one short of CPU
-	// for its own work uses all it gets (or all its cgroup quota allows,
-	// which GOMAXPROCS follows).
-	minCPUShare = 0.5
 )
 
-func newSaturation(target float64, window, hold time.Duration) *saturation {
-	s := &saturation{target: target, window: int64(window), hold: int64(hold),
+func newSaturation(target, share float64, window, hold time.Duration) *saturation {
+	s := &saturation{target: target, share: share, window: int64(window), hold: int64(hold),
 		sample: []metrics.Sample{{Name: schedRunnable}, {Name: schedGOMAXPROCS}}}
 	s.opened, s.cpuAt = time.Now().UnixNano(), processCPU()
 	s.timer = time.AfterFunc(time.Hour, s.tick)
@@ -128,7 +128,7 @@ func (s *saturation) tick() {
 
 // add counts one sample (the run queue per CPU, and the process's CPU
 // seconds so far) and closes the window when it is due: its median
-// decides, if the process used at least minCPUShare of its CPUs. A
+// decides, if the process used at least its share of its CPUs. A
 // median, not a mean: a burst — every caller's sleep ending on one timer,
 // a GC cycle — fills the queue for a sample or two, which a mean of ten
 // turned into "short of CPU" in tests; a process short of CPU has a queue
@@ -146,7 +146,7 @@ func (s *saturation) add(now int64, perCPU, cpu float64) {
 	share := s.cpuShare(s.opened, s.cpuAt, now, cpu)
 	s.samples, s.opened, s.cpuAt = s.samples[:0], now, cpu
 	s.last.Store(math.Float64bits(median))
-	if median > s.target && share >= minCPUShare {
+	if median > s.target && share >= s.share {
 		s.until.Store(now + s.hold)
 	}
 }
@@ -176,7 +176,7 @@ func (s *saturation) early(now int64, cpu float64) {
 			return
 		}
 	}
-	if s.cpuShare(first.at, first.cpu, now, cpu) < minCPUShare {
+	if s.cpuShare(first.at, first.cpu, now, cpu) < s.share {
 		return
 	}
 	s.until.Store(now + s.hold)

@@ -40,6 +40,8 @@ func TestValidate(t *testing.T) {
 		{"shedding CPU signal (server)", func(c *app.Config) { c.Server.Shed.RunQueue = -1 }, "--shed-run-queue"},
 		{"shedding CPU signal NaN", func(c *app.Config) { c.Server.Shed.RunQueue = math.NaN() }, "--shed-run-queue"},
 		{"shedding CPU signal infinite", func(c *app.Config) { c.Server.Shed.RunQueue = math.Inf(1) }, "--shed-run-queue"},
+		{"shedding CPU share over 1", func(c *app.Config) { c.Server.Shed.CPUShare = 1.5 }, "--shed-cpu-share"},
+		{"shedding CPU share NaN", func(c *app.Config) { c.Server.Shed.CPUShare = math.NaN() }, "--shed-cpu-share"},
 		{"shedding CPU signal off", func(c *app.Config) { c.Server.Shed.RunQueue = 0 }, ""},
 		{"shedding latency target", func(c *app.Config) { c.Server.Shed.LatencyTarget = -time.Millisecond }, "--shed-latency-target"},
 		{"shedding limits crossed", func(c *app.Config) { c.Server.Shed.MinLimit, c.Server.Shed.MaxLimit = 64, 32 }, "--shed-min-limit"},
