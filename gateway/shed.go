@@ -39,7 +39,25 @@ func (g *Gateway) shed(next http.Handler) http.Handler {
 			g.writeError(r.Context(), nil, nil, w, r, st.Err())
 			return
 		}
-		defer release()
+		shed := false
+		defer func() { release(shed) }()
 		next.ServeHTTP(w, r)
+		shed = statusOf(w) == http.StatusTooManyRequests // refused behind the gateway
 	})
+}
+
+// statusOf is the status code written to w, read from the statusRecorder
+// that measure puts around every request (reached through Unwrap); 0 when
+// there is none.
+func statusOf(w http.ResponseWriter) int {
+	for {
+		switch v := w.(type) {
+		case *statusRecorder:
+			return v.code
+		case interface{ Unwrap() http.ResponseWriter }:
+			w = v.Unwrap()
+		default:
+			return 0
+		}
+	}
 }

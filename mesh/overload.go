@@ -252,11 +252,11 @@ func NewLimiter(cfg ShedConfig, name string, m *Metrics) *Limiter {
 // refused — and so is one within it while the calls in flight exceed what
 // the server completes in cfg.LatencyTarget — at once, or, with MaxWait
 // set, after waiting up to MaxWait for a slot. Admitted, it returns the
-// function that frees the slot; refused, the retry delay to tell the
+// function that frees the slot (see Release); refused, the retry delay to tell the
 // caller (jittered), counted as refused for route — unless ctx ended while
 // waiting (then ok is false, the retry delay 0 and nothing is counted: the
 // caller left, the server did not refuse).
-func (l *Limiter) Admit(ctx context.Context, route string) (release func(), retry time.Duration, ok bool) {
+func (l *Limiter) Admit(ctx context.Context, route string) (release Release, retry time.Duration, ok bool) {
 	// The call's slot in running is taken first and given back on
 	// refusal, so calls arriving together cannot pass the cap together.
 	// The cap is never under MinLimit: below it, no clock and no lock.
@@ -275,7 +275,7 @@ func (l *Limiter) Admit(ctx context.Context, route string) (release func(), retr
 		l.overLimit.Inc()
 		l.admitted.Inc()
 		l.observe()
-		return l.release, 0, true
+		return l.end, 0, true
 	}
 	if l.cfg.MaxWait > 0 { // else refused at once: no timer, no queue
 		start := time.Now()
@@ -306,23 +306,44 @@ func (l *Limiter) short() string {
 	return ""
 }
 
-func (l *Limiter) refuse(route, reason string) (func(), time.Duration, bool) {
+func (l *Limiter) refuse(route, reason string) (Release, time.Duration, bool) {
 	l.running.Add(-1)
 	l.observe()
 	l.m.refused.WithLabelValues(route, reason).Inc()
 	return nil, l.cfg.Pushback/2 + rand.N(l.cfg.Pushback+1), false
 }
 
-func (l *Limiter) admit(permit adaptivelimiter.Permit) func() {
+// Release ends an admitted call. shed reports that the call ended refused
+// for overload behind this server (an upstream's RESOURCE_EXHAUSTED, the
+// gateway's 429 for it): this server did not serve it, so it is not a
+// completion — its duration teaches the adaptive limiter nothing (the
+// permit is dropped, not recorded) and it does not count in the
+// throughput that LatencyTarget multiplies. Counted, an overloaded
+// upstream's fast refusals would raise the limit and the cap of the
+// server in front of it — most where that server has CPU to spare and
+// sheds only on the upstream's signal (upstream_overload) — and it would
+// pass more calls on to be refused behind it.
+type Release func(shed bool)
+
+func (l *Limiter) admit(permit adaptivelimiter.Permit) Release {
 	l.admitted.Inc()
 	l.observe()
-	return func() { permit.Record(); l.release() }
+	return func(shed bool) {
+		if shed {
+			permit.Drop()
+		} else {
+			permit.Record()
+		}
+		l.end(shed)
+	}
 }
 
-// release ends an admitted call.
-func (l *Limiter) release() {
+// end ends an admitted call (Release without the permit).
+func (l *Limiter) end(shed bool) {
 	l.running.Add(-1)
-	l.done.add(time.Now().UnixNano())
+	if !shed {
+		l.done.add(time.Now().UnixNano())
+	}
 	l.observe()
 }
 
@@ -363,7 +384,10 @@ func admission(l *Limiter, registered serviceTimes) grpc.UnaryServerInterceptor 
 			st, _ := status.New(codes.ResourceExhausted, overloaded).WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(delay)})
 			return nil, st.Err()
 		}
-		defer release()
-		return handler(ctx, req)
+		shed := false
+		defer func() { release(shed) }()
+		resp, err := handler(ctx, req)
+		shed = err != nil && status.Code(err) == codes.ResourceExhausted
+		return resp, err
 	}
 }

@@ -394,11 +394,12 @@ func TestEveryValidLimitRangeStarts(t *testing.T) {
 // calls that take 100 ms — more than the 40 ms target — are held to the
 // minimum limit (8; the adaptive limit starts at 16), since what completes
 // in 40 ms is under one; calls that take 5 ms are held only by the
-// adaptive limit (16); with CPU to spare nothing is held. 48 callers, each
+// adaptive limit (16) — unless they ended refused behind the server (no
+// completions); with CPU to spare nothing is held. 48 callers, each
 // retrying a refusal after 1 ms, for 600 ms.
 func TestLatencyTargetBoundsWorkInFlight(t *testing.T) {
 	t.Parallel()
-	peak := func(work time.Duration, short bool) (peak int32) {
+	peak := func(work time.Duration, short, shed bool) (peak int32) {
 		m, _ := testenv.Metrics()
 		l := mesh.NewLimiter(mesh.ShedConfig{Enabled: true, MinLimit: 8, MaxLimit: 200, Pushback: time.Second, RunQueue: 1,
 			LatencyTarget: 40 * time.Millisecond, Saturated: func() bool { return short }}, "user", m)
@@ -420,7 +421,7 @@ func TestLatencyTargetBoundsWorkInFlight(t *testing.T) {
 					}
 					time.Sleep(work)
 					running.Add(-1)
-					release()
+					release(shed)
 				}
 			})
 		}
@@ -430,13 +431,19 @@ func TestLatencyTargetBoundsWorkInFlight(t *testing.T) {
 	// The cap is reserved (each call takes its place in flight before it
 	// is checked), so calls arriving together cannot pass it together;
 	// the slack is the adaptive limit's own admissions around it.
-	if p := peak(100*time.Millisecond, true); p > 12 {
+	if p := peak(100*time.Millisecond, true, false); p > 12 {
 		t.Errorf("100 ms calls, short of CPU: %d in flight; want about 8 (at most 12; the limit alone allows 16)", p)
 	}
-	if p := peak(5*time.Millisecond, true); p < 14 {
+	if p := peak(5*time.Millisecond, true, false); p < 14 {
 		t.Errorf("5 ms calls, short of CPU: at most %d in flight; want the limit's 16, not the target holding them", p)
 	}
-	if p := peak(100*time.Millisecond, false); p < 40 {
+	if p := peak(100*time.Millisecond, false, false); p < 40 {
 		t.Errorf("100 ms calls, CPU to spare: at most %d in flight; want nothing held (≥ 40)", p)
+	}
+	// Calls an upstream refused for overload (released with shed) are no
+	// completions: however fast they end, the 5 ms calls are held at the
+	// minimum, as if nothing completed.
+	if p := peak(5*time.Millisecond, true, true); p > 12 {
+		t.Errorf("5 ms calls refused behind the server, short of CPU: %d in flight; want about 8 (at most 12): refusals counted as completions", p)
 	}
 }

@@ -183,7 +183,19 @@ func watchRunQueue(ctx context.Context, admins []string) func() string {
 		}
 		return n
 	}
+	// refusals: where the refusals were made — at the edge (the gateway's
+	// limiter) or in a service behind it, which the gateway's hop had
+	// already been paid for.
+	refusals := func() (edge, behind float64) {
+		for _, a := range admins {
+			all := scrape(a, "trellis_server_refused_total", `reason="overload"`) + scrape(a, "trellis_server_refused_total", `reason="upstream_overload"`)
+			e := scrape(a, "trellis_server_refused_total", `method="gateway:`)
+			edge, behind = edge+e, behind+all-e
+		}
+		return edge, behind
+	}
 	before := overLimit()
+	edge0, behind0 := refusals()
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -209,14 +221,15 @@ func watchRunQueue(ctx context.Context, admins []string) func() string {
 			return ""
 		}
 		sort.Float64s(seen)
-		return fmt.Sprintf("; run queue per CPU (the CPU signal) median %.1f, max %.1f; admitted over the limit, not short of CPU: %.0f",
-			seen[len(seen)/2], seen[len(seen)-1], overLimit()-before)
+		edge, behind := refusals()
+		return fmt.Sprintf("; run queue per CPU (the CPU signal) median %.1f, max %.1f; admitted over the limit, not short of CPU: %.0f; refused at the gateway %.0f, behind it %.0f",
+			seen[len(seen)/2], seen[len(seen)-1], overLimit()-before, edge-edge0, behind-behind0)
 	}
 }
 
 // scrape is the sum of the series name on admin's /metrics (0 when
 // absent or unreachable).
-func scrape(admin, name string) float64 {
-	v, _ := sysproc.Metric(admin, name)
+func scrape(admin, name string, labels ...string) float64 {
+	v, _ := sysproc.Metric(admin, name, labels...)
 	return v
 }
