@@ -117,8 +117,8 @@ const (
 	// less than one goroutine waiting per CPU; one with more work than
 	// CPUs, many (docs/resilience.md, "Overload", has the measurements).
 	DefaultShedRunQueue = 1.0
-	// DefaultShedCPUShare: see docs/resilience.md, "The CPU-share
-	// condition".
+	// DefaultShedCPUShare: docs/resilience.md, "--shed-cpu-share, 0.3
+	// since 2026-12-06", has the measurements.
 	DefaultShedCPUShare = 0.3
 	// The scheduler signal's window and hold: saturated from
 	// the first window over the target — a short window, since every
@@ -252,10 +252,10 @@ func NewLimiter(cfg ShedConfig, name string, m *Metrics) *Limiter {
 // refused — and so is one within it while the calls in flight exceed what
 // the server completes in cfg.LatencyTarget — at once, or, with MaxWait
 // set, after waiting up to MaxWait for a slot. Admitted, it returns the
-// function that frees the slot (see Release); refused, the retry delay to tell the
-// caller (jittered), counted as refused for route — unless ctx ended while
-// waiting (then ok is false, the retry delay 0 and nothing is counted: the
-// caller left, the server did not refuse).
+// function that frees the slot (Release); refused, the retry delay to
+// tell the caller (jittered), counted as refused for route — unless ctx
+// ended while waiting (then ok is false, the retry delay 0 and nothing
+// is counted: the caller left, the server did not refuse).
 func (l *Limiter) Admit(ctx context.Context, route string) (release Release, retry time.Duration, ok bool) {
 	// The call's slot in running is taken first and given back on
 	// refusal, so calls arriving together cannot pass the cap together.
