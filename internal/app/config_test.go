@@ -2,6 +2,7 @@ package app_test
 
 import (
 	"flag"
+	"fmt"
 	"io"
 	"math"
 	"strings"
@@ -42,6 +43,10 @@ func TestValidate(t *testing.T) {
 		{"shedding CPU signal infinite", func(c *app.Config) { c.Server.Shed.RunQueue = math.Inf(1) }, "--shed-run-queue"},
 		{"shedding CPU share over 1", func(c *app.Config) { c.Server.Shed.CPUShare = 1.5 }, "--shed-cpu-share"},
 		{"shedding CPU share NaN", func(c *app.Config) { c.Server.Shed.CPUShare = math.NaN() }, "--shed-cpu-share"},
+		{"shedding CPU share negative", func(c *app.Config) { c.Server.Shed.CPUShare = -0.01 }, "--shed-cpu-share"},
+		{"shedding CPU share infinite", func(c *app.Config) { c.Server.Shed.CPUShare = math.Inf(1) }, "--shed-cpu-share"},
+		{"shedding CPU share 0 (the run queue alone)", func(c *app.Config) { c.Server.Shed.CPUShare = 0 }, ""},
+		{"shedding CPU share 1", func(c *app.Config) { c.Server.Shed.CPUShare = 1 }, ""},
 		{"shedding CPU signal off", func(c *app.Config) { c.Server.Shed.RunQueue = 0 }, ""},
 		{"shedding latency target", func(c *app.Config) { c.Server.Shed.LatencyTarget = -time.Millisecond }, "--shed-latency-target"},
 		{"shedding limits crossed", func(c *app.Config) { c.Server.Shed.MinLimit, c.Server.Shed.MaxLimit = 64, 32 }, "--shed-min-limit"},
@@ -94,6 +99,61 @@ func TestLatencyTargetFlagRefusesMalformedValues(t *testing.T) {
 	c.RegisterFlags(fs)
 	if err := app.ParseFlags(fs, []string{"--shed-latency-target", "0s"}, func(string) string { return "" }); err != nil || c.Server.Shed.LatencyTarget != 0 {
 		t.Errorf("--shed-latency-target 0s: %v, target %v; want accepted, off", err, c.Server.Shed.LatencyTarget)
+	}
+}
+
+// TestCPUShareFlagRefusesMalformedValues: --shed-cpu-share and
+// TRELLIS_SHED_CPU_SHARE take a number from 0 to 1 (default 0.3). A value
+// that is not a number is a parse error naming the flag or the variable;
+// one that parses but is out of range (negative, over 1, NaN, infinite)
+// is refused by Validate, naming the flag.
+func TestCPUShareFlagRefusesMalformedValues(t *testing.T) {
+	t.Parallel()
+	parse := func(flagValue, envValue string) (app.Config, error) {
+		var c app.Config
+		fs := flag.NewFlagSet("run", flag.ContinueOnError)
+		fs.SetOutput(io.Discard)
+		c.RegisterFlags(fs)
+		var args []string
+		if flagValue != "" {
+			args = []string{"--shed-cpu-share", flagValue}
+		}
+		err := app.ParseFlags(fs, args, func(key string) string {
+			if key == "TRELLIS_SHED_CPU_SHARE" {
+				return envValue
+			}
+			return ""
+		})
+		return c, err
+	}
+	if c, err := parse("", ""); err != nil || c.Server.Shed.CPUShare != 0.3 {
+		t.Fatalf("default: %v, share %v; want 0.3", err, c.Server.Shed.CPUShare)
+	}
+	for _, v := range []string{"abc", "0.3x", "30%", "1e999", "0,3", "0.3\x00", strings.Repeat("9", 4096)} {
+		if _, err := parse(v, ""); err == nil {
+			t.Errorf("--shed-cpu-share %q: accepted", v)
+		}
+		if _, err := parse("", v); err == nil || !strings.Contains(err.Error(), "TRELLIS_SHED_CPU_SHARE") {
+			t.Errorf("TRELLIS_SHED_CPU_SHARE=%q: %v, want an error naming the variable", v, err)
+		}
+	}
+	for _, v := range []string{"-0.01", "1.01", "NaN", "Inf", "-Inf"} {
+		c, err := parse(v, "")
+		if err == nil {
+			err = c.Validate()
+		}
+		if err == nil || !strings.Contains(err.Error(), "--shed-cpu-share") {
+			t.Errorf("--shed-cpu-share %q: %v, want refused naming the flag", v, err)
+		}
+	}
+	for _, v := range []string{"0", "1", "0.5"} {
+		c, err := parse(v, "")
+		if err == nil {
+			err = c.Validate()
+		}
+		if err != nil || fmt.Sprint(c.Server.Shed.CPUShare) != v {
+			t.Errorf("--shed-cpu-share %q: %v, share %v; want accepted", v, err, c.Server.Shed.CPUShare)
+		}
 	}
 }
 
