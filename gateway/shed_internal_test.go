@@ -19,8 +19,8 @@ import (
 // it refuses (429 after 5 ms). Those are no completions of the gateway's
 // work, so its cap stays at the minimum (4 in flight) as if nothing
 // completed; the same requests answered 200 are completions, and the
-// adaptive limit (8) holds them. Counted, the refusals raised the cap and
-// every request went on to be refused behind the gateway (scenario 8).
+// adaptive limit (8) holds them. Counted, the fast refusals would raise
+// the cap, and the gateway would pass more requests on to be refused.
 func TestShedDoesNotCountRefusalsBehindIt(t *testing.T) {
 	t.Parallel()
 	peak := func(code int) int32 {

@@ -4,12 +4,12 @@ import (
 	"context"
 	"net"
 	"net/http"
-	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"go.uber.org/goleak"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -127,7 +127,7 @@ func TestNetpollServerAnswersWhileBusyAndStops(t *testing.T) {
 		}
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan error, 1)
-		before := runtime.NumGoroutine()
+		others := goleak.IgnoreCurrent()
 		go func() { done <- serveBusy(ctx, ln, kind, 4) }()
 		tr := &http.Transport{}
 		for range 5 {
@@ -150,12 +150,8 @@ func TestNetpollServerAnswersWhileBusyAndStops(t *testing.T) {
 			t.Fatalf("%s: the server did not stop 10 s after its context ended", kind)
 		}
 		tr.CloseIdleConnections()
-		deadline := time.Now().Add(5 * time.Second)
-		for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
-			time.Sleep(10 * time.Millisecond)
-		}
-		if n := runtime.NumGoroutine(); n > before {
-			t.Fatalf("%s: %d goroutines after the server stopped, %d before", kind, n, before)
+		if err := goleak.Find(others); err != nil {
+			t.Fatalf("%s: goroutines left after the server stopped: %v", kind, err)
 		}
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
