@@ -2,17 +2,16 @@ package gateway
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"math"
-	"net"
 	"net/http"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/realclientip/realclientip-go"
 	"github.com/throttled/throttled/v2"
 	"github.com/throttled/throttled/v2/store/memstore"
 	"golang.org/x/time/rate"
@@ -42,11 +41,26 @@ type quotaFlag = quota.Flag
 // RateLimits are the gateway's per-client limits, one quota per class.
 type RateLimits struct {
 	Read, Write, Auth Quota
-	// KeyHeader names a header that carries the client's address (e.g.
-	// X-Forwarded-For, first entry) when the gateway sits behind a proxy
-	// that sets it. Empty: the connection's remote address. Never set it
-	// without such a proxy: clients could choose their own bucket.
+	// KeyHeader names a header that carries the client's address when the
+	// gateway sits behind a proxy that sets it: X-Forwarded-For or
+	// Forwarded (read from the right, see TrustedHops), or a header that
+	// holds one address (X-Real-IP). Empty: the connection's remote
+	// address. Never set it without such a proxy: clients could choose
+	// their own bucket.
 	KeyHeader string
+	// TrustedHops is how many proxies in front of the gateway append to
+	// an X-Forwarded-For or Forwarded header: the client is the
+	// TrustedHops-th address from the right (entries left of it are the
+	// client's to write). 0 means 1, at most MaxTrustedHops.
+	TrustedHops int
+	// TrustedProxies, when set, are the addresses and ranges (CIDR) of the
+	// proxies instead: the client is the header's rightmost address outside
+	// them, and a request whose connection does not come from one of them
+	// is keyed by the connection's address, its header ignored.
+	TrustedProxies []string
+	// IPv6Prefix is the prefix length IPv6 clients are counted by. 0 means
+	// DefaultIPv6Prefix (64); 128 counts each address.
+	IPv6Prefix int
 	// MaxClients bounds the clients the local store remembers (least
 	// recently seen are forgotten). Default 65536.
 	MaxClients int
@@ -62,14 +76,26 @@ var (
 	DefaultAuthQuota  = Quota{N: 10, Per: time.Minute}
 )
 
-// RegisterFlags defines rate-read, rate-write, rate-auth and
-// rate-key-header, prefixed.
+// RegisterFlags defines rate-read, rate-write, rate-auth, rate-key-header,
+// rate-key-hops, rate-key-proxies and rate-ipv6-prefix, prefixed.
 func (c *RateLimits) RegisterFlags(prefix string, fs *flag.FlagSet) {
 	c.Read, c.Write, c.Auth = DefaultReadQuota, DefaultWriteQuota, DefaultAuthQuota
 	fs.Var(quotaFlag{Q: &c.Read}, prefix+"rate-read", "requests per client for reads (GET, HEAD): N/s, N/m, N/h; 0 turns the limit off")
 	fs.Var(quotaFlag{Q: &c.Write}, prefix+"rate-write", "requests per client for writes (POST, PATCH, PUT, DELETE)")
 	fs.Var(quotaFlag{Q: &c.Auth}, prefix+"rate-auth", "requests per client that create accounts (POST /api/v1/users) or sign in (POST /api/v1/auth:signIn)")
-	fs.StringVar(&c.KeyHeader, prefix+"rate-key-header", "", "header naming the client for rate limits behind a trusted proxy (X-Forwarded-For: its first address); empty: the connection's address")
+	fs.StringVar(&c.KeyHeader, prefix+"rate-key-header", "", "header naming the client for rate limits behind a trusted proxy: X-Forwarded-For or Forwarded (read from the right, see --rate-key-hops) or a one-address header such as X-Real-IP; empty: the connection's address")
+	fs.IntVar(&c.TrustedHops, prefix+"rate-key-hops", 1, "proxies in front of the gateway that append to --rate-key-header (X-Forwarded-For, Forwarded): the client is that many addresses from the right")
+	fs.Func(prefix+"rate-key-proxies", "comma list of the trusting proxies' addresses or CIDR ranges, instead of --rate-key-hops: the client is the header's rightmost address outside them; a connection from elsewhere is keyed by its own address", func(v string) error {
+		c.TrustedProxies = nil
+		for _, p := range strings.Split(v, ",") {
+			if p = strings.TrimSpace(p); p != "" {
+				c.TrustedProxies = append(c.TrustedProxies, p)
+			}
+		}
+		_, err := realclientip.AddressesAndRangesToIPNets(c.TrustedProxies...)
+		return err
+	})
+	fs.IntVar(&c.IPv6Prefix, prefix+"rate-ipv6-prefix", DefaultIPv6Prefix, "prefix length IPv6 clients are counted by (32 to 128; 128: each address)")
 }
 
 // limiter is one class's GCRA limiter.
@@ -83,24 +109,27 @@ type limiter struct {
 // rateLimiter applies the classes' limiters to API requests.
 type rateLimiter struct {
 	byClass   map[string]*limiter
-	keyHeader string
+	clients   *clientKeyer
 	limited   *prometheus.CounterVec
 	storeErrs prometheus.Counter
 	logEvery  *rate.Limiter
 }
 
 func newRateLimiter(c RateLimits, reg prometheus.Registerer) (*rateLimiter, error) {
+	clients, err := newClientKeyer(c)
+	if err != nil {
+		return nil, err
+	}
 	store := c.Store
 	if store == nil {
 		if c.MaxClients <= 0 {
 			c.MaxClients = 65536
 		}
-		var err error
 		if store, err = memstore.NewCtx(c.MaxClients); err != nil {
 			return nil, err
 		}
 	}
-	rl := &rateLimiter{byClass: map[string]*limiter{}, keyHeader: http.CanonicalHeaderKey(c.KeyHeader),
+	rl := &rateLimiter{byClass: map[string]*limiter{}, clients: clients,
 		limited: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "trellis_gateway_rate_limited_total",
 			Help: "API requests answered 429 by the per-client rate limits, by class (read, write, auth).",
@@ -140,23 +169,13 @@ func classOf(r *http.Request) string {
 	return ClassWrite
 }
 
-// clientKey identifies the client: the configured header's first address
-// when it holds one, else the connection's address (without the port).
+// clientKey identifies the client: a signed-in one as its user, else by
+// its address (clientKeyer).
 func (rl *rateLimiter) clientKey(r *http.Request) string {
 	if p := mesh.PrincipalFrom(r.Context()); p != nil && p.Subject != "" {
 		return "user:" + p.Subject // a signed-in client is limited as itself, wherever it calls from
 	}
-	if rl.keyHeader != "" {
-		first, _, _ := strings.Cut(r.Header.Get(rl.keyHeader), ",")
-		if ip := net.ParseIP(strings.TrimSpace(first)); ip != nil {
-			return ip.String()
-		}
-	}
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	if err != nil {
-		return r.RemoteAddr
-	}
-	return host
+	return rl.clients.key(r)
 }
 
 // rateLimit answers 429 with Retry-After once a client has used its
@@ -209,9 +228,4 @@ func ceilSeconds(d time.Duration) int {
 }
 
 // Validate reports limits that cannot work.
-func (c *RateLimits) Validate() error {
-	if c.KeyHeader != "" && strings.ContainsAny(c.KeyHeader, " :\r\n") {
-		return errors.New("--rate-key-header is not a header name")
-	}
-	return nil
-}
+func (c *RateLimits) Validate() error { return c.validateKey() }

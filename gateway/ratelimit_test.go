@@ -1,6 +1,7 @@
 package gateway_test
 
 import (
+	"fmt"
 	"net/http"
 	"os"
 	"strconv"
@@ -65,21 +66,24 @@ func TestRateLimitsPerClassWithHeaders(t *testing.T) {
 	wantStatus(t, s.anon.do("GET", "/health", ""), http.StatusOK)
 }
 
-// TestRateLimitKeyHeader: behind a proxy the client is the header's first
-// address; without a usable one, the connection's.
+// TestRateLimitKeyHeader: behind a proxy the client is the address the
+// proxy appended (the header's rightmost); what the client wrote left of
+// it does not give it a fresh quota; without a usable address there, the
+// connection's.
 func TestRateLimitKeyHeader(t *testing.T) {
 	t.Parallel()
 	s := startSystem(t, func(c *app.Config) {
 		c.Gateway.Limits = gateway.RateLimits{Read: perMinute(2), KeyHeader: "X-Forwarded-For"}
 	})
-	a := []string{"X-Forwarded-For", "203.0.113.7, 10.0.0.1"}
-	for range 2 {
-		wantStatus(t, readAnyUser(s.anon, a...), http.StatusUnauthorized)
+	for i := range 2 {
+		wantStatus(t, readAnyUser(s.anon, "X-Forwarded-For", fmt.Sprintf("198.51.100.%d, 203.0.113.7", i)), http.StatusUnauthorized)
 	}
-	wantStatus(t, readAnyUser(s.anon, a...), http.StatusTooManyRequests)
-	wantStatus(t, readAnyUser(s.anon, "X-Forwarded-For", "198.51.100.9"), http.StatusUnauthorized)
+	// A forged entry of its own each time: still the same client.
+	wantStatus(t, readAnyUser(s.anon, "X-Forwarded-For", "192.0.2.200, 203.0.113.7"), http.StatusTooManyRequests)
+	wantStatus(t, readAnyUser(s.anon, "X-Forwarded-For", "203.0.113.7"), http.StatusTooManyRequests)
+	wantStatus(t, readAnyUser(s.anon, "X-Forwarded-For", "203.0.113.7, 198.51.100.9"), http.StatusUnauthorized)
 	// Garbage in the header: the connection's address is the key.
-	for _, junk := range []string{"not an address", "", "203.0.113.7x", strings.Repeat("9", 4000)} {
+	for _, junk := range []string{"not an address", "", "203.0.113.7x", strings.Repeat("9", 4000), strings.Repeat("1.2.3.4,", 6000) + "x"} {
 		r := readAnyUser(s.anon, "X-Forwarded-For", junk)
 		if r.code != http.StatusUnauthorized && r.code != http.StatusTooManyRequests {
 			t.Fatalf("X-Forwarded-For %.20q: %d", junk, r.code)

@@ -130,7 +130,7 @@ func waitReady(t *testing.T, url string, exited chan error, logs *bytes.Buffer) 
 // default, and there are no rows for flags that do not exist.
 func TestReadmeDocumentsEveryFlag(t *testing.T) {
 	rows := map[string][]string{}
-	for _, m := range regexp.MustCompile("(?m)^\\| `--([a-z-]+)` \\| `([A-Z_]+)` \\|\\s*`?([^|`]*?)`?\\s*\\|").FindAllStringSubmatch(readme(t), -1) {
+	for _, m := range regexp.MustCompile("(?m)^\\| `--([a-z0-9-]+)` \\| `([A-Z0-9_]+)` \\|\\s*`?([^|`]*?)`?\\s*\\|").FindAllStringSubmatch(readme(t), -1) {
 		rows[m[1]] = []string{m[2], strings.TrimSpace(m[3])}
 	}
 	fs := flag.NewFlagSet("run", flag.ContinueOnError)

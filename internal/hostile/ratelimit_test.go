@@ -3,7 +3,10 @@ package hostile
 import (
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"net/http/httputil"
+	"net/url"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -81,6 +84,78 @@ func TestRateLimitsHoldUnderAKeySpray(t *testing.T) {
 	}
 	if grew > 64<<20 {
 		t.Errorf("the process grew %d MiB under a key spray; want < 64 MiB (the store is bounded)", grew>>20)
+	}
+	s.healthy(t)
+}
+
+// TestForgedForwardedForBehindAProxy puts a real reverse proxy
+// (net/http/httputil, which appends the address it sees to
+// X-Forwarded-For, as nginx's $proxy_add_x_forwarded_for, Envoy and cloud
+// load balancers do) in front of trellis with --rate-key-header
+// X-Forwarded-For --rate-key-proxies 127.0.0.1 (the proxy's address), and
+// clients on their own loopback addresses that write an X-Forwarded-For of
+// their own: a new forged address with every request does not give a
+// client a new quota, forging another client's address does not spend
+// that client's, and a client that skips the proxy is counted by its own
+// connection.
+func TestForgedForwardedForBehindAProxy(t *testing.T) {
+	const quota = 5
+	s := start(t, "--rate-read", fmt.Sprintf("%d/m", quota), "--rate-key-header", "X-Forwarded-For", "--rate-key-proxies", "127.0.0.1")
+	target, _ := url.Parse("http://" + s.http)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := &http.Server{Handler: httputil.NewSingleHostReverseProxy(target), ReadHeaderTimeout: 5 * time.Second}
+	go proxy.Serve(ln)
+	t.Cleanup(func() { proxy.Close() })
+
+	// from is a client on its own loopback address.
+	from := func(ip string) *http.Client {
+		d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
+		return &http.Client{Transport: &http.Transport{DialContext: d.DialContext}, Timeout: 10 * time.Second}
+	}
+	get := func(c *http.Client, addr, xff string) int {
+		req, _ := http.NewRequest("GET", "http://"+addr+"/api/v1/users/0192f7a4-7c4e-7d1a-9b7e-2f5c3a1d8e90", nil)
+		if xff != "" {
+			req.Header.Set("X-Forwarded-For", xff)
+		}
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	count := func(c *http.Client, addr string, n int, xff func(i int) string) (served, limited int) {
+		for i := range n {
+			switch code := get(c, addr, xff(i)); code {
+			case http.StatusUnauthorized: // anonymous: answered, and counted
+				served++
+			case http.StatusTooManyRequests:
+				limited++
+			default:
+				t.Fatalf("got %d", code)
+			}
+		}
+		return served, limited
+	}
+	a, b, direct := from("127.0.0.2"), from("127.0.0.3"), from("127.0.0.4")
+	proxied := ln.Addr().String()
+
+	served, limited := count(a, proxied, 3*quota, func(i int) string { return fmt.Sprintf("198.51.100.%d", i) })
+	if served != quota || limited != 2*quota {
+		t.Errorf("a client forging a new X-Forwarded-For each time: %d served, %d limited; want %d and %d", served, limited, quota, 2*quota)
+	}
+	// Straight to the gateway, naming client b: counted as itself.
+	served, limited = count(direct, s.http, 2*quota, func(int) string { return "127.0.0.3" })
+	if served != quota || limited != quota {
+		t.Errorf("a client skipping the proxy: %d served, %d limited; want %d and %d", served, limited, quota, quota)
+	}
+	// Client b has its whole quota still.
+	if served, limited = count(b, proxied, quota, func(int) string { return "" }); served != quota {
+		t.Errorf("client b after others forged its address: %d served, %d limited; want %d served", served, limited, quota)
 	}
 	s.healthy(t)
 }
