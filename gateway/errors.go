@@ -2,9 +2,12 @@ package gateway
 
 import (
 	"context"
+	"fmt"
+	"math"
 	"net/http"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -27,6 +30,9 @@ func (g *Gateway) writeError(ctx context.Context, _ *runtime.ServeMux, _ runtime
 	st := status.Convert(err)
 	httpStatus := runtime.HTTPStatusFromCode(st.Code())
 	switch {
+	case st.Code() == codes.InvalidArgument && strings.HasPrefix(st.Message(), "invalid grpc-timeout:"):
+		// grpc-gateway's, quoting the whole header back.
+		st = status.New(codes.InvalidArgument, "Grpc-Timeout is not a gRPC timeout: digits and one unit, H, M, S, m (milliseconds), u or n, as in 250m")
 	case st.Code() == codes.InvalidArgument && st.Message() == "unexpected EOF":
 		st = status.New(codes.InvalidArgument, "invalid JSON body: unexpected end of input")
 	case st.Code() == codes.InvalidArgument && strings.HasPrefix(st.Message(), "proto:"):
@@ -54,6 +60,17 @@ func (g *Gateway) writeError(ctx context.Context, _ *runtime.ServeMux, _ runtime
 				w.Header().Set("Retry-After", strconv.Itoa(max(ceilSeconds(ri.GetRetryDelay().AsDuration()), 1)))
 			}
 		}
+	case st.Code() == codes.DeadlineExceeded && g.clientDeadlineBinds(r):
+		// The client asked for an answer within its Grpc-Timeout, and it
+		// ran out (or was refused at once as too short for the method): the
+		// client's choice, not the upstream's failure.
+		httpStatus = http.StatusRequestTimeout
+		msg := fmt.Sprintf("the request's own deadline (Grpc-Timeout: %s) ran out before an answer: send a longer one, or none (the gateway then waits up to %s per upstream call)",
+			r.Header.Get(grpcTimeoutHeader), g.cfg.UpstreamTimeout)
+		if strings.HasPrefix(st.Message(), "refused:") { // the server's deadline-aware refusal says what it needs
+			msg += "; " + st.Message()
+		}
+		st = status.New(codes.DeadlineExceeded, msg)
 	case st.Code() == codes.Aborted:
 		// The only ABORTED is a stale etag: the precondition failed.
 		httpStatus = http.StatusPreconditionFailed
@@ -70,7 +87,16 @@ func (g *Gateway) writeError(ctx context.Context, _ *runtime.ServeMux, _ runtime
 }
 
 func (g *Gateway) writeStatus(w http.ResponseWriter, httpStatus int, st *status.Status) {
-	body, err := errorJSON.Marshal(st.Proto())
+	// A message or detail may quote what the client sent, and protojson
+	// refuses strings that are not UTF-8: the client's bytes are replaced
+	// (U+FFFD), or the details dropped, rather than the answer becoming a 500.
+	p := st.Proto()
+	p.Message = strings.ToValidUTF8(p.Message, "\uFFFD")
+	body, err := errorJSON.Marshal(p)
+	if err != nil {
+		p.Details = nil
+		body, err = errorJSON.Marshal(p)
+	}
 	if err != nil {
 		body = []byte(`{"code":13,"message":"internal error"}`)
 		httpStatus = http.StatusInternalServerError
@@ -107,4 +133,50 @@ func quotedName(msg string) string {
 		return "query"
 	}
 	return name
+}
+
+// grpcTimeoutHeader is the deadline a REST client may set on its request,
+// in gRPC's encoding (1 to 8 digits and a unit: 250m, 2S); grpc-gateway
+// applies it to the upstream calls and refuses a malformed one (400).
+const grpcTimeoutHeader = "Grpc-Timeout"
+
+// clientDeadlineBinds reports whether the request set a deadline shorter
+// than the gateway's own per-call one, so that a DEADLINE_EXCEEDED is the
+// client's deadline running out.
+func (g *Gateway) clientDeadlineBinds(r *http.Request) bool {
+	d, ok := parseGRPCTimeout(r.Header.Get(grpcTimeoutHeader))
+	return ok && d > 0 && (g.cfg.UpstreamTimeout <= 0 || d < g.cfg.UpstreamTimeout)
+}
+
+// parseGRPCTimeout decodes a grpc-timeout value as grpc-gateway does:
+// digits and one unit of H, M, S, m, u, n; too large a value saturates.
+func parseGRPCTimeout(v string) (time.Duration, bool) {
+	if len(v) < 2 {
+		return 0, false
+	}
+	var unit time.Duration
+	switch v[len(v)-1] {
+	case 'H':
+		unit = time.Hour
+	case 'M':
+		unit = time.Minute
+	case 'S':
+		unit = time.Second
+	case 'm':
+		unit = time.Millisecond
+	case 'u':
+		unit = time.Microsecond
+	case 'n':
+		unit = time.Nanosecond
+	default:
+		return 0, false
+	}
+	n, err := strconv.ParseUint(v[:len(v)-1], 10, 64)
+	if err != nil {
+		return 0, false
+	}
+	if n > uint64(math.MaxInt64)/uint64(unit) {
+		return math.MaxInt64, true
+	}
+	return time.Duration(n) * unit, true
 }

@@ -37,6 +37,11 @@ type Config struct {
 	// CORSOrigins lists the origins (scheme://host[:port]) allowed to call
 	// the API from a browser. Empty: same-origin only.
 	CORSOrigins []string
+	// UpstreamTimeout is the mesh clients' deadline for each upstream call
+	// (--upstream-timeout): a client's Grpc-Timeout shorter than it is the
+	// deadline that binds, and its running out is the client's (408), not
+	// the upstream's (504). Zero: every client deadline binds.
+	UpstreamTimeout time.Duration
 	// Limits are the per-client rate limits of the API. The zero value
 	// limits nothing; the flags' defaults are DefaultReadQuota and its
 	// siblings.

@@ -130,12 +130,14 @@ var errorResponses = map[string]string{
 	"412": "The etag sent (If-Match or etag) is no longer the object's: read it again.",
 	"413": "The body is larger than 1 MiB.",
 	"415": "The body is not application/json.",
+	"408": "The deadline the request set (Grpc-Timeout, gRPC's encoding: 250m, 2S) ran out before an answer, or is shorter than half of what the operation usually takes; the code is DEADLINE_EXCEEDED. Send a longer one, or none.",
 	"429": "A rate limit: Retry-After says when to come back.",
 	"503": "A service this needs is unavailable or overloaded: retry later.",
 }
 
 // routeErrors lists the 4xx each operation can answer besides the ones
-// every API route can (400, 401, 429, 503).
+// every API route can (400, 401, 408, 429, 503; the overview, which keeps
+// its own deadline, no 408).
 var routeErrors = map[string][]string{
 	"post /api/v1/users":                {"409", "413", "415"},
 	"get /api/v1/users":                 {"403"},
@@ -224,7 +226,11 @@ func refine(doc obj) error {
 				return fmt.Errorf("%s: no error list for this route", key)
 			}
 			rs := op["responses"].(obj)
-			for _, code := range append([]string{"400", "401", "429", "503"}, extra...) {
+			common := []string{"400", "401", "408", "429", "503"}
+			if strings.HasSuffix(path, ":overview") {
+				common = []string{"400", "401", "429", "503"}
+			}
+			for _, code := range append(common, extra...) {
 				rs[code] = obj{"$ref": "#/components/responses/E" + code}
 			}
 			if rs["default"] != nil {

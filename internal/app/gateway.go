@@ -29,6 +29,7 @@ func (a *App) addGateway(context.Context) error {
 	gcfg := a.cfg.Gateway
 	gcfg.Tracer = a.tp
 	gcfg.Tokens = a.verifier(userConn)
+	gcfg.UpstreamTimeout = a.cfg.Upstream.Timeout
 	if gcfg.Shed && a.cfg.Server.Shed.Enabled {
 		gcfg.Shedder = mesh.NewLimiter(a.cfg.Server.Shed, TargetGateway, a.metrics)
 	}

@@ -86,7 +86,19 @@ var (
 	// ifMatch are the If-Match values a client may send (the etag
 	// precondition of PATCH, DELETE and :cancel).
 	ifMatch = []string{"*", `"v1"`, `W/"v1"`, "v0", `"v-1"`, `"v99999999999999999999"`, `""`, "garbage", strings.Repeat("v", 8000), "\u202e"}
-	leaks   = []string{"proto:", "grpc:", "strconv", "sql", "SQL", "panic", "goroutine", "runtime error", "utf8", "invalid syntax", "127.0.0.1", "dial tcp"}
+	// Headers the gateway reads, as name and value: a client's own
+	// deadline (gRPC's encoding, which grpc-gateway applies), the request
+	// id, the trace context, the token.
+	headers = [][2]string{
+		{"Grpc-Timeout", "1n"}, {"Grpc-Timeout", "1u"}, {"Grpc-Timeout", "1m"}, {"Grpc-Timeout", "0n"},
+		{"Grpc-Timeout", "99999999H"}, {"Grpc-Timeout", "18446744073709551616n"}, {"Grpc-Timeout", "-5S"},
+		{"Grpc-Timeout", "5"}, {"Grpc-Timeout", "S"}, {"Grpc-Timeout", "1x"}, {"Grpc-Timeout", "+1S"}, {"Grpc-Timeout", "١S"},
+		{"X-Request-Id", strings.Repeat("r", 8000)}, {"X-Request-Id", "‮"}, {"X-Request-Id", " "},
+		{"Traceparent", "00-" + strings.Repeat("0", 32) + "-" + strings.Repeat("0", 16) + "-01"}, {"Traceparent", "ff-junk"},
+		{"Tracestate", strings.Repeat("a=b,", 2000)},
+		{"Authorization", "Bearer"}, {"Authorization", "Bearer " + strings.Repeat("x", 5000)}, {"Authorization", "Basic Zm9vOmJhcg=="},
+	}
+	leaks = []string{"proto:", "grpc:", "strconv", "sql", "SQL", "panic", "goroutine", "runtime error", "utf8", "invalid syntax", "127.0.0.1", "dial tcp"}
 )
 
 // restClient sends requests without Go's client tidying them: the path
@@ -312,6 +324,9 @@ func TestGeneratedInputsNeverFaultTheServer(t *testing.T) {
 		}
 		for _, m := range ifMatch {
 			checkREST(t, s, r.method, fill(r.template, func() string { return "0192f7a4-7c4e-7d1a-9b7e-2f5c3a1d8e90" }), `{"name":"N"}`, "If-Match", m)
+		}
+		for _, h := range headers {
+			checkREST(t, s, r.method, fill(r.template, func() string { return "0192f7a4-7c4e-7d1a-9b7e-2f5c3a1d8e90" }), `{"name":"N"}`, h[0], h[1])
 		}
 	}
 	// REST, generated: random combinations, from several clients at once.
