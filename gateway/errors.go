@@ -148,27 +148,16 @@ func (g *Gateway) clientDeadlineBinds(r *http.Request) bool {
 	return ok && d > 0 && (g.cfg.UpstreamTimeout <= 0 || d < g.cfg.UpstreamTimeout)
 }
 
+var grpcTimeoutUnits = map[byte]time.Duration{'H': time.Hour, 'M': time.Minute, 'S': time.Second, 'm': time.Millisecond, 'u': time.Microsecond, 'n': time.Nanosecond}
+
 // parseGRPCTimeout decodes a grpc-timeout value as grpc-gateway does:
 // digits and one unit of H, M, S, m, u, n; too large a value saturates.
 func parseGRPCTimeout(v string) (time.Duration, bool) {
 	if len(v) < 2 {
 		return 0, false
 	}
-	var unit time.Duration
-	switch v[len(v)-1] {
-	case 'H':
-		unit = time.Hour
-	case 'M':
-		unit = time.Minute
-	case 'S':
-		unit = time.Second
-	case 'm':
-		unit = time.Millisecond
-	case 'u':
-		unit = time.Microsecond
-	case 'n':
-		unit = time.Nanosecond
-	default:
+	unit, ok := grpcTimeoutUnits[v[len(v)-1]]
+	if !ok {
 		return 0, false
 	}
 	n, err := strconv.ParseUint(v[:len(v)-1], 10, 64)
