@@ -20,6 +20,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
@@ -440,4 +441,53 @@ func escapeSome(s string) string {
 		b.WriteByte(c)
 	}
 	return b.String()
+}
+
+// FuzzGRPCMetadata sends every RPC an empty request with one metadata
+// entry a client chose (a token, a request id, trace context, a binary
+// header, anything): never a server fault, never leaked internals.
+// Run longer with: go test -fuzz FuzzGRPCMetadata ./internal/hostile
+func FuzzGRPCMetadata(f *testing.F) {
+	for _, kv := range [][2]string{
+		{"authorization", "Bearer"}, {"authorization", "Bearer " + strings.Repeat("x", 5000)}, {"authorization", "Basic Zm9v"},
+		{"authorization", "bearer eyJhbGciOiJub25lIn0.e30."}, {"x-request-id", strings.Repeat("r", 200)}, {"x-request-id", "\x7f"},
+		{"traceparent", "00-" + strings.Repeat("f", 32) + "-" + strings.Repeat("f", 16) + "-ff"}, {"traceparent", "junk"},
+		{"tracestate", strings.Repeat("k=v,", 100)}, {"x-bin", "\xff\x00"}, {"trellis-principal", "admin"}, {"x-forwarded-for", "1.2.3.4"},
+		{"content-type", "application/grpc+json"}, {"user-agent", "\u202e"},
+	} {
+		f.Add(uint8(0), kv[0], kv[1])
+		f.Add(uint8(7), kv[0], kv[1])
+	}
+	s := start(f)
+	conns := map[string]*grpc.ClientConn{}
+	var all, at []string
+	for _, as := range services(s) {
+		if conns[as.addr] == nil {
+			conns[as.addr] = s.dial(f, as.addr)
+		}
+		for i := range as.sd.Methods().Len() {
+			all = append(all, "/"+string(as.sd.FullName())+"/"+string(as.sd.Methods().Get(i).Name()))
+			at = append(at, as.addr)
+		}
+	}
+	f.Fuzz(func(t *testing.T, mi uint8, key, value string) {
+		i := int(mi) % len(all)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		ctx = metadata.AppendToOutgoingContext(ctx, key, value)
+		raw, out := []byte{}, []byte{}
+		err := conns[at[i]].Invoke(ctx, all[i], &raw, &out, grpc.ForceCodecV2(testenv.RawCodec{}))
+		st := status.Convert(err)
+		if st.Code() == codes.Internal && (strings.Contains(st.Message(), "header key") || strings.Contains(st.Message(), "metadata")) {
+			return // grpc-go refused to send it (an invalid key or value): nothing reached the server
+		}
+		if serverFaults[st.Code()] {
+			t.Errorf("%s with %q: %q: %v", all[i], key, value, err)
+		}
+		for _, l := range leaks {
+			if strings.Contains(st.Message(), l) {
+				t.Errorf("%s with %q: %q: message leaks %q: %s", all[i], key, value, l, st.Message())
+			}
+		}
+	})
 }
