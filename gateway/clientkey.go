@@ -66,16 +66,18 @@ func newClientKeyer(c RateLimits) (*clientKeyer, error) {
 	}
 	k.list = k.header == xForwardedFor || k.header == forwarded
 	var err error
-	switch {
-	case len(c.TrustedProxies) > 0:
+	if len(c.TrustedProxies) > 0 {
 		if k.proxies, err = realclientip.AddressesAndRangesToIPNets(c.TrustedProxies...); err != nil {
 			return nil, err
 		}
-		k.strategy, err = realclientip.NewRightmostTrustedRangeStrategy(k.header, k.proxies)
-	case k.list:
-		k.strategy, err = realclientip.NewRightmostTrustedCountStrategy(k.header, k.hops)
-	default:
+	}
+	switch {
+	case !k.list: // one address, set by the proxy (trusted only from the proxies, when they are named)
 		k.strategy, err = realclientip.NewSingleIPHeaderStrategy(k.header)
+	case k.proxies != nil:
+		k.strategy, err = realclientip.NewRightmostTrustedRangeStrategy(k.header, k.proxies)
+	default:
+		k.strategy, err = realclientip.NewRightmostTrustedCountStrategy(k.header, k.hops)
 	}
 	return k, err
 }

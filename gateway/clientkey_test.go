@@ -61,6 +61,8 @@ func TestClientKey(t *testing.T) {
 		{"from a trusted proxy: the rightmost outside the proxies", RateLimits{KeyHeader: "X-Forwarded-For", TrustedProxies: []string{"10.0.0.0/8"}}, "10.0.0.1:5000", xff("198.51.100.1, 203.0.113.7, 10.2.2.2"), "203.0.113.7"},
 		{"not from a trusted proxy: its own address", RateLimits{KeyHeader: "X-Forwarded-For", TrustedProxies: []string{"10.0.0.0/8"}}, "192.0.2.9:5000", xff("203.0.113.7"), "192.0.2.9"},
 		{"nothing but proxies within the bound: the connection", RateLimits{KeyHeader: "X-Forwarded-For", TrustedProxies: []string{"10.0.0.0/8"}}, "10.0.0.1:5000", xff(trustedTail), "10.0.0.1"},
+		{"a one-address header from a trusted proxy", RateLimits{KeyHeader: "X-Real-IP", TrustedProxies: []string{"10.0.0.0/8"}}, "10.0.0.1:5000", http.Header{"X-Real-Ip": {"203.0.113.7"}}, "203.0.113.7"},
+		{"a one-address header from elsewhere: its own address", RateLimits{KeyHeader: "X-Real-IP", TrustedProxies: []string{"10.0.0.0/8"}}, "192.0.2.9:5000", http.Header{"X-Real-Ip": {"203.0.113.7"}}, "192.0.2.9"},
 		{"a peer that is no address", RateLimits{KeyHeader: "X-Forwarded-For"}, "@", xff("junk"), "@"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -158,6 +160,7 @@ func TestClientKeySettings(t *testing.T) {
 		{RateLimits{KeyHeader: "X-Forwarded-For", TrustedHops: MaxTrustedHops}, ""},
 		{RateLimits{KeyHeader: "Forwarded", TrustedProxies: []string{"10.0.0.0/8", "2001:db8::/32", "192.0.2.1"}}, ""},
 		{RateLimits{KeyHeader: "X-Real-IP", IPv6Prefix: 128}, ""},
+		{RateLimits{KeyHeader: "X-Real-IP", TrustedProxies: []string{"10.0.0.0/8"}}, ""},
 		{RateLimits{KeyHeader: "X Forwarded"}, "--rate-key-header"},
 		{RateLimits{KeyHeader: "X-Forwarded-For:"}, "--rate-key-header"},
 		{RateLimits{KeyHeader: "X-Forwarded-For", TrustedHops: -1}, "--rate-key-hops"},
