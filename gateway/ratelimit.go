@@ -85,7 +85,7 @@ func (c *RateLimits) RegisterFlags(prefix string, fs *flag.FlagSet) {
 	fs.Var(quotaFlag{Q: &c.Auth}, prefix+"rate-auth", "requests per client that create accounts (POST /api/v1/users) or sign in (POST /api/v1/auth:signIn)")
 	fs.StringVar(&c.KeyHeader, prefix+"rate-key-header", "", "header naming the client for rate limits behind a trusted proxy: X-Forwarded-For or Forwarded (read from the right, see --rate-key-hops) or a one-address header such as X-Real-IP; empty: the connection's address")
 	fs.IntVar(&c.TrustedHops, prefix+"rate-key-hops", 1, "proxies in front of the gateway that append to --rate-key-header (X-Forwarded-For, Forwarded): the client is that many addresses from the right")
-	fs.Func(prefix+"rate-key-proxies", "comma list of the trusting proxies' addresses or CIDR ranges, instead of --rate-key-hops: the client is the header's rightmost address outside them; a connection from elsewhere is keyed by its own address", func(v string) error {
+	fs.Func(prefix+"rate-key-proxies", "comma list of the trusted proxies' addresses or CIDR ranges, instead of --rate-key-hops: the client is the header's rightmost address outside them; a connection from elsewhere is keyed by its own address", func(v string) error {
 		c.TrustedProxies = nil
 		for _, p := range strings.Split(v, ",") {
 			if p = strings.TrimSpace(p); p != "" {
