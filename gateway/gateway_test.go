@@ -42,6 +42,7 @@ func TestUserRoutes(t *testing.T) {
 		{"create unknown field", "POST", "/api/v1/users", `{"email":"c@example.com","name":"C","password":"12345678","admin":true}`, 400, nil, "unknown field"},
 		{"create malformed json", "POST", "/api/v1/users", `{"email":`, 400, nil, "invalid JSON body"},
 		{"create wrong type", "POST", "/api/v1/users", `{"email":5}`, 400, nil, "invalid JSON body"},
+		{"create not JSON", "POST", "/api/v1/users", "\ufeff{}", 400, nil, "invalid JSON body: not JSON at byte 1"},
 		{"list", "GET", "/api/v1/users?page_size=1", "", 200, nil, `"nextPageToken"`},
 		{"list bad token", "GET", "/api/v1/users?page_token=xyz", "", 400, []string{"page_token"}, ""},
 		{"list negative size", "GET", "/api/v1/users?page_size=-1", "", 400, []string{"page_size"}, ""},

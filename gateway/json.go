@@ -3,6 +3,7 @@ package gateway
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
@@ -30,6 +31,10 @@ func (s *strictJSON) NewDecoder(r io.Reader) runtime.Decoder {
 	inner := runtime.DecoderWrapper{Decoder: d, UnmarshalOptions: s.UnmarshalOptions}
 	return runtime.DecoderFunc(func(v any) error {
 		if err := inner.Decode(v); err != nil {
+			var syntax *json.SyntaxError
+			if errors.As(err, &syntax) { // encoding/json's words ("invalid character '\x1f' looking for beginning of value") are not ours to send
+				return fmt.Errorf("invalid JSON body: not JSON at byte %d", syntax.Offset)
+			}
 			return err
 		}
 		if _, err := d.Token(); err != io.EOF {
