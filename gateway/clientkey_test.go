@@ -207,3 +207,27 @@ func TestClientKeySettings(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkClientKey: what naming an anonymous client costs a request.
+func BenchmarkClientKey(b *testing.B) {
+	for _, bc := range []struct {
+		name string
+		c    RateLimits
+		peer string
+		h    http.Header
+	}{
+		{"connection", RateLimits{}, "203.0.113.7:5000", nil},
+		{"connection-ipv6", RateLimits{}, "[2001:db8:1:2::7]:5000", nil},
+		{"xff-hops", RateLimits{KeyHeader: "X-Forwarded-For"}, "10.0.0.1:5000", http.Header{"X-Forwarded-For": {"198.51.100.1, 203.0.113.7"}}},
+		{"xff-proxies", RateLimits{KeyHeader: "X-Forwarded-For", TrustedProxies: []string{"10.0.0.0/8"}}, "10.0.0.1:5000", http.Header{"X-Forwarded-For": {"198.51.100.1, 203.0.113.7, 10.0.0.2"}}},
+	} {
+		k := keyer(b, bc.c)
+		r := &http.Request{RemoteAddr: bc.peer, Header: bc.h}
+		b.Run(bc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				k.key(r)
+			}
+		})
+	}
+}
