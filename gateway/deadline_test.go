@@ -19,10 +19,10 @@ func TestClientDeadline(t *testing.T) {
 	t.Parallel()
 	s := startSystem(t, nil)
 	id := s.createUser(t, "deadline@example.com")
-	for _, v := range []string{"1n", "1u"} { // gone before the call is sent
+	for v, want := range map[string]string{"1n": "1ns", "1u": "1µs", "0000000000000000000000000000000000000002n": "2ns"} { // gone before the call is sent
 		r := s.http.do("GET", "/api/v1/users/"+id, "", "Grpc-Timeout", v)
 		wantStatus(t, r, http.StatusRequestTimeout)
-		if j := r.json(t); j["code"] != 4.0 || !strings.Contains(j["message"].(string), "Grpc-Timeout: "+v) {
+		if j := r.json(t); j["code"] != 4.0 || !strings.Contains(j["message"].(string), "Grpc-Timeout, "+want) {
 			t.Errorf("Grpc-Timeout %s: %s", v, r.body)
 		}
 	}

@@ -65,8 +65,11 @@ func (g *Gateway) writeError(ctx context.Context, _ *runtime.ServeMux, _ runtime
 		// ran out (or was refused at once as too short for the method): the
 		// client's choice, not the upstream's failure.
 		httpStatus = http.StatusRequestTimeout
-		msg := fmt.Sprintf("the request's own deadline (Grpc-Timeout: %s) ran out before an answer: send a longer one, or none (the gateway then waits up to %s per upstream call)",
-			r.Header.Get(grpcTimeoutHeader), g.cfg.UpstreamTimeout)
+		d, _ := parseGRPCTimeout(r.Header.Get(grpcTimeoutHeader)) // the value as read, not the client's text: it may be 64 KiB of zeros
+		msg := fmt.Sprintf("the request's own deadline (Grpc-Timeout, %s) ran out before an answer: send a longer one, or none", d)
+		if g.cfg.UpstreamTimeout > 0 {
+			msg += fmt.Sprintf(" (the gateway then waits up to %s per upstream call)", g.cfg.UpstreamTimeout)
+		}
 		if strings.HasPrefix(st.Message(), "refused:") { // the server's deadline-aware refusal says what it needs
 			msg += "; " + st.Message()
 		}
@@ -136,7 +139,7 @@ func quotedName(msg string) string {
 }
 
 // grpcTimeoutHeader is the deadline a REST client may set on its request,
-// in gRPC's encoding (1 to 8 digits and a unit: 250m, 2S); grpc-gateway
+// in gRPC's encoding (digits and a unit: 250m, 2S); grpc-gateway
 // applies it to the upstream calls and refuses a malformed one (400).
 const grpcTimeoutHeader = "Grpc-Timeout"
 
