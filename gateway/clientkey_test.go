@@ -135,6 +135,10 @@ func FuzzClientKey(f *testing.F) {
 			if got := keyOf(kr, peer, hdr); got != want {
 				t.Fatalf("forged %q changed the key: %q, want %q (header %q)", forged, got, want, hdr)
 			}
+			// Reading only the trailing entries gives what the whole header would.
+			if whole, cut := kr.strategy.ClientIP(hdr, peer), kr.strategy.ClientIP(kr.trailing(hdr), peer); whole != cut {
+				t.Fatalf("header %q: the whole of it names %q, its trailing entries %q", hdr, whole, cut)
+			}
 		}
 		if want == "10.0.0.1" {
 			return
