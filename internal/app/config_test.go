@@ -103,7 +103,7 @@ func TestLatencyTargetFlagRefusesMalformedValues(t *testing.T) {
 }
 
 // TestCPUShareFlagRefusesMalformedValues: --shed-cpu-share and
-// TRELLIS_SHED_CPU_SHARE take a number from 0 to 1 (default 0.3). A value
+// TRELLIS_SHED_CPU_SHARE take a number from 0 to 1 (default 0.5). A value
 // that is not a number is a parse error naming the flag or the variable;
 // one that parses but is out of range (negative, over 1, NaN, infinite)
 // is refused by Validate, naming the flag.
@@ -126,8 +126,8 @@ func TestCPUShareFlagRefusesMalformedValues(t *testing.T) {
 		})
 		return c, err
 	}
-	if c, err := parse("", ""); err != nil || c.Server.Shed.CPUShare != 0.3 {
-		t.Fatalf("default: %v, share %v; want 0.3", err, c.Server.Shed.CPUShare)
+	if c, err := parse("", ""); err != nil || c.Server.Shed.CPUShare != 0.5 {
+		t.Fatalf("default: %v, share %v; want 0.5", err, c.Server.Shed.CPUShare)
 	}
 	for _, v := range []string{"abc", "0.3x", "30%", "1e999", "0,3", "0.3\x00", strings.Repeat("9", 4096)} {
 		if _, err := parse(v, ""); err == nil {
