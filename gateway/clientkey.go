@@ -44,17 +44,14 @@ const (
 type clientKeyer struct {
 	header   string                // canonical; "" reads the connection only
 	list     bool                  // header is X-Forwarded-For or Forwarded
-	hops     int                   // entries the trusted proxies append
 	proxies  []net.IPNet           // when set: who may set the header
 	strategy realclientip.Strategy // reads the header
 	v6bits   int
 }
 
 func newClientKeyer(c RateLimits) (*clientKeyer, error) {
-	k := &clientKeyer{header: http.CanonicalHeaderKey(c.KeyHeader), hops: c.TrustedHops, v6bits: c.IPv6Prefix}
-	if k.hops == 0 {
-		k.hops = 1
-	}
+	k := &clientKeyer{header: http.CanonicalHeaderKey(c.KeyHeader), v6bits: c.IPv6Prefix}
+	hops := max(c.TrustedHops, 1) // 0: the default, one proxy
 	if k.v6bits == 0 {
 		k.v6bits = DefaultIPv6Prefix
 	}
@@ -77,7 +74,7 @@ func newClientKeyer(c RateLimits) (*clientKeyer, error) {
 	case k.proxies != nil:
 		k.strategy, err = realclientip.NewRightmostTrustedRangeStrategy(k.header, k.proxies)
 	default:
-		k.strategy, err = realclientip.NewRightmostTrustedCountStrategy(k.header, k.hops)
+		k.strategy, err = realclientip.NewRightmostTrustedCountStrategy(k.header, hops)
 	}
 	return k, err
 }

@@ -226,9 +226,9 @@ func refine(doc obj) error {
 				return fmt.Errorf("%s: no error list for this route", key)
 			}
 			rs := op["responses"].(obj)
-			common := []string{"400", "401", "408", "429", "503"}
-			if strings.HasSuffix(path, ":overview") {
-				common = []string{"400", "401", "429", "503"}
+			common := []string{"400", "401", "429", "503"}
+			if !strings.HasSuffix(path, ":overview") {
+				common = append(common, "408")
 			}
 			for _, code := range append(common, extra...) {
 				rs[code] = obj{"$ref": "#/components/responses/E" + code}

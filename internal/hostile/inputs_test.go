@@ -403,6 +403,28 @@ func FuzzREST(f *testing.F) {
 	})
 }
 
+// rpc is one method of a served service and a connection to it.
+type rpc struct {
+	method string
+	conn   *grpc.ClientConn
+}
+
+// everyRPC lists every method of every service s serves, with one
+// connection per address.
+func everyRPC(t testing.TB, s *system) []rpc {
+	conns := map[string]*grpc.ClientConn{}
+	var rpcs []rpc
+	for _, as := range services(s) {
+		if conns[as.addr] == nil {
+			conns[as.addr] = s.dial(t, as.addr)
+		}
+		for i := range as.sd.Methods().Len() {
+			rpcs = append(rpcs, rpc{"/" + string(as.sd.FullName()) + "/" + string(as.sd.Methods().Get(i).Name()), conns[as.addr]})
+		}
+	}
+	return rpcs
+}
+
 // FuzzGRPC does the same for raw request bytes of every RPC.
 func FuzzGRPC(f *testing.F) {
 	f.Add(uint8(0), []byte{0x0a, 2, 0xff, 0xfe})
@@ -410,21 +432,10 @@ func FuzzGRPC(f *testing.F) {
 	f.Add(uint8(2), []byte{0x0b})
 	f.Add(uint8(3), []byte{0x0a, 100, 'a'})
 	s := start(f)
-	conns := map[string]*grpc.ClientConn{}
-	var all, at []string
-	for _, as := range services(s) {
-		addr, sd := as.addr, as.sd
-		if conns[addr] == nil {
-			conns[addr] = s.dial(f, addr)
-		}
-		for i := range sd.Methods().Len() {
-			all = append(all, "/"+string(sd.FullName())+"/"+string(sd.Methods().Get(i).Name()))
-			at = append(at, addr)
-		}
-	}
+	rpcs := everyRPC(f, s)
 	f.Fuzz(func(t *testing.T, mi uint8, raw []byte) {
-		i := int(mi) % len(all)
-		checkGRPC(t, conns[at[i]], all[i], raw)
+		r := rpcs[int(mi)%len(rpcs)]
+		checkGRPC(t, r.conn, r.method, raw)
 	})
 }
 
@@ -459,34 +470,24 @@ func FuzzGRPCMetadata(f *testing.F) {
 		f.Add(uint8(7), kv[0], kv[1])
 	}
 	s := start(f)
-	conns := map[string]*grpc.ClientConn{}
-	var all, at []string
-	for _, as := range services(s) {
-		if conns[as.addr] == nil {
-			conns[as.addr] = s.dial(f, as.addr)
-		}
-		for i := range as.sd.Methods().Len() {
-			all = append(all, "/"+string(as.sd.FullName())+"/"+string(as.sd.Methods().Get(i).Name()))
-			at = append(at, as.addr)
-		}
-	}
+	rpcs := everyRPC(f, s)
 	f.Fuzz(func(t *testing.T, mi uint8, key, value string) {
-		i := int(mi) % len(all)
+		r := rpcs[int(mi)%len(rpcs)]
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		ctx = metadata.AppendToOutgoingContext(ctx, key, value)
 		raw, out := []byte{}, []byte{}
-		err := conns[at[i]].Invoke(ctx, all[i], &raw, &out, grpc.ForceCodecV2(testenv.RawCodec{}))
+		err := r.conn.Invoke(ctx, r.method, &raw, &out, grpc.ForceCodecV2(testenv.RawCodec{}))
 		st := status.Convert(err)
 		if st.Code() == codes.Internal && (strings.Contains(st.Message(), "header key") || strings.Contains(st.Message(), "metadata")) {
 			return // grpc-go refused to send it (an invalid key or value): nothing reached the server
 		}
 		if serverFaults[st.Code()] {
-			t.Errorf("%s with %q: %q: %v", all[i], key, value, err)
+			t.Errorf("%s with %q: %q: %v", r.method, key, value, err)
 		}
 		for _, l := range leaks {
 			if strings.Contains(st.Message(), l) {
-				t.Errorf("%s with %q: %q: message leaks %q: %s", all[i], key, value, l, st.Message())
+				t.Errorf("%s with %q: %q: message leaks %q: %s", r.method, key, value, l, st.Message())
 			}
 		}
 	})
