@@ -293,10 +293,19 @@ func TestKustomize(t *testing.T) {
 					t.Errorf("%s may run as root", d.Name)
 				}
 				var envNames []string
+				entitled := false
 				for _, e := range c.Env {
 					envNames = append(envNames, e.Name)
+					// The shedding signal's CPUs: the container's own request, in millicores.
+					if r := e.ValueFrom; e.Name == "TRELLIS_SHED_CPU_MILLIS" && r != nil && r.ResourceFieldRef != nil {
+						ref := r.ResourceFieldRef
+						entitled = ref.Resource == "requests.cpu" && (ref.ContainerName == "" || ref.ContainerName == c.Name) && ref.Divisor.String() == "1m"
+					}
 				}
 				checkEnv(t, "Deployment "+d.Name, envNames, known)
+				if !entitled {
+					t.Errorf("%s: TRELLIS_SHED_CPU_MILLIS is not its container's requests.cpu in millicores (resourceFieldRef, divisor 1m)", d.Name)
+				}
 			}
 			for _, name := range []string{"user", "order", "gateway"} {
 				if deployments[name] == nil {

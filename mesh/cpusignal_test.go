@@ -32,13 +32,22 @@ import (
 // A refused caller waits its 50–150 ms retry delay, as clients do.
 func shedUnder(t *testing.T, target float64, work func()) (refused, served int32, overLimit float64) {
 	t.Helper()
+	refused, served, overLimit, _ = shedUnderConfig(t, mesh.ShedConfig{RunQueue: target}, work)
+	return refused, served, overLimit
+}
+
+// shedUnderConfig is shedUnder with the signal's settings in cfg
+// (RunQueue, CPUShare, CPUMillis); it also returns the CPUs the process's
+// share was measured against (trellis_process_cpus).
+func shedUnderConfig(t *testing.T, cfg mesh.ShedConfig, work func()) (refused, served int32, overLimit, cpus float64) {
+	t.Helper()
 	fake := &fakeUsers{getUser: func(ctx context.Context, _ *userv1.GetUserRequest) (*userv1.GetUserResponse, error) {
 		work()
 		return okUser, nil
 	}}
 	m, _ := testenv.Metrics()
-	srv := mesh.NewServer(mesh.ServerConfig{Name: "user", Shed: mesh.ShedConfig{Enabled: true, MinLimit: 4, MaxLimit: 8,
-		MaxWait: time.Millisecond, Pushback: 100 * time.Millisecond, RunQueue: target}}, testenv.Logger(), m)
+	cfg.Enabled, cfg.MinLimit, cfg.MaxLimit, cfg.MaxWait, cfg.Pushback = true, 4, 8, time.Millisecond, 100*time.Millisecond
+	srv := mesh.NewServer(mesh.ServerConfig{Name: "user", Shed: cfg}, testenv.Logger(), m)
 	srv.Register(&userv1.UserService_ServiceDesc, fake, validate)
 	c := userv1.NewUserServiceClient(testenv.Dial(t, testenv.Serve(t, srv)))
 	start := time.Now()
@@ -64,7 +73,7 @@ func shedUnder(t *testing.T, target float64, work func()) (refused, served int32
 		})
 	}
 	wg.Wait()
-	return ref.Load(), ok.Load(), testutil.ToFloat64(m.OverLimit("user"))
+	return ref.Load(), ok.Load(), testutil.ToFloat64(m.OverLimit("user")), testutil.ToFloat64(m.CPUs())
 }
 
 // spin burns CPU for d.

@@ -28,8 +28,8 @@ func RunQueueWindow(target, share float64, samples []float64, at []int64) []bool
 // RunQueueWindowNeeding is RunQueueWindow with need as the share of its
 // CPU the process must use for its run queue to count (--shed-cpu-share).
 func RunQueueWindowNeeding(target, need, share float64, samples []float64, at []int64) []bool {
-	s := newSaturation(target, need, schedWindow, schedHold)
-	s.opened, s.cpuAt, s.procs = 0, 0, 1
+	s := newSaturation(target, need, 0, schedWindow, schedHold)
+	s.opened, s.cpuAt, s.procs, s.cpus = 0, 0, 1, 1
 	var out []bool
 	for i, v := range samples {
 		s.add(at[i], v, share*float64(at[i])/1e9)
@@ -46,3 +46,9 @@ func (m *Metrics) Limit(server string) prometheus.Gauge {
 // EstimateTTL: a method's duration estimate no completed call confirmed
 // for this long is dropped (deadline.go).
 const EstimateTTL = estimateTTL
+
+// CgroupCPULimit is the CPU limit of the process's cgroup, if any.
+func CgroupCPULimit() (float64, bool) { return cgroupCPULimit() }
+
+// CPUs is the process-CPUs gauge (trellis_process_cpus).
+func (m *Metrics) CPUs() prometheus.Gauge { return m.cpus }

@@ -19,6 +19,7 @@ type Metrics struct {
 	// Load shedding (ShedConfig), by server.
 	admitted, overLimit     *prometheus.CounterVec
 	runQueue                prometheus.Gauge
+	cpus                    prometheus.Gauge
 	limit, inflight, queued *prometheus.GaugeVec
 	queueSeconds            prometheus.Histogram
 }
@@ -58,6 +59,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Help: "Calls over a shedding server's concurrency limit that it admitted because the process was not short of CPU (the latency that lowered the limit came from a slow upstream, database or network), by server."}, []string{"server"})
 	m.runQueue = prometheus.NewGauge(prometheus.GaugeOpts{Name: "trellis_process_run_queue",
 		Help: "Goroutines ready to run but waiting for a CPU, per CPU (GOMAXPROCS), the median of the last 50 ms window: the shedding limiters' sign of a process short of CPU (--shed-run-queue)."})
+	m.cpus = prometheus.NewGauge(prometheus.GaugeOpts{Name: "trellis_process_cpus",
+		Help: "CPUs the shedding limiters measure the process's CPU use against (--shed-cpu-share): GOMAXPROCS, the cgroup's CPU limit where lower, or --shed-cpu-millis."})
 	m.limit = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "trellis_server_concurrency_limit",
 		Help: "The adaptive concurrency limit of a shedding server (--shed), by server."}, []string{"server"})
 	m.inflight = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "trellis_server_inflight",
@@ -68,6 +71,6 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Help:    "Time calls waited for a slot on a shedding server (--shed), admitted or not.",
 		Buckets: []float64{0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25}})
 	reg.MustRegister(m.server, m.client, m.breakerState, m.breakerTransitions, m.breakerRejected, m.authzDenied, m.refused,
-		m.admitted, m.overLimit, m.runQueue, m.limit, m.inflight, m.queued, m.queueSeconds)
+		m.admitted, m.overLimit, m.runQueue, m.cpus, m.limit, m.inflight, m.queued, m.queueSeconds)
 	return m
 }

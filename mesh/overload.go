@@ -45,6 +45,12 @@ type ShedConfig struct {
 	// process is taken to be starved by other processes, not short of CPU
 	// for its own work. Zero: the run queue alone decides.
 	CPUShare float64
+	// CPUMillis, when positive, is the CPU the process is entitled to, in
+	// thousandths of a CPU — its Kubernetes CPU request (the manifests in
+	// deploy/k8s pass it through the downward API): CPUShare is then of
+	// this, where it is under GOMAXPROCS and the cgroup's CPU limit. Zero:
+	// of GOMAXPROCS, or of the cgroup's CPU limit where that is lower.
+	CPUMillis uint
 	// LatencyTarget, when positive, caps the calls in flight while the
 	// process is short of CPU (or an upstream sheds) at what the server
 	// completes in that time: its completions per second over the last
@@ -142,7 +148,8 @@ func (c *ShedConfig) RegisterFlags(prefix string, fs *flag.FlagSet) {
 	fs.DurationVar(&c.Pushback, prefix+"shed-pushback", DefaultShedPushback, "retry delay told to callers refused by --shed (grpc-retry-pushback-ms, RetryInfo), jittered ±50%")
 	fs.DurationVar(&c.LatencyTarget, prefix+"shed-latency-target", DefaultShedLatencyTarget, "while the process is short of CPU (or an upstream sheds), at most this much work in flight: calls completed per second (last 200 ms) times this, never under --shed-min-limit; calls past it are refused like calls over the limit (0: off)")
 	fs.Float64Var(&c.RunQueue, prefix+"shed-run-queue", DefaultShedRunQueue, "goroutines waiting for a CPU, per CPU (median of 50 ms windows, or three samples in a row over 8x it), above which — while the process uses at least --shed-cpu-share of its CPUs — it is short of CPU; only then does --shed refuse calls over its limit (0: refuse over the limit whatever the cause)")
-	fs.Float64Var(&c.CPUShare, prefix+"shed-cpu-share", DefaultShedCPUShare, "share of its CPUs (GOMAXPROCS) the process must use in a window for a long run queue (--shed-run-queue) to mean short of CPU; under it the process counts as starved by other processes and admits calls over its limit (0: the run queue alone decides; at most 1)")
+	fs.Float64Var(&c.CPUShare, prefix+"shed-cpu-share", DefaultShedCPUShare, "share of its CPUs (GOMAXPROCS, the cgroup's CPU limit where lower, or --shed-cpu-millis) the process must use in a window for a long run queue (--shed-run-queue) to mean short of CPU; under it the process counts as starved by other processes and admits calls over its limit (0: the run queue alone decides; at most 1)")
+	fs.UintVar(&c.CPUMillis, prefix+"shed-cpu-millis", 0, "CPU the process is entitled to, in thousandths of a CPU (its Kubernetes CPU request): --shed-cpu-share is measured against it where it is under GOMAXPROCS and the cgroup's CPU limit (0: GOMAXPROCS, or the cgroup's CPU limit where lower)")
 }
 
 // Validate reports settings that cannot work.
@@ -239,7 +246,7 @@ func NewLimiter(cfg ShedConfig, name string, m *Metrics) *Limiter {
 	switch {
 	case l.saturated != nil:
 	case cfg.RunQueue > 0:
-		l.sched = newSaturation(cfg.RunQueue, cfg.CPUShare, schedWindow, schedHold)
+		l.sched = newSaturation(cfg.RunQueue, cfg.CPUShare, float64(cfg.CPUMillis)/1000, schedWindow, schedHold)
 		l.saturated = l.sched.Saturated
 	default:
 		l.saturated = func() bool { return true }
@@ -356,6 +363,7 @@ func (l *Limiter) observe() {
 	if l.sched != nil {
 		l.sched.Saturated() // the gauge follows the signal under any load
 		l.m.runQueue.Set(l.sched.RunQueue())
+		l.m.cpus.Set(l.sched.CPUs())
 	}
 }
 

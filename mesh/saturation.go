@@ -2,6 +2,7 @@ package mesh
 
 import (
 	"math"
+	"runtime"
 	"runtime/metrics"
 	"slices"
 	"sync"
@@ -44,16 +45,22 @@ type saturation struct {
 	// the CPU taken by other processes on the machine — has a long run
 	// queue too, but refusing its own callers would not give it the CPU
 	// back; one short of CPU for its own work uses all it gets (or all
-	// its cgroup quota allows, which GOMAXPROCS follows).
-	share  float64
-	window int64 // ns
-	hold   int64 // ns
+	// its cgroup quota allows: capacity).
+	share float64
+	// entitled, when positive, is the CPUs the process is entitled to
+	// (ShedConfig.CPUMillis: its Kubernetes CPU request): its share is
+	// measured against it where it is under GOMAXPROCS.
+	entitled float64
+	window   int64 // ns
+	hold     int64 // ns
 
 	until atomic.Int64 // saturated until this unix ns
 	last  atomic.Uint64
-	used  atomic.Int64 // unix ns Saturated was last asked
-	armed atomic.Bool  // the sampling timer runs
-	timer *time.Timer
+	// cpusBits is cpus, for readers outside mu.
+	cpusBits atomic.Uint64
+	used     atomic.Int64 // unix ns Saturated was last asked
+	armed    atomic.Bool  // the sampling timer runs
+	timer    *time.Timer
 
 	mu      sync.Mutex
 	sample  []metrics.Sample
@@ -61,6 +68,7 @@ type saturation struct {
 	opened  int64
 	cpuAt   float64             // the process's CPU seconds when the window opened
 	procs   float64             // GOMAXPROCS at the last sample
+	cpus    float64             // what the share is measured against (capacity)
 	recent  [earlySamples]point // the last samples, for early (a ring)
 	next    int
 }
@@ -82,10 +90,11 @@ const (
 	minWindowSamples = 5
 )
 
-func newSaturation(target, share float64, window, hold time.Duration) *saturation {
-	s := &saturation{target: target, share: share, window: int64(window), hold: int64(hold),
+func newSaturation(target, share, entitled float64, window, hold time.Duration) *saturation {
+	s := &saturation{target: target, share: share, entitled: entitled, window: int64(window), hold: int64(hold),
 		sample: []metrics.Sample{{Name: schedRunnable}, {Name: schedGOMAXPROCS}}}
 	s.opened, s.cpuAt = time.Now().UnixNano(), processCPU()
+	s.setCPUs(float64(runtime.GOMAXPROCS(0)))
 	s.timer = time.AfterFunc(time.Hour, s.tick)
 	s.timer.Stop()
 	return s
@@ -189,7 +198,35 @@ func (s *saturation) cpuShare(from int64, cpuFrom float64, now int64, cpu float6
 	if cpu < 0 {
 		return 1
 	}
-	return (cpu - cpuFrom) / (float64(now-from) / 1e9 * max(s.procs, 1))
+	return (cpu - cpuFrom) / (float64(now-from) / 1e9 * s.cpus)
+}
+
+// capacity is the CPUs the process may use, which its CPU share is
+// measured against: GOMAXPROCS, or less where the cgroup's CPU limit is
+// lower (the runtime rounds that up, to at least 2 on a machine of two
+// CPUs or more: cgroupCPULimit) or the process is entitled to less
+// (entitled). Never under a hundredth of a CPU.
+func capacity(procs, entitled float64) float64 {
+	c := procs
+	if l, ok := cgroupCPULimit(); ok {
+		c = min(c, l)
+	}
+	if entitled > 0 {
+		c = min(c, entitled)
+	}
+	return max(c, 0.01)
+}
+
+// setCPUs takes GOMAXPROCS and works out capacity again.
+func (s *saturation) setCPUs(procs float64) {
+	s.procs, s.cpus = procs, capacity(procs, s.entitled)
+	s.cpusBits.Store(math.Float64bits(s.cpus))
+}
+
+// CPUs is what the process's CPU share is measured against (capacity),
+// as of the last sample.
+func (s *saturation) CPUs() float64 {
+	return math.Float64frombits(s.cpusBits.Load())
 }
 
 const (
@@ -204,6 +241,8 @@ func (s *saturation) runQueue(runnable, procs metrics.Value) float64 {
 	if runnable.Kind() != metrics.KindUint64 || procs.Kind() != metrics.KindUint64 {
 		return 0
 	}
-	s.procs = float64(max(procs.Uint64(), 1))
+	if p := float64(max(procs.Uint64(), 1)); p != s.procs {
+		s.setCPUs(p) // the runtime follows the cgroup's limit: read it again
+	}
 	return float64(runnable.Uint64()) / s.procs
 }
