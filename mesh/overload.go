@@ -138,8 +138,8 @@ const (
 )
 
 // RegisterFlags defines shed, shed-min-limit, shed-max-limit,
-// shed-max-wait, shed-pushback, shed-latency-target, shed-run-queue and
-// shed-cpu-share, prefixed.
+// shed-max-wait, shed-pushback, shed-latency-target, shed-run-queue,
+// shed-cpu-share and shed-cpu-millis, prefixed.
 func (c *ShedConfig) RegisterFlags(prefix string, fs *flag.FlagSet) {
 	fs.BoolVar(&c.Enabled, prefix+"shed", true, "adaptive concurrency limit on every gRPC server's API (failsafe-go adaptivelimiter): a call over it, while the process is short of CPU (--shed-run-queue), gets RESOURCE_EXHAUSTED with a retry delay (at once, or after up to --shed-max-wait); --shed=false turns it off")
 	fs.UintVar(&c.MinLimit, prefix+"shed-min-limit", DefaultShedMinLimit, "lowest concurrency limit the shedding limiter may reach")

@@ -157,6 +157,41 @@ func TestCPUShareFlagRefusesMalformedValues(t *testing.T) {
 	}
 }
 
+// TestCPUMillisFlag: TRELLIS_SHED_CPU_MILLIS takes what Kubernetes' downward
+// API writes for requests.cpu with divisor 1m (a whole number of
+// millicores; deploy/k8s); anything else is a parse error naming the
+// variable, never a silent zero.
+func TestCPUMillisFlag(t *testing.T) {
+	t.Parallel()
+	parse := func(env string) (app.Config, error) {
+		var c app.Config
+		fs := flag.NewFlagSet("run", flag.ContinueOnError)
+		fs.SetOutput(io.Discard)
+		c.RegisterFlags(fs)
+		err := app.ParseFlags(fs, nil, func(key string) string {
+			if key == "TRELLIS_SHED_CPU_MILLIS" {
+				return env
+			}
+			return ""
+		})
+		if err == nil {
+			err = c.Validate()
+		}
+		return c, err
+	}
+	if c, err := parse(""); err != nil || c.Server.Shed.CPUMillis != 0 {
+		t.Fatalf("default: %v, %v; want 0 (GOMAXPROCS or the cgroup's limit)", err, c.Server.Shed.CPUMillis)
+	}
+	if c, err := parse("250"); err != nil || c.Server.Shed.CPUMillis != 250 {
+		t.Errorf("250: %v, %v; want 250", err, c.Server.Shed.CPUMillis)
+	}
+	for _, v := range []string{"250m", "0.25", "-1", "abc", "1e3", strings.Repeat("9", 40), "250\x00"} {
+		if _, err := parse(v); err == nil || !strings.Contains(err.Error(), "TRELLIS_SHED_CPU_MILLIS") {
+			t.Errorf("TRELLIS_SHED_CPU_MILLIS=%q: %v, want an error naming the variable", v, err)
+		}
+	}
+}
+
 // refusesMalformedDurations: the duration flag name and its environment
 // variable env accept only Go durations; anything else is an error naming
 // the flag or the variable.
