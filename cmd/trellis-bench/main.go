@@ -79,9 +79,14 @@ func run() int {
 	conc := flag.Int("concurrency", 32, "callers of a closed-loop run")
 	protect := flag.String("overload-flags", "", "extra trellis flags of scenario 8's protected system (space-separated), to try shedding settings")
 	baseRate := flag.Int("overload-rate", 0, "scenario 8's 1× rate in orders/s instead of the knee it searches for, so that runs of different settings offer the same load (0: search)")
+	cpuLimit := flag.Float64("overload-cpu-limit", 0, "scenario 8 with the system in a cgroup limited to this many CPUs (as Docker's --cpus or a Kubernetes CPU limit), unpinned, instead of on CPUs of its own (needs root; 0: pinned)")
 	flag.Parse()
 	if *baseRate < 0 {
 		fmt.Fprintln(os.Stderr, "trellis-bench: -overload-rate must not be negative")
+		return 2
+	}
+	if !(*cpuLimit >= 0 && *cpuLimit <= float64(runtime.NumCPU())) {
+		fmt.Fprintln(os.Stderr, "trellis-bench: -overload-cpu-limit must be from 0 to the machine's CPUs")
 		return 2
 	}
 	if *from != "" {
@@ -97,7 +102,7 @@ func run() int {
 	}
 	defer os.RemoveAll(tmp)
 	logDir = tmp
-	r := &runner{bin: *bin, tmp: tmp, quick: *profile == "quick", profile: "all-in-one (SQLite, embedded NATS)", conc: *conc, requests: *requests, protect: strings.Fields(*protect), baseRate: *baseRate,
+	r := &runner{bin: *bin, tmp: tmp, quick: *profile == "quick", profile: "all-in-one (SQLite, embedded NATS)", conc: *conc, requests: *requests, protect: strings.Fields(*protect), baseRate: *baseRate, cpuLimit: *cpuLimit,
 		rep: &report{Profile: *profile, Started: time.Now().UTC(), Ratios: map[string]float64{}, Floors: map[string]float64{},
 			Machine: fmt.Sprintf("%s/%s, %d CPUs", runtime.GOOS, runtime.GOARCH, runtime.NumCPU())}}
 	// The quick profile gates CI: more, shorter rounds, so that one noisy

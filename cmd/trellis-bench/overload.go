@@ -56,7 +56,14 @@ type loadedSystem struct {
 func (r *runner) overloadOn(ctx context.Context, run func(i int, extra []string) (*loadedSystem, error)) error {
 	sfx := r.suffix()
 	where := "the system and the load generator sharing every CPU"
-	if desc, undo, ok := splitCPUs(); ok {
+	if r.cpuLimit > 0 {
+		desc, undo, err := limitCPUs(r.cpuLimit)
+		if err != nil {
+			return err
+		}
+		defer undo()
+		where = desc
+	} else if desc, undo, ok := splitCPUs(); ok {
 		defer undo()
 		where = desc
 	}

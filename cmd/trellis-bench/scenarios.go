@@ -160,6 +160,7 @@ type runner struct {
 	profile  string
 	protect  []string // scenario 8's protected system's extra flags
 	baseRate int      // scenario 8's 1× rate; 0: found by the knee search
+	cpuLimit float64  // scenario 8's system in a cgroup of this many CPUs; 0: pinned (splitCPUs)
 }
 
 // warmup is how long each target is called before it is measured.
