@@ -46,6 +46,10 @@ type Config struct {
 	// limits nothing; the flags' defaults are DefaultReadQuota and its
 	// siblings.
 	Limits RateLimits
+	// Conns are the listener's connection limits (LimitConnections). The
+	// zero value limits nothing; the flags' defaults are DefaultMaxConns
+	// and DefaultMaxConnsPerClient.
+	Conns ConnLimits
 	// MaxBodyBytes caps request bodies; larger ones get 413. Default 1 MiB.
 	MaxBodyBytes int64
 	// OverviewTimeout is the shared deadline of the overview's two upstream
@@ -67,11 +71,13 @@ type Config struct {
 	Tracer trace.TracerProvider
 }
 
-// RegisterFlags defines cors-origins, prefixed.
+// RegisterFlags defines cors-origins, shed-gateway, the rate limits' and
+// the connection limits' flags, prefixed.
 func (c *Config) RegisterFlags(prefix string, fs *flag.FlagSet) {
 	fs.Var((*originList)(&c.CORSOrigins), prefix+"cors-origins", "comma list of browser origins (https://app.example.com) allowed to call the gateway; empty: same-origin only")
 	fs.BoolVar(&c.Shed, prefix+"shed-gateway", true, "adaptive concurrency limit on the gateway's API too, with --shed's settings (and only with --shed): over it, 429 with Retry-After")
 	c.Limits.RegisterFlags(prefix, fs)
+	c.Conns.RegisterFlags(prefix, fs)
 }
 
 // Validate reports settings that cannot work.
@@ -82,7 +88,7 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("--cors-origins: %q is not an origin (scheme://host[:port])", o)
 		}
 	}
-	return c.Limits.Validate()
+	return errors.Join(c.Limits.Validate(), c.Conns.Validate())
 }
 
 // originList is a flag.Value of comma-separated origins.
@@ -125,6 +131,7 @@ type Gateway struct {
 	handler http.Handler
 	metrics *httpMetrics
 	limits  *rateLimiter
+	keyer   *clientKeyer // who a connection's client is (LimitConnections)
 	openapi []byte
 }
 
@@ -154,6 +161,9 @@ func New(cfg Config, userConn, orderConn grpc.ClientConnInterface, log *slog.Log
 		openapi: spec,
 	}
 	if g.limits, err = newRateLimiter(cfg.Limits, reg); err != nil {
+		return nil, err
+	}
+	if g.keyer, err = newClientKeyer(cfg.Limits); err != nil {
 		return nil, err
 	}
 	g.mux = runtime.NewServeMux(

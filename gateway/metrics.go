@@ -18,6 +18,9 @@ import (
 type httpMetrics struct {
 	requests *prometheus.CounterVec
 	duration *prometheus.HistogramVec
+	// The listener's connections (LimitConnections).
+	conns        prometheus.Gauge
+	connsRefused *prometheus.CounterVec
 }
 
 func newHTTPMetrics(reg prometheus.Registerer) *httpMetrics {
@@ -32,7 +35,13 @@ func newHTTPMetrics(reg prometheus.Registerer) *httpMetrics {
 			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
 		}, []string{"method", "route"}),
 	}
-	reg.MustRegister(m.requests, m.duration)
+	m.conns = prometheus.NewGauge(prometheus.GaugeOpts{Name: "trellis_gateway_connections",
+		Help: "Connections the gateway holds open (counted while --http-max-conns or --http-max-conns-per-client is set)."})
+	m.connsRefused = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "trellis_gateway_connections_refused_total",
+		Help: "Connections the gateway answered and closed at once, by the limit they were over: per_client (--http-max-conns-per-client, 429) or max (--http-max-conns, 503)."}, []string{"reason"})
+	m.connsRefused.WithLabelValues("per_client")
+	m.connsRefused.WithLabelValues("max")
+	reg.MustRegister(m.requests, m.duration, m.conns, m.connsRefused)
 	return m
 }
 

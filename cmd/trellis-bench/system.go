@@ -116,9 +116,9 @@ func runSecure(bin, name, dataDir string, extra ...string) (*trellis, error) {
 
 func runTrellisWith(bin, name, dataDir string, extra ...string) (*trellis, error) {
 	t := &trellis{user: freeAddr(), order: freeAddr(), http: freeAddr(), admin: freeAddr()}
-	// Rate limits off: the load comes from one address and measures
-	// throughput, not the limiter.
-	args := append([]string{"run", "--data-dir", dataDir, "--bcrypt-cost", "4", "--rate-read", "0", "--rate-write", "0", "--rate-auth", "0",
+	// Rate limits and the per-client connection limit off: the load comes
+	// from one address and measures throughput, not the limiters.
+	args := append([]string{"run", "--data-dir", dataDir, "--bcrypt-cost", "4", "--rate-read", "0", "--rate-write", "0", "--rate-auth", "0", "--http-max-conns-per-client", "0",
 		"--user-addr", t.user, "--order-addr", t.order, "--http-addr", t.http, "--admin-addr", t.admin}, extra...)
 	p, err := start(name, bin, args...)
 	if err != nil {
@@ -167,7 +167,7 @@ func runSplit(bin, tmp, pgURL, natsBin string, extra ...string) (*split, error) 
 		s.stop()
 		return nil, err
 	}
-	common := []string{"--insecure-plaintext", "--rate-read", "0", "--rate-write", "0", "--rate-auth", "0", "--database-url", dbURL, "--nats-url", "nats://" + natsAddr, "--bcrypt-cost", "4"}
+	common := []string{"--insecure-plaintext", "--rate-read", "0", "--rate-write", "0", "--rate-auth", "0", "--http-max-conns-per-client", "0", "--database-url", dbURL, "--nats-url", "nats://" + natsAddr, "--bcrypt-cost", "4"}
 	s.user, s.order, s.http = freeAddr(), freeAddr(), freeAddr()
 	for _, c := range []struct {
 		name string

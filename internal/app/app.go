@@ -204,11 +204,15 @@ func (a *App) addGRPC(name, addr string, srv *mesh.Server, ping func(context.Con
 	return nil
 }
 
-// addHTTP serves h on addr with the timeouts of the original design.
-func (a *App) addHTTP(name, addr string, h http.Handler, ready func(context.Context) error) error {
+// addHTTP serves h on addr with the timeouts of the original design,
+// through wrap (the gateway's connection limits) when it is set.
+func (a *App) addHTTP(name, addr string, h http.Handler, ready func(context.Context) error, wrap func(net.Listener) net.Listener) error {
 	lis, err := a.listen(name, addr)
 	if err != nil {
 		return err
+	}
+	if wrap != nil {
+		lis = wrap(lis)
 	}
 	srv := &http.Server{
 		Handler:           h,
@@ -281,7 +285,7 @@ func (a *App) addAdmin() error {
 		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	}
-	return a.addHTTP("admin", a.cfg.AdminAddr, mux, nil)
+	return a.addHTTP("admin", a.cfg.AdminAddr, mux, nil, nil)
 }
 
 // MaxHeaderBytes caps the request line and headers of an HTTP request to

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/trellis-mesh/trellis/gateway"
 	"github.com/trellis-mesh/trellis/internal/app"
 	"github.com/trellis-mesh/trellis/mesh"
 )
@@ -48,6 +49,9 @@ func TestValidate(t *testing.T) {
 		{"shedding CPU share 0 (the run queue alone)", func(c *app.Config) { c.Server.Shed.CPUShare = 0 }, ""},
 		{"shedding CPU share 1", func(c *app.Config) { c.Server.Shed.CPUShare = 1 }, ""},
 		{"shedding CPU signal off", func(c *app.Config) { c.Server.Shed.RunQueue = 0 }, ""},
+		{"connections negative", func(c *app.Config) { c.Gateway.Conns.Max = -1 }, "--http-max-conns"},
+		{"connections per client negative", func(c *app.Config) { c.Gateway.Conns.PerClient = -1 }, "--http-max-conns-per-client"},
+		{"connections unlimited", func(c *app.Config) { c.Gateway.Conns = gateway.ConnLimits{} }, ""},
 		{"shedding latency target", func(c *app.Config) { c.Server.Shed.LatencyTarget = -time.Millisecond }, "--shed-latency-target"},
 		{"shedding limits crossed", func(c *app.Config) { c.Server.Shed.MinLimit, c.Server.Shed.MaxLimit = 64, 32 }, "--shed-min-limit"},
 		{"breaker (upstream)", func(c *app.Config) { c.Upstream.Breaker.Timeout = 0 }, "--breaker-timeout"},

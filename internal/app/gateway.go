@@ -47,7 +47,7 @@ func (a *App) addGateway(context.Context) error {
 	if err != nil {
 		return err
 	}
-	return a.addHTTP(TargetGateway, a.cfg.HTTPAddr, gw, gw.Ready)
+	return a.addHTTP(TargetGateway, a.cfg.HTTPAddr, gw, gw.Ready, gw.LimitConnections)
 }
 
 // redis is the process's Redis client for rate-limit counters (the
