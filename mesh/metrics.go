@@ -17,9 +17,12 @@ type Metrics struct {
 	authzDenied        *prometheus.CounterVec
 	refused            *prometheus.CounterVec
 	// Load shedding (ShedConfig), by server.
-	admitted, overLimit     *prometheus.CounterVec
-	runQueue                prometheus.Gauge
-	cpus                    prometheus.Gauge
+	admitted, overLimit *prometheus.CounterVec
+	runQueue            prometheus.Gauge
+	cpus                prometheus.Gauge
+	// Connections of every server (ServerConfig.Conns), by server.
+	conns                   *prometheus.GaugeVec
+	connsRefused            *prometheus.CounterVec
 	limit, inflight, queued *prometheus.GaugeVec
 	queueSeconds            prometheus.Histogram
 }
@@ -61,6 +64,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Help: "Goroutines ready to run but waiting for a CPU, per CPU (GOMAXPROCS), the median of the last 50 ms window: the shedding limiters' sign of a process short of CPU (--shed-run-queue)."})
 	m.cpus = prometheus.NewGauge(prometheus.GaugeOpts{Name: "trellis_process_cpus",
 		Help: "CPUs the shedding limiters measure the process's CPU use against (--shed-cpu-share): GOMAXPROCS, the cgroup's CPU limit where lower, or --shed-cpu-millis."})
+	m.conns = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "trellis_server_connections",
+		Help: "Connections a gRPC server holds open, by server (counted while --grpc-max-conns or --grpc-max-conns-per-client is set)."}, []string{"server"})
+	m.connsRefused = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "trellis_server_connections_refused_total",
+		Help: "Connections a gRPC server closed at once, before the TLS handshake, by server and the limit they were over: per_client (--grpc-max-conns-per-client) or max (--grpc-max-conns)."}, []string{"server", "reason"})
 	m.limit = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "trellis_server_concurrency_limit",
 		Help: "The adaptive concurrency limit of a shedding server (--shed), by server."}, []string{"server"})
 	m.inflight = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "trellis_server_inflight",
@@ -71,6 +78,6 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Help:    "Time calls waited for a slot on a shedding server (--shed), admitted or not.",
 		Buckets: []float64{0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25}})
 	reg.MustRegister(m.server, m.client, m.breakerState, m.breakerTransitions, m.breakerRejected, m.authzDenied, m.refused,
-		m.admitted, m.overLimit, m.runQueue, m.cpus, m.limit, m.inflight, m.queued, m.queueSeconds)
+		m.admitted, m.overLimit, m.runQueue, m.cpus, m.conns, m.connsRefused, m.limit, m.inflight, m.queued, m.queueSeconds)
 	return m
 }

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -20,6 +21,8 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
+
+	"github.com/trellis-mesh/trellis/internal/connlimit"
 )
 
 // ServerConfig tunes a Server. The zero value is usable: zero fields take the
@@ -68,6 +71,15 @@ type ServerConfig struct {
 	// Auth authenticates end users by their access tokens (see
 	// Authentication). Zero: no end-user authentication.
 	Auth Authentication
+	// Conns bound the connections the server holds open, per client
+	// address (an IPv6 client: its /64) and in all, counted before the
+	// TLS handshake; one over a limit is closed at once. A handshake that
+	// never finishes is held until its 10 s timeout, ~40 KiB with the
+	// client's ClientHello: 8 000 of them from one address grew `trellis
+	// run` by 315 MiB before this limit (internal/connlimit). Zero: no
+	// limit; the flags' defaults are DefaultMaxConns and
+	// DefaultMaxConnsPerClient.
+	Conns connlimit.Limits
 	// Unreachable recognises errors that mean a backing service (the
 	// database) cannot be reached, beyond the network errors the mesh
 	// knows itself; such errors are answered UNAVAILABLE. Optional.
@@ -78,13 +90,23 @@ type ServerConfig struct {
 const (
 	DefaultMaxDeadline  = 30 * time.Second
 	DefaultDrainTimeout = 10 * time.Second
+	// DefaultMaxConns bounds what connections can cost a server to
+	// ~64 MiB at ~64 KiB each (a connection's transport buffers).
+	DefaultMaxConns = 1024
+	// DefaultMaxConnsPerClient is far above what a caller opens (a mesh
+	// client keeps one connection per server address; grpcurl, one per
+	// call).
+	DefaultMaxConnsPerClient = 64
 )
 
-// RegisterFlags defines the server flags (max-deadline, drain-timeout),
-// each name prefixed, with the defaults withDefaults also applies.
+// RegisterFlags defines the server flags (max-deadline, drain-timeout,
+// grpc-max-conns, grpc-max-conns-per-client and the shedding flags), each
+// name prefixed, with the defaults withDefaults also applies.
 func (c *ServerConfig) RegisterFlags(prefix string, fs *flag.FlagSet) {
 	fs.DurationVar(&c.MaxDeadline, prefix+"max-deadline", DefaultMaxDeadline, "cap on the deadline of any incoming gRPC call")
 	fs.DurationVar(&c.DrainTimeout, prefix+"drain-timeout", DefaultDrainTimeout, "how long graceful shutdown waits for in-flight calls")
+	fs.IntVar(&c.Conns.Max, prefix+"grpc-max-conns", DefaultMaxConns, "connections each gRPC server holds open at once, counted before the TLS handshake; over it a new one is closed at once (0: no limit)")
+	fs.IntVar(&c.Conns.PerClient, prefix+"grpc-max-conns-per-client", DefaultMaxConnsPerClient, "connections each gRPC server holds open at once from one client address (IPv6: its /64); over it a new one is closed at once (0: no limit)")
 	c.Shed.RegisterFlags(prefix, fs)
 }
 
@@ -92,6 +114,9 @@ func (c *ServerConfig) RegisterFlags(prefix string, fs *flag.FlagSet) {
 func (c *ServerConfig) Validate() error {
 	if c.MaxDeadline <= 0 || c.DrainTimeout <= 0 {
 		return errors.New("--max-deadline and --drain-timeout must be positive")
+	}
+	if c.Conns.Max < 0 || c.Conns.PerClient < 0 {
+		return errors.New("--grpc-max-conns and --grpc-max-conns-per-client must not be negative (0: no limit)")
 	}
 	return c.Shed.Validate()
 }
@@ -249,6 +274,10 @@ func (s *Server) Register(desc *grpc.ServiceDesc, impl any, v Validator) {
 func (s *Server) Serve(lis net.Listener) error {
 	s.metrics.server.InitializeMetrics(s.grpc)
 	s.setServing(true)
+	lis = connlimit.New(lis, s.cfg.Conns, connlimit.Options{
+		Open:    s.metrics.conns.WithLabelValues(s.cfg.Name),
+		Refused: s.metrics.connsRefused.MustCurryWith(prometheus.Labels{"server": s.cfg.Name}),
+	})
 	err := s.grpc.Serve(lis)
 	if errors.Is(err, grpc.ErrServerStopped) {
 		return nil

@@ -52,6 +52,8 @@ func TestValidate(t *testing.T) {
 		{"connections negative", func(c *app.Config) { c.Gateway.Conns.Max = -1 }, "--http-max-conns"},
 		{"connections per client negative", func(c *app.Config) { c.Gateway.Conns.PerClient = -1 }, "--http-max-conns-per-client"},
 		{"connections unlimited", func(c *app.Config) { c.Gateway.Conns = gateway.ConnLimits{} }, ""},
+		{"gRPC connections negative", func(c *app.Config) { c.Server.Conns.Max = -1 }, "--grpc-max-conns"},
+		{"gRPC connections per client negative", func(c *app.Config) { c.Server.Conns.PerClient = -5 }, "--grpc-max-conns-per-client"},
 		{"shedding latency target", func(c *app.Config) { c.Server.Shed.LatencyTarget = -time.Millisecond }, "--shed-latency-target"},
 		{"shedding limits crossed", func(c *app.Config) { c.Server.Shed.MinLimit, c.Server.Shed.MaxLimit = 64, 32 }, "--shed-min-limit"},
 		{"breaker (upstream)", func(c *app.Config) { c.Upstream.Breaker.Timeout = 0 }, "--breaker-timeout"},

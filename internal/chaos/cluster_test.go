@@ -230,7 +230,7 @@ func startCluster(t *testing.T, o clusterOptions) *cluster {
 	common := []string{"--database-url", dbURL, "--nats-url", "tls://nats1:4222,tls://nats2:4222,tls://nats3:4222", "--nats-replicas", "3",
 		"--log-level", "warn", "--bcrypt-cost", "4", "--breaker-timeout", "2s", "--reconcile-interval", "500ms", "--drain-timeout", "10s",
 		"--upstream-timeout", "1s", "--identity-dir", s.idDir,
-		"--rate-read", "0", "--rate-write", "0", "--rate-auth", "0", "--http-max-conns-per-client", "0"}
+		"--rate-read", "0", "--rate-write", "0", "--rate-auth", "0", "--http-max-conns-per-client", "0", "--grpc-max-conns-per-client", "0"}
 	start := func(host, target string, args ...string) *component {
 		ip := hostIP(host)
 		comp := &component{addr: ip + ":9001", admin: ip + ":9090"}

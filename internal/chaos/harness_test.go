@@ -358,7 +358,7 @@ func startSystem(t *testing.T, o options) *system {
 		"--breaker-timeout", "2s", "--reconcile-interval", "500ms", "--drain-timeout", "10s",
 		"--identity-dir", s.idDir, // one development CA: every hop is mTLS, as by default
 		// The load comes from one address; a real one comes from many.
-		"--rate-read", "0", "--rate-write", "0", "--rate-auth", "0", "--http-max-conns-per-client", "0"}
+		"--rate-read", "0", "--rate-write", "0", "--rate-auth", "0", "--http-max-conns-per-client", "0", "--grpc-max-conns-per-client", "0"}
 	common = append(common, o.all...)
 	start := func(name string, args ...string) *component {
 		c := &component{addr: testenv.FreeAddr(t), admin: testenv.FreeAddr(t)}

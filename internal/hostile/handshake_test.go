@@ -63,10 +63,14 @@ func captureClientHello() []byte {
 
 var refusedRe = regexp.MustCompile(`trellis_mtls_handshakes_refused_total\{reason="([a-z_]+)",side="server"\} (\d+)`)
 
+var connsRefusedRe = regexp.MustCompile(`trellis_server_connections_refused_total\{reason="([a-z_]+)",server="[a-z]+"\} (\d+)`)
+
 // TestBrokenHandshakesAreRefusedAndCounted throws every handshake class at
-// both gRPC ports from many connections at once: none gets an answer, each
-// is counted, the process stays ready, no breaker opens, and a client with
-// a valid certificate is served meanwhile.
+// both gRPC ports from many connections at once, from one address: none
+// gets an answer, each is counted (a failed handshake, or a connection
+// over --grpc-max-conns-per-client closed before one), the process stays
+// ready, no breaker opens, and a client with a valid certificate, from
+// another address, is served meanwhile.
 func TestBrokenHandshakesAreRefusedAndCounted(t *testing.T) {
 	s := start(t)
 	rng := rand.New(rand.NewPCG(seed(t), 0))
@@ -79,7 +83,7 @@ func TestBrokenHandshakesAreRefusedAndCounted(t *testing.T) {
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
-					c, err := net.Dial("tcp", addr)
+					c, err := (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}).Dial("tcp", addr)
 					if err != nil {
 						t.Errorf("%s: %v", name, err)
 						return
@@ -119,9 +123,11 @@ func TestBrokenHandshakesAreRefusedAndCounted(t *testing.T) {
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
 	counted := 0
-	for _, m := range refusedRe.FindAllStringSubmatch(string(body), -1) {
-		n, _ := strconv.Atoi(m[2])
-		counted += n
+	for _, re := range []*regexp.Regexp{refusedRe, connsRefusedRe} {
+		for _, m := range re.FindAllStringSubmatch(string(body), -1) {
+			n, _ := strconv.Atoi(m[2])
+			counted += n
+		}
 	}
 	// Silence and a half hello are cut by the handshake timeout or by our
 	// close; everything else is refused at once. Most must be counted.

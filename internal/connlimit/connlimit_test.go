@@ -1,4 +1,4 @@
-package gateway
+package connlimit_test
 
 import (
 	"io"
@@ -10,6 +10,9 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	"go.uber.org/goleak"
+
+	"github.com/trellis-mesh/trellis/internal/connlimit"
 )
 
 // TestConnListenerStorm: many clients open and close connections at
@@ -23,12 +26,9 @@ func TestConnListenerStorm(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	keyer, err := newClientKeyer(RateLimits{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	g := &Gateway{cfg: Config{Conns: ConnLimits{Max: 10, PerClient: 3}}, keyer: keyer, metrics: newHTTPMetrics(prometheus.NewRegistry())}
-	l := g.LimitConnections(lis).(*connListener)
+	open := prometheus.NewGauge(prometheus.GaugeOpts{Name: "open"})
+	refused := prometheus.NewCounterVec(prometheus.CounterOpts{Name: "refused"}, []string{"reason"})
+	l := connlimit.New(lis, connlimit.Limits{Max: 10, PerClient: 3}, connlimit.Options{Open: open, Refused: refused}).(*connlimit.Listener)
 
 	var mu sync.Mutex
 	openBy := map[string]int{}
@@ -81,8 +81,8 @@ func TestConnListenerStorm(t *testing.T) {
 	<-accepting // no more served.Go: then wait
 	served.Wait()
 
-	refusedPer := testutil.ToFloat64(g.metrics.connsRefused.WithLabelValues("per_client"))
-	refusedMax := testutil.ToFloat64(g.metrics.connsRefused.WithLabelValues("max"))
+	refusedPer := testutil.ToFloat64(refused.WithLabelValues(connlimit.PerClient))
+	refusedMax := testutil.ToFloat64(refused.WithLabelValues(connlimit.Max))
 	t.Logf("320 connections: at most %d open at once, %d from one client; refused %v per client, %v in all", maxTotal, maxPer, refusedPer, refusedMax)
 	if maxTotal > 10 || maxPer > 3 {
 		t.Errorf("held %d connections at once (limit 10), %d from one client (limit 3)", maxTotal, maxPer)
@@ -90,12 +90,35 @@ func TestConnListenerStorm(t *testing.T) {
 	if refusedPer+refusedMax == 0 || refusedPer+refusedMax >= 320 {
 		t.Errorf("refused %v of 320: the storm did not reach the limits, or nothing was served", refusedPer+refusedMax)
 	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.n != 0 || len(l.byClient) != 0 {
-		t.Errorf("after every client left: %d counted open, per client %v; want none", l.n, l.byClient)
+	if n, per := l.Open(); n != 0 || len(per) != 0 {
+		t.Errorf("after every client left: %d counted open, per client %v; want none", n, per)
 	}
-	if g := testutil.ToFloat64(g.metrics.conns); g != 0 {
-		t.Errorf("trellis_gateway_connections %v after every client left, want 0", g)
+	if g := testutil.ToFloat64(open); g != 0 {
+		t.Errorf("the open gauge is %v after every client left, want 0", g)
+	}
+}
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// TestClientOf: IPv4 (and IPv4 written as IPv6) by address, IPv6 by its
+// /64 whatever the zone, anything not TCP as no client.
+func TestClientOf(t *testing.T) {
+	for _, c := range []struct {
+		addr net.Addr
+		want string
+	}{
+		{&net.TCPAddr{IP: net.IPv4(192, 0, 2, 7), Port: 1}, "192.0.2.7"},
+		{&net.TCPAddr{IP: net.ParseIP("::ffff:192.0.2.7"), Port: 1}, "192.0.2.7"},
+		{&net.TCPAddr{IP: net.ParseIP("2001:db8:1:2:3:4:5:6"), Port: 1}, "2001:db8:1:2::/64"},
+		{&net.TCPAddr{IP: net.ParseIP("2001:db8:1:2:ffff::1"), Port: 9, Zone: "eth0"}, "2001:db8:1:2::/64"},
+		{&net.TCPAddr{IP: net.IP{1, 2, 3}}, ""},
+		{&net.UnixAddr{Name: "/tmp/s", Net: "unix"}, ""},
+	} {
+		if got := connlimit.ClientOf(c.addr); got != c.want {
+			t.Errorf("ClientOf(%v) = %q, want %q", c.addr, got, c.want)
+		}
+	}
+	if got := connlimit.Bucket(&net.TCPAddr{IP: net.ParseIP("2001:db8:1:2:3:4:5:6")}, 128); got != "2001:db8:1:2:3:4:5:6/128" {
+		t.Errorf("Bucket /128 = %q", got)
 	}
 }
