@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -120,5 +121,45 @@ func TestClientOf(t *testing.T) {
 	}
 	if got := connlimit.Bucket(&net.TCPAddr{IP: net.ParseIP("2001:db8:1:2:3:4:5:6")}, 128); got != "2001:db8:1:2:3:4:5:6/128" {
 		t.Errorf("Bucket /128 = %q", got)
+	}
+}
+
+// TestConnPassesOnTheSocket: an accepted connection still offers what
+// servers look for on a TCP connection (half-close, sendfile, the raw
+// socket), and closing it twice gives its place back once.
+func TestConnPassesOnTheSocket(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := connlimit.New(lis, connlimit.Limits{PerClient: 2}, connlimit.Options{}).(*connlimit.Listener)
+	defer l.Close()
+	client, err := net.Dial("tcp", lis.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	c, err := l.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := c.(interface{ CloseWrite() error }); !ok {
+		t.Error("no CloseWrite")
+	}
+	if _, ok := c.(io.ReaderFrom); !ok {
+		t.Error("no ReadFrom")
+	}
+	if sc, ok := c.(syscall.Conn); !ok {
+		t.Error("no SyscallConn")
+	} else if _, err := sc.SyscallConn(); err != nil {
+		t.Errorf("SyscallConn: %v", err)
+	}
+	if n, _ := l.Open(); n != 1 {
+		t.Fatalf("%d open, want 1", n)
+	}
+	c.Close()
+	c.Close()
+	if n, per := l.Open(); n != 0 || len(per) != 0 {
+		t.Errorf("after closing twice: %d open, %v", n, per)
 	}
 }
