@@ -101,7 +101,9 @@ const (
 
 // RegisterFlags defines the server flags (max-deadline, drain-timeout,
 // grpc-max-conns, grpc-max-conns-per-client and the shedding flags), each
-// name prefixed, with the defaults withDefaults also applies.
+// name prefixed. The durations' defaults are those withDefaults applies;
+// the connection limits and shedding, off in a zero ServerConfig, are on
+// by the flags' defaults.
 func (c *ServerConfig) RegisterFlags(prefix string, fs *flag.FlagSet) {
 	fs.DurationVar(&c.MaxDeadline, prefix+"max-deadline", DefaultMaxDeadline, "cap on the deadline of any incoming gRPC call")
 	fs.DurationVar(&c.DrainTimeout, prefix+"drain-timeout", DefaultDrainTimeout, "how long graceful shutdown waits for in-flight calls")
