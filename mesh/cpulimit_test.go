@@ -4,16 +4,14 @@ package mesh_test
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
 	"os/exec"
-	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
+	"github.com/trellis-mesh/trellis/internal/cgroup"
 	"github.com/trellis-mesh/trellis/mesh"
 )
 
@@ -40,14 +38,22 @@ func TestCPUSignalCPULimit(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("needs root to make a cgroup (CI runs it as root)")
 	}
-	parent, leaf := makeCgroup(t, 50_000, 100_000)
-	cmd := exec.Command("/bin/sh", "-c", `echo $$ > "$0/cgroup.procs" && exec "$@"`, leaf,
-		os.Args[0], "-test.run=^TestCPUSignalCPULimit$", "-test.v", "-test.count=1")
+	g, err := cgroup.NewCPULimited(fmt.Sprintf("trellis-test-%x", rand.Uint32()), 0.5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(g.Remove) // after the child has exited: the groups are empty
+	parent := g.Dir
+	if err := g.Leaf("leaf"); err != nil {
+		t.Fatal(err)
+	}
+	sh, args := g.Command(os.Args[0], "-test.run=^TestCPUSignalCPULimit$", "-test.v", "-test.count=1")
+	cmd := exec.Command(sh, args...)
 	cmd.Env = append(os.Environ(), cpuLimitChild+"=1")
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
-	err := cmd.Run()
-	t.Logf("in %s (limit 0.5 CPU on %s):\n%s", leaf, parent, out.String())
+	err = cmd.Run()
+	t.Logf("in %s (limit 0.5 CPU on %s):\n%s", g.Dir, parent, out.String())
 	if err != nil {
 		t.Errorf("the child failed: %v", err)
 	}
@@ -77,53 +83,3 @@ func cpuLimitChildRun(t *testing.T) {
 		t.Errorf("with --shed-cpu-millis 250 the share was measured against %v CPUs; want 0.25", cpus)
 	}
 }
-
-// makeCgroup makes a cgroup limited to quota/period CPUs with an
-// unlimited leaf in it, on cgroup v2 or v1's cpu hierarchy, removed when
-// the test ends.
-func makeCgroup(t *testing.T, quota, period int) (parent, leaf string) {
-	t.Helper()
-	name := fmt.Sprintf("trellis-test-%x", rand.Uint32())
-	write := func(file, s string) {
-		t.Helper()
-		if err := os.WriteFile(file, []byte(s), 0o644); err != nil {
-			t.Fatalf("cgroup: %v", err)
-		}
-	}
-	var limitFile func(dir string)
-	switch {
-	case exists("/sys/fs/cgroup/cgroup.controllers"): // v2
-		if c, _ := os.ReadFile("/sys/fs/cgroup/cgroup.subtree_control"); !strings.Contains(string(c), "cpu") {
-			write("/sys/fs/cgroup/cgroup.subtree_control", "+cpu")
-		}
-		parent = filepath.Join("/sys/fs/cgroup", name)
-		limitFile = func(dir string) { write(filepath.Join(dir, "cpu.max"), fmt.Sprintf("%d %d", quota, period)) }
-	case exists("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"): // v1
-		parent = filepath.Join("/sys/fs/cgroup/cpu", name)
-		limitFile = func(dir string) {
-			write(filepath.Join(dir, "cpu.cfs_period_us"), fmt.Sprint(period))
-			write(filepath.Join(dir, "cpu.cfs_quota_us"), fmt.Sprint(quota))
-		}
-	default:
-		t.Fatal("no writable cgroup CPU controller at /sys/fs/cgroup")
-	}
-	leaf = filepath.Join(parent, "leaf")
-	if err := os.MkdirAll(leaf, 0o755); err != nil {
-		t.Fatalf("cgroup: %v", err)
-	}
-	t.Cleanup(func() {
-		// The child has exited: the groups are empty and can go.
-		for _, d := range []string{leaf, parent} {
-			for i := 0; i < 50; i++ {
-				if err := os.Remove(d); err == nil || errors.Is(err, os.ErrNotExist) {
-					break
-				}
-				time.Sleep(20 * time.Millisecond)
-			}
-		}
-	})
-	limitFile(parent)
-	return parent, leaf
-}
-
-func exists(p string) bool { _, err := os.Stat(p); return err == nil }

@@ -1,17 +1,15 @@
 package main
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"runtime"
 	"strconv"
-	"strings"
-	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/trellis-mesh/trellis/internal/cgroup"
 )
 
 // pinCPUs, when set, is the CPU list (taskset -c) every process the
@@ -62,57 +60,21 @@ func splitCPUs() (desc string, undo func(), ok bool) {
 	}, true
 }
 
-// cgroupDir, when set, is the cgroup every process the harness starts
-// runs in: scenario 8 with -overload-cpu-limit (limitCPUs).
-var cgroupDir string
+// limited, when set, is the cgroup every process the harness starts runs
+// in: scenario 8 with -overload-cpu-limit (limitCPUs).
+var limited *cgroup.Group
 
-// limitCPUs makes a cgroup limited to cpus CPUs (a quota of cpus×100 ms
-// per 100 ms, as Docker's --cpus and a Kubernetes CPU limit set) for the
-// system under test, on cgroup v2 or v1's cpu hierarchy, and returns a
-// description and the function that removes it (after the processes in it
-// have stopped). Making one needs root.
+// limitCPUs makes a cgroup limited to cpus CPUs for the system under
+// test, and returns a description and the function that removes it
+// (after the processes in it have stopped). Making one needs root.
 func limitCPUs(cpus float64) (desc string, undo func(), err error) {
-	const period = 100_000
-	quota := int(cpus * period)
-	name := fmt.Sprintf("trellis-bench-%d", os.Getpid())
-	var dir string
-	write := func(file, s string) {
-		if err == nil {
-			err = os.WriteFile(file, []byte(s), 0o644)
-		}
-	}
-	switch {
-	case exists("/sys/fs/cgroup/cgroup.controllers"): // v2
-		if c, _ := os.ReadFile("/sys/fs/cgroup/cgroup.subtree_control"); !strings.Contains(string(c), "cpu") {
-			write("/sys/fs/cgroup/cgroup.subtree_control", "+cpu")
-		}
-		dir = filepath.Join("/sys/fs/cgroup", name)
-		if err = os.Mkdir(dir, 0o755); err == nil {
-			write(filepath.Join(dir, "cpu.max"), fmt.Sprintf("%d %d", quota, period))
-		}
-	case exists("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"): // v1
-		dir = filepath.Join("/sys/fs/cgroup/cpu", name)
-		if err = os.Mkdir(dir, 0o755); err == nil {
-			write(filepath.Join(dir, "cpu.cfs_period_us"), fmt.Sprint(period))
-			write(filepath.Join(dir, "cpu.cfs_quota_us"), fmt.Sprint(quota))
-		}
-	default:
-		return "", nil, errors.New("-overload-cpu-limit: no cgroup CPU controller at /sys/fs/cgroup")
-	}
+	g, err := cgroup.NewCPULimited(fmt.Sprintf("trellis-bench-%d", os.Getpid()), cpus)
 	if err != nil {
-		_ = os.Remove(dir)
-		return "", nil, fmt.Errorf("-overload-cpu-limit (needs root): %w", err)
+		return "", nil, fmt.Errorf("-overload-cpu-limit: %w", err)
 	}
-	cgroupDir = dir
-	return fmt.Sprintf("the system in a cgroup limited to %g CPUs (%s), unpinned, beside the load generator", cpus, dir), func() {
-		cgroupDir = ""
-		for range 50 { // the processes' exit reaches the cgroup a moment later
-			if err := os.Remove(dir); err == nil || errors.Is(err, os.ErrNotExist) {
-				return
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+	limited = g
+	return fmt.Sprintf("the system in a cgroup limited to %g CPUs (%s), unpinned, beside the load generator", cpus, g.Dir), func() {
+		limited = nil
+		g.Remove()
 	}, nil
 }
-
-func exists(p string) bool { _, err := os.Stat(p); return err == nil }

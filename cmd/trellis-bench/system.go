@@ -35,8 +35,8 @@ func start(name, bin string, args ...string) (*proc, error) {
 	if pinCPUs != "" {
 		bin, args = "taskset", append([]string{"-c", pinCPUs, bin}, args...)
 	}
-	if cgroupDir != "" { // the process joins the cgroup before it runs
-		bin, args = "/bin/sh", append([]string{"-c", `echo $$ > "$0/cgroup.procs" && exec "$@"`, cgroupDir, bin}, args...)
+	if limited != nil {
+		bin, args = limited.Command(bin, args...)
 	}
 	p, err := sysproc.Start(name, bin, f, args...)
 	if err != nil {
