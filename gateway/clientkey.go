@@ -9,6 +9,8 @@ import (
 	"strings"
 
 	"github.com/realclientip/realclientip-go"
+
+	"github.com/trellis-mesh/trellis/internal/connlimit"
 )
 
 // Who a request's client is, for the rate limits, when no principal says.
@@ -158,18 +160,9 @@ func (k *clientKeyer) trailing(h http.Header) http.Header {
 }
 
 // bucket is the key of an address: IPv4 as itself (an IPv4-mapped IPv6
-// address too), IPv6 as its prefix, without a zone.
-func (k *clientKeyer) bucket(a netip.Addr) string {
-	a = a.WithZone("").Unmap()
-	if a.Is4() {
-		return a.String()
-	}
-	p, err := a.Prefix(k.v6bits)
-	if err != nil {
-		return a.String()
-	}
-	return p.String()
-}
+// address too), IPv6 as its prefix, without a zone — as the connection
+// limits count it.
+func (k *clientKeyer) bucket(a netip.Addr) string { return connlimit.BucketAddr(a, k.v6bits) }
 
 func hostOf(remoteAddr string) string {
 	if host, _, err := net.SplitHostPort(remoteAddr); err == nil {

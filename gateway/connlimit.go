@@ -72,12 +72,15 @@ func (g *Gateway) LimitConnections(lis net.Listener) net.Listener {
 		"the gateway holds its most connections (%d); retry after 1 s", lim.Max))
 	return connlimit.New(lis, connlimit.Limits{Max: lim.Max, PerClient: lim.PerClient}, connlimit.Options{
 		Key: func(a net.Addr) string {
-			if ta, ok := a.(*net.TCPAddr); ok && g.keyer.proxies != nil {
-				if ip, ok := netip.AddrFromSlice(ta.IP); ok && g.keyer.trusts(ip.Unmap()) {
-					return ""
-				}
+			ta, ok := a.(*net.TCPAddr)
+			if !ok {
+				return ""
 			}
-			return connlimit.Bucket(a, g.keyer.v6bits)
+			ip, ok := netip.AddrFromSlice(ta.IP)
+			if !ok || g.keyer.proxies != nil && g.keyer.trusts(ip.Unmap()) {
+				return ""
+			}
+			return g.keyer.bucket(ip)
 		},
 		Refuse: func(c net.Conn, reason string) {
 			answer := full

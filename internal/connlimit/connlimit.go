@@ -100,13 +100,20 @@ func Bucket(a net.Addr, v6bits int) string {
 	if !ok {
 		return ""
 	}
-	ip = ip.Unmap()
-	if ip.Is4() {
-		return ip.String()
+	return BucketAddr(ip, v6bits)
+}
+
+// BucketAddr is the client an address is: IPv4 as itself (an
+// IPv4-mapped IPv6 address too), IPv6 as its prefix of v6bits, without a
+// zone. The gateway's rate limits count clients the same way.
+func BucketAddr(a netip.Addr, v6bits int) string {
+	a = a.WithZone("").Unmap()
+	if a.Is4() {
+		return a.String()
 	}
-	p, err := ip.Prefix(v6bits)
+	p, err := a.Prefix(v6bits)
 	if err != nil {
-		return ip.String()
+		return a.String()
 	}
 	return p.String()
 }
