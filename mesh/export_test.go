@@ -28,7 +28,7 @@ func RunQueueWindow(target, share float64, samples []float64, at []int64) []bool
 // RunQueueWindowNeeding is RunQueueWindow with need as the share of its
 // CPU the process must use for its run queue to count (--shed-cpu-share).
 func RunQueueWindowNeeding(target, need, share float64, samples []float64, at []int64) []bool {
-	s := newSaturation(target, need, 0, schedWindow, schedHold)
+	s := newSaturation(target, need, 0, nil, schedWindow, schedHold)
 	s.opened, s.cpuAt, s.procs, s.cpus = 0, 0, 1, 1
 	var out []bool
 	for i, v := range samples {

@@ -246,7 +246,7 @@ func NewLimiter(cfg ShedConfig, name string, m *Metrics) *Limiter {
 	switch {
 	case l.saturated != nil:
 	case cfg.RunQueue > 0:
-		l.sched = newSaturation(cfg.RunQueue, cfg.CPUShare, float64(cfg.CPUMillis)/1000, schedWindow, schedHold)
+		l.sched = newSaturation(cfg.RunQueue, cfg.CPUShare, float64(cfg.CPUMillis)/1000, m.cpus, schedWindow, schedHold)
 		l.saturated = l.sched.Saturated
 	default:
 		l.saturated = func() bool { return true }
@@ -363,7 +363,6 @@ func (l *Limiter) observe() {
 	if l.sched != nil {
 		l.sched.Saturated() // the gauge follows the signal under any load
 		l.m.runQueue.Set(l.sched.RunQueue())
-		l.m.cpus.Set(l.sched.CPUs())
 	}
 }
 

@@ -8,6 +8,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // saturation is the shedding limiter's local-overload signal: whether
@@ -56,11 +58,11 @@ type saturation struct {
 
 	until atomic.Int64 // saturated until this unix ns
 	last  atomic.Uint64
-	// cpusBits is cpus, for readers outside mu.
-	cpusBits atomic.Uint64
-	used     atomic.Int64 // unix ns Saturated was last asked
-	armed    atomic.Bool  // the sampling timer runs
-	timer    *time.Timer
+	used  atomic.Int64 // unix ns Saturated was last asked
+	armed atomic.Bool  // the sampling timer runs
+	timer *time.Timer
+	// cpusGauge, when set, shows cpus (trellis_process_cpus).
+	cpusGauge prometheus.Gauge
 
 	mu      sync.Mutex
 	sample  []metrics.Sample
@@ -90,8 +92,8 @@ const (
 	minWindowSamples = 5
 )
 
-func newSaturation(target, share, entitled float64, window, hold time.Duration) *saturation {
-	s := &saturation{target: target, share: share, entitled: entitled, window: int64(window), hold: int64(hold),
+func newSaturation(target, share, entitled float64, cpusGauge prometheus.Gauge, window, hold time.Duration) *saturation {
+	s := &saturation{target: target, share: share, entitled: entitled, cpusGauge: cpusGauge, window: int64(window), hold: int64(hold),
 		sample: []metrics.Sample{{Name: schedRunnable}, {Name: schedGOMAXPROCS}}}
 	s.opened, s.cpuAt = time.Now().UnixNano(), processCPU()
 	s.setCPUs(float64(runtime.GOMAXPROCS(0)))
@@ -220,13 +222,9 @@ func capacity(procs, entitled float64) float64 {
 // setCPUs takes GOMAXPROCS and works out capacity again.
 func (s *saturation) setCPUs(procs float64) {
 	s.procs, s.cpus = procs, capacity(procs, s.entitled)
-	s.cpusBits.Store(math.Float64bits(s.cpus))
-}
-
-// CPUs is what the process's CPU share is measured against (capacity),
-// as of the last sample.
-func (s *saturation) CPUs() float64 {
-	return math.Float64frombits(s.cpusBits.Load())
+	if s.cpusGauge != nil {
+		s.cpusGauge.Set(s.cpus)
+	}
 }
 
 const (
