@@ -194,15 +194,17 @@ func TestSlowAndBrokenNetwork(t *testing.T) {
 	users := createUsers(t, s, 10)
 	goroutines := metric(t, s.orders[0].admin, "go_goroutines")
 	fds := metric(t, s.orders[0].admin, "process_open_fds")
+	// over1s is how many observations of a histogram took over 1 s.
+	over1s := func(admin, name string, labels ...string) float64 {
+		b := buckets(t, admin, name, labels...) // one scrape: the load may be running
+		return b["+Inf"] - b["1"]
+	}
 	// The order service's own view of its GetUser calls (the mesh client
 	// histogram: the whole call, breaker and deadline included): how many
 	// took over 1 s, i.e. waited for the network delay instead of ending
 	// at their 300 ms deadline.
-	getUser := []string{`grpc_method="GetUser"`}
 	callsOver1s := func() float64 {
-		all := metric(t, s.orders[0].admin, "grpc_client_handling_seconds_count", getUser...)
-		fast := metric(t, s.orders[0].admin, "grpc_client_handling_seconds_bucket", append(getUser, `le="1"`)...)
-		return all - fast
+		return over1s(s.orders[0].admin, "grpc_client_handling_seconds", `grpc_method="GetUser"`)
 	}
 	slowCallsBefore := callsOver1s()
 	// The same count at each hop, from its own histogram: the gateway's
@@ -210,10 +212,6 @@ func TestSlowAndBrokenNetwork(t *testing.T) {
 	// CreateOrder. A request the client measured over the delay that no
 	// hop did waited outside the system (in this process, which also runs
 	// the load and the proxy, or in the kernel's queues).
-	over1s := func(admin, name string, labels ...string) float64 {
-		b := buckets(t, admin, name, labels...) // one scrape: the load is still running
-		return b["+Inf"] - b["1"]
-	}
 	postOrders := []string{`method="POST"`, `route="/api/v1/orders"`}
 	createOrder := []string{`grpc_method="CreateOrder"`}
 	gatewaySlowBefore := over1s(s.gateways[0].admin, "http_request_duration_seconds", postOrders...)
