@@ -198,6 +198,62 @@ func TestCPUMillisFlag(t *testing.T) {
 	}
 }
 
+// TestConnectionLimitFlags: the four connection limits take a whole
+// number, 0 meaning no limit. Anything that does not parse is an error
+// naming the flag or the variable; a negative one is refused by Validate,
+// naming the flag.
+func TestConnectionLimitFlags(t *testing.T) {
+	t.Parallel()
+	for _, f := range []struct {
+		name, env string
+		def       int
+		get       func(app.Config) int
+	}{
+		{"http-max-conns", "TRELLIS_HTTP_MAX_CONNS", gateway.DefaultMaxConns, func(c app.Config) int { return c.Gateway.Conns.Max }},
+		{"http-max-conns-per-client", "TRELLIS_HTTP_MAX_CONNS_PER_CLIENT", gateway.DefaultMaxConnsPerClient, func(c app.Config) int { return c.Gateway.Conns.PerClient }},
+		{"grpc-max-conns", "TRELLIS_GRPC_MAX_CONNS", mesh.DefaultMaxConns, func(c app.Config) int { return c.Server.Conns.Max }},
+		{"grpc-max-conns-per-client", "TRELLIS_GRPC_MAX_CONNS_PER_CLIENT", mesh.DefaultMaxConnsPerClient, func(c app.Config) int { return c.Server.Conns.PerClient }},
+	} {
+		parse := func(args []string, env string) (app.Config, error) {
+			var c app.Config
+			fs := flag.NewFlagSet("run", flag.ContinueOnError)
+			fs.SetOutput(io.Discard)
+			c.RegisterFlags(fs)
+			err := app.ParseFlags(fs, args, func(key string) string {
+				if key == f.env {
+					return env
+				}
+				return ""
+			})
+			if err == nil {
+				err = c.Validate()
+			}
+			return c, err
+		}
+		if c, err := parse(nil, ""); err != nil || f.get(c) != f.def {
+			t.Errorf("--%s default: %v, %d; want %d", f.name, err, f.get(c), f.def)
+		}
+		for _, v := range []string{"0", "1", "2147483648"} {
+			if c, err := parse([]string{"--" + f.name, v}, ""); err != nil || fmt.Sprint(f.get(c)) != v {
+				t.Errorf("--%s %s: %v, %d; want accepted", f.name, v, err, f.get(c))
+			}
+		}
+		for _, v := range []string{"abc", "1.5", "10k", "1e3", "0x", strings.Repeat("9", 40), "64\x00", " 64"} {
+			if _, err := parse(nil, v); err == nil || !strings.Contains(err.Error(), f.env) {
+				t.Errorf("%s=%q: %v, want an error naming the variable", f.env, v, err)
+			}
+			if _, err := parse([]string{"--" + f.name, v}, ""); err == nil || !strings.Contains(err.Error(), f.name) {
+				t.Errorf("--%s %q: %v, want an error naming the flag", f.name, v, err)
+			}
+		}
+		for _, v := range []string{"-1", "-9223372036854775808"} {
+			if _, err := parse([]string{"--" + f.name, v}, ""); err == nil || !strings.Contains(err.Error(), "--"+f.name) {
+				t.Errorf("--%s %s: %v, want refused naming the flag", f.name, v, err)
+			}
+		}
+	}
+}
+
 // refusesMalformedDurations: the duration flag name and its environment
 // variable env accept only Go durations; anything else is an error naming
 // the flag or the variable.
