@@ -227,7 +227,7 @@ func NewServer(cfg ServerConfig, log *slog.Logger, m *Metrics, opts ...grpc.Serv
 	)...)
 	all := append(serverTracing(cfg.Tracer), chain, grpc.ChainStreamInterceptor(stream...),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: cfg.KeepaliveMinTime, PermitWithoutStream: true}),
-		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: cfg.MaxConnectionIdle, Time: 2 * time.Minute, Timeout: 20 * time.Second}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{MaxConnectionIdle: cfg.MaxConnectionIdle, Time: keepaliveTime, Timeout: keepaliveTimeout}),
 		// Explicit limits: what one connection may send and hold.
 		grpc.MaxRecvMsgSize(cfg.MaxRecvMsgBytes),
 		grpc.MaxSendMsgSize(cfg.MaxSendMsgBytes),
@@ -276,6 +276,9 @@ func (s *Server) Register(desc *grpc.ServiceDesc, impl any, v Validator) {
 func (s *Server) Serve(lis net.Listener) error {
 	s.metrics.server.InitializeMetrics(s.grpc)
 	s.setServing(true)
+	if s.cfg.Conns != (connlimit.Limits{}) {
+		lis = userTimeoutListener{lis}
+	}
 	lis = connlimit.New(lis, s.cfg.Conns, connlimit.Options{
 		Open:    s.metrics.conns.WithLabelValues(s.cfg.Name),
 		Refused: s.metrics.connsRefused.MustCurryWith(prometheus.Labels{"server": s.cfg.Name}),
@@ -285,6 +288,31 @@ func (s *Server) Serve(lis net.Listener) error {
 		return nil
 	}
 	return err
+}
+
+// The server's keepalive: a ping after keepaliveTime without frames, the
+// connection closed when it is not answered within keepaliveTimeout —
+// which grpc-go also sets as the socket's TCP_USER_TIMEOUT, so that data
+// sent to a peer that is gone is given up on as soon.
+const (
+	keepaliveTime    = 2 * time.Minute
+	keepaliveTimeout = 20 * time.Second
+)
+
+// userTimeoutListener sets TCP_USER_TIMEOUT (keepaliveTimeout) on what it
+// accepts. grpc-go sets it only on a *net.TCPConn, and the connection
+// limits' wrapper hides that type from it: without this, a server with
+// limits would keep a dead peer's connection — and its slot under the
+// limits — until the next keepalive ping fails, not 20 s after its data
+// went unacknowledged.
+type userTimeoutListener struct{ net.Listener }
+
+func (l userTimeoutListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		setUserTimeout(c, keepaliveTimeout)
+	}
+	return c, err
 }
 
 // Serving reports whether the server is up and not draining.
