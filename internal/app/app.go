@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/reflect/protoreflect"
 
+	"github.com/trellis-mesh/trellis/internal/connlimit"
 	"github.com/trellis-mesh/trellis/internal/redact"
 	"github.com/trellis-mesh/trellis/internal/sqldb"
 	"github.com/trellis-mesh/trellis/mesh"
@@ -285,8 +286,18 @@ func (a *App) addAdmin() error {
 		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	}
-	return a.addHTTP("admin", a.cfg.AdminAddr, mux, nil, nil)
+	return a.addHTTP("admin", a.cfg.AdminAddr, mux, nil, func(lis net.Listener) net.Listener {
+		return connlimit.New(lis, connlimit.Limits{Max: AdminMaxConns}, connlimit.Options{})
+	})
 }
+
+// AdminMaxConns bounds the connections the admin server holds open at
+// once; over it a new one is closed at once. Its callers — a scraper, the
+// orchestrator's probes, `trellis healthcheck` — open a few; without a
+// bound, whoever reaches the port could hold thousands, each with a
+// goroutine and buffers until the read-header timeout, and make as many
+// /readyz calls ping the databases at once.
+const AdminMaxConns = 64
 
 // MaxHeaderBytes caps the request line and headers of an HTTP request to
 // the gateway or the admin server (net/http's default is 1 MiB); larger

@@ -2,8 +2,10 @@ package app_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -211,5 +213,55 @@ func TestPProfCmdlineShowsNoSecret(t *testing.T) {
 	b, _ := io.ReadAll(resp.Body)
 	if strings.Contains(string(b), "hunter2") || !strings.Contains(string(b), "--database-url=postgres://trellis:xxxxx@db:5432/trellis") {
 		t.Errorf("/debug/pprof/cmdline = %q", b)
+	}
+}
+
+// TestAdminHoldsBoundedConnections: the admin server holds at most
+// app.AdminMaxConns connections at once; one more is closed at once (it
+// used to be held like the rest, each with a goroutine and buffers, as
+// many as anyone who reached the port opened), and once they go, it
+// answers again.
+func TestAdminHoldsBoundedConnections(t *testing.T) {
+	a := apptest.Start(t, apptest.Config(t, app.TargetUser))
+	addr := a.Addr("admin")
+	var held []net.Conn
+	defer func() {
+		for _, c := range held {
+			c.Close()
+		}
+	}()
+	for range app.AdminMaxConns {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, c)
+	}
+	extra, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer extra.Close()
+	_ = extra.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := extra.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("connection %d: read %d bytes, %v; want it closed", app.AdminMaxConns+1, n, err)
+	}
+	for _, c := range held {
+		c.Close()
+	}
+	held = nil
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		resp, err := http.Get("http://" + addr + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after the connections closed, /healthz: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
