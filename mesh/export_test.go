@@ -1,6 +1,10 @@
 package mesh
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
 
 // AuthzDenied is the denial counter of caller and method.
 func (m *Metrics) AuthzDenied(caller, method string) prometheus.Counter {
@@ -52,3 +56,23 @@ func CgroupCPULimit() (float64, bool) { return cgroupCPULimit() }
 
 // CPUs is the process-CPUs gauge (trellis_process_cpus).
 func (m *Metrics) CPUs() prometheus.Gauge { return m.cpus }
+
+// CPUsAfterLimitChange: a saturation of procs GOMAXPROCS under a cgroup
+// CPU limit of first, which changes to then while windows close every
+// 50 ms: the CPUs its share is measured against at the start, after
+// 0.9 s, and after 1.1 s.
+func CPUsAfterLimitChange(procs, first, then float64) (start, early, late float64) {
+	limit := first
+	s := newSaturation(1, DefaultShedCPUShare, 0, nil, schedWindow, schedHold)
+	s.limit = func() (float64, bool) { return limit, true }
+	s.setCPUs(procs)
+	s.opened, s.cpuAt, s.readAt = 0, 0, 0
+	start, limit = s.cpus, then
+	for at := int64(0); at <= int64(1100*time.Millisecond); at += int64(5 * time.Millisecond) {
+		s.add(at, 0, 0)
+		if at == int64(900*time.Millisecond) {
+			early = s.cpus
+		}
+	}
+	return start, early, s.cpus
+}

@@ -289,6 +289,26 @@ func TestRunQueueWindow(t *testing.T) {
 // upstream_overload) instead of admitting them. RESOURCE_EXHAUSTED that
 // is not a shedding server's — a handler's (a rate limit, with RetryInfo)
 // — marks nothing, and an unmarked record admits over the limit as before.
+// TestCPUsFollowACgroupLimitChange: a cgroup CPU limit that changes while
+// GOMAXPROCS stays (the runtime rounds a limit up to whole CPUs, at least
+// 2) is seen within about a second: 0.5 → 1.5 CPUs at GOMAXPROCS 2. It was
+// read again only when GOMAXPROCS changed, so the share stayed measured
+// against 0.5 CPUs: a process using 0.8 of its 1.5 read as using all of
+// them, and one starved by its neighbours as short of CPU for its own work.
+func TestCPUsFollowACgroupLimitChange(t *testing.T) {
+	for _, c := range []struct{ procs, first, then, want float64 }{
+		{2, 0.5, 1.5, 1.5},
+		{2, 1.5, 0.25, 0.25},
+		{2, 0.5, 3, 2}, // never over GOMAXPROCS
+	} {
+		start, early, late := mesh.CPUsAfterLimitChange(c.procs, c.first, c.then)
+		if start != min(c.first, c.procs) || early != start || late != c.want {
+			t.Errorf("GOMAXPROCS %v, limit %v then %v: CPUs %v at the start, %v after 0.9 s, %v after 1.1 s; want %v, %v, %v",
+				c.procs, c.first, c.then, start, early, late, min(c.first, c.procs), min(c.first, c.procs), c.want)
+		}
+	}
+}
+
 func TestUpstreamSheddingIsOverloadForItsCallers(t *testing.T) {
 	t.Parallel()
 	create := &userv1.CreateUserRequest{Email: "a@example.com", Name: "A", Password: "correct-horse"}

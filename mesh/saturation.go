@@ -68,10 +68,12 @@ type saturation struct {
 	sample  []metrics.Sample
 	samples []float64 // this window's samples (guarded by mu)
 	opened  int64
-	cpuAt   float64             // the process's CPU seconds when the window opened
-	procs   float64             // GOMAXPROCS at the last sample
-	cpus    float64             // what the share is measured against (capacity)
-	recent  [earlySamples]point // the last samples, for early (a ring)
+	cpuAt   float64                // the process's CPU seconds when the window opened
+	procs   float64                // GOMAXPROCS at the last sample
+	cpus    float64                // what the share is measured against (capacity)
+	readAt  int64                  // unix ns capacity was last worked out
+	limit   func() (float64, bool) // the cgroup's CPU limit: cgroupCPULimit
+	recent  [earlySamples]point    // the last samples, for early (a ring)
 	next    int
 }
 
@@ -94,7 +96,7 @@ const (
 
 func newSaturation(target, share, entitled float64, cpusGauge prometheus.Gauge, window, hold time.Duration) *saturation {
 	s := &saturation{target: target, share: share, entitled: entitled, cpusGauge: cpusGauge, window: int64(window), hold: int64(hold),
-		sample: []metrics.Sample{{Name: schedRunnable}, {Name: schedGOMAXPROCS}}}
+		sample: []metrics.Sample{{Name: schedRunnable}, {Name: schedGOMAXPROCS}}, limit: cgroupCPULimit}
 	s.opened, s.cpuAt = time.Now().UnixNano(), processCPU()
 	s.setCPUs(float64(runtime.GOMAXPROCS(0)))
 	s.timer = time.AfterFunc(time.Hour, s.tick)
@@ -156,6 +158,9 @@ func (s *saturation) add(now int64, perCPU, cpu float64) {
 	median := s.samples[len(s.samples)/2]
 	share := s.cpuShare(s.opened, s.cpuAt, now, cpu)
 	s.samples, s.opened, s.cpuAt = s.samples[:0], now, cpu
+	if now-s.readAt >= capacityEvery {
+		s.setCPUs(s.procs) // a new cgroup limit at the same GOMAXPROCS
+	}
 	s.last.Store(math.Float64bits(median))
 	if median > s.target && share >= s.share {
 		s.until.Store(now + s.hold)
@@ -208,9 +213,9 @@ func (s *saturation) cpuShare(from int64, cpuFrom float64, now int64, cpu float6
 // lower (the runtime rounds that up, to at least 2 on a machine of two
 // CPUs or more: cgroupCPULimit) or the process is entitled to less
 // (entitled). Never under a hundredth of a CPU.
-func capacity(procs, entitled float64) float64 {
+func capacity(procs, entitled float64, limit func() (float64, bool)) float64 {
 	c := procs
-	if l, ok := cgroupCPULimit(); ok {
+	if l, ok := limit(); ok {
 		c = min(c, l)
 	}
 	if entitled > 0 {
@@ -219,9 +224,18 @@ func capacity(procs, entitled float64) float64 {
 	return max(c, 0.01)
 }
 
+// capacityEvery: capacity is worked out again at the first window that
+// closes this long after the last time. GOMAXPROCS follows a cgroup's
+// limit only in whole CPUs (rounded up, at least 2), so a limit that
+// changes from 0.5 to 1.5 CPUs leaves GOMAXPROCS at 2 and is seen only
+// here — the runtime itself looks for a new limit about once a second
+// too. A read of /proc/self/cgroup, mountinfo and cpu.max costs tens of
+// microseconds.
+const capacityEvery = int64(time.Second)
+
 // setCPUs takes GOMAXPROCS and works out capacity again.
 func (s *saturation) setCPUs(procs float64) {
-	s.procs, s.cpus = procs, capacity(procs, s.entitled)
+	s.procs, s.cpus, s.readAt = procs, capacity(procs, s.entitled, s.limit), time.Now().UnixNano()
 	if s.cpusGauge != nil {
 		s.cpusGauge.Set(s.cpus)
 	}
