@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/grpc-ecosystem/grpc-gateway/v2/runtime"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -94,7 +95,7 @@ func (g *Gateway) writeStatus(w http.ResponseWriter, httpStatus int, st *status.
 	// refuses strings that are not UTF-8: the client's bytes are replaced
 	// (U+FFFD), or the details dropped, rather than the answer becoming a 500.
 	p := st.Proto()
-	p.Message = strings.ToValidUTF8(p.Message, "\uFFFD")
+	p.Message = clipMessage(strings.ToValidUTF8(p.Message, "\uFFFD"))
 	body, err := errorJSON.Marshal(p)
 	if err != nil {
 		p.Details = nil
@@ -108,6 +109,24 @@ func (g *Gateway) writeStatus(w http.ResponseWriter, httpStatus int, st *status.
 	w.Header().Del("Content-Length")
 	w.WriteHeader(httpStatus)
 	_, _ = w.Write(body)
+}
+
+// MaxErrorMessageBytes caps the message of an error answer. A message may
+// quote what the client sent — protojson quotes a number it could not
+// read, a route error the path — and a client that sent a 500 KB number
+// got all of it back. Longer messages are cut at a character boundary and
+// end in "…"; the field violations (details) name fields, not values.
+const MaxErrorMessageBytes = 512
+
+func clipMessage(m string) string {
+	if len(m) <= MaxErrorMessageBytes {
+		return m
+	}
+	cut := MaxErrorMessageBytes
+	for cut > 0 && !utf8.RuneStart(m[cut]) {
+		cut--
+	}
+	return m[:cut] + "…"
 }
 
 // routingError answers requests no route matches, in the same shape.

@@ -1,12 +1,16 @@
 package gateway_test
 
 import (
+	"encoding/json"
 	"io"
 	"net/http"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"golang.org/x/net/http/httpguts"
+
+	"github.com/trellis-mesh/trellis/gateway"
 )
 
 // FuzzRequestBodies throws arbitrary bodies at every route that takes one.
@@ -37,12 +41,67 @@ func FuzzRequestBodies(f *testing.F) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			// Signed in and JSON, so the body is read: without them every
+			// body was answered 401 or 415 before it was looked at.
+			req.Header.Set("Authorization", "Bearer "+s.http.token)
+			req.Header.Set("Content-Type", "application/json")
 			r := client{t: t, base: s.http.base}.send(req)
 			if r.code >= 500 {
 				t.Fatalf("%s %s with body %q: %d %s", route.method, route.path, body, r.code, r.body)
 			}
+			checkErrorMessage(t, r)
 		}
 	})
+}
+
+// checkErrorMessage: an error answer's message is valid UTF-8 and at most
+// gateway.MaxErrorMessageBytes (and "…"), whatever the client sent.
+func checkErrorMessage(t *testing.T, r response) {
+	t.Helper()
+	if r.code < 400 {
+		return
+	}
+	var e struct {
+		Message string `json:"message"`
+	}
+	if err := json.Unmarshal(r.body, &e); err != nil {
+		t.Fatalf("%d answer not in the error shape: %v: %.200s", r.code, err, r.body)
+	}
+	if len(e.Message) > gateway.MaxErrorMessageBytes+len("…") || !utf8.ValidString(e.Message) {
+		t.Fatalf("%d answer's message, %d bytes: %.200q", r.code, len(e.Message), e.Message)
+	}
+}
+
+// TestErrorMessagesAreBounded: what protojson or a route error quotes of
+// the client's request comes back cut to gateway.MaxErrorMessageBytes. A
+// 500 KB number, field name or path was sent back whole.
+func TestErrorMessagesAreBounded(t *testing.T) {
+	s := startSystem(t, nil)
+	huge := strings.Repeat("9", 500_000)
+	for _, c := range []struct {
+		method, path, body string
+		code                int
+	}{
+		{"POST", "/api/v1/orders", `{"items":[{"unitPrice":{"amountMinor":"` + huge + `"}}]}`, http.StatusBadRequest},
+		{"POST", "/api/v1/orders", `{"items":[{"quantity":` + huge + `}]}`, http.StatusBadRequest},
+		{"POST", "/api/v1/users", `{"` + strings.Repeat("\u00e9", 100_000) + `":1}`, http.StatusBadRequest},
+		{"GET", "/api/v1/" + strings.Repeat("%C3%A9", 5_000), "", http.StatusNotFound},
+	} {
+		req, err := http.NewRequest(c.method, s.http.base+c.path, strings.NewReader(c.body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Authorization", "Bearer "+s.http.token)
+		req.Header.Set("Content-Type", "application/json")
+		r := client{t: t, base: s.http.base}.send(req)
+		if r.code != c.code {
+			t.Errorf("%s %.60s: %d, want %d: %.200s", c.method, c.path, r.code, c.code, r.body)
+		}
+		checkErrorMessage(t, r)
+		if !strings.HasSuffix(string(r.body), `…"}`) && !strings.Contains(string(r.body), `…",`) {
+			t.Errorf("%s %.60s: message not cut: %.300s", c.method, c.path, r.body)
+		}
+	}
 }
 
 // FuzzRequestHeaders sends any header a client could send, on a read and a
