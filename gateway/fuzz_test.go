@@ -80,7 +80,7 @@ func TestErrorMessagesAreBounded(t *testing.T) {
 	huge := strings.Repeat("9", 500_000)
 	for _, c := range []struct {
 		method, path, body string
-		code                int
+		code               int
 	}{
 		{"POST", "/api/v1/orders", `{"items":[{"unitPrice":{"amountMinor":"` + huge + `"}}]}`, http.StatusBadRequest},
 		{"POST", "/api/v1/orders", `{"items":[{"quantity":` + huge + `}]}`, http.StatusBadRequest},
