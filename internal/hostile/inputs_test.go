@@ -27,6 +27,7 @@ import (
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/dynamicpb"
 
+	"github.com/trellis-mesh/trellis/gateway"
 	orderv1 "github.com/trellis-mesh/trellis/gen/trellis/order/v1"
 	userv1 "github.com/trellis-mesh/trellis/gen/trellis/user/v1"
 	"github.com/trellis-mesh/trellis/internal/testenv"
@@ -155,6 +156,8 @@ func checkREST(t testing.TB, s *system, method, path, body string, header ...str
 		}
 		if err := json.Unmarshal(b, &e); err != nil || e.Code == nil || e.Message == nil {
 			t.Errorf("%s: %d without the JSON error shape: %.300s", what, resp.StatusCode, b)
+		} else if len(*e.Message) > gateway.MaxErrorMessageBytes+len("\u2026") {
+			t.Errorf("%s: %d with a message of %d bytes: %.300s", what, resp.StatusCode, len(*e.Message), b)
 		}
 	}
 }
