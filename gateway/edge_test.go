@@ -32,6 +32,10 @@ func TestClientMistakesAreAnswered400AndTripNothing(t *testing.T) {
 		{"bad percent-encoding", "GET", "/api/v1/users?pageSize=%zz", "", nil, 400, "query"},
 		{"page size not a number", "GET", "/api/v1/users?pageSize=abc", "", nil, 400, "page_size"},
 		{"page size overflows", "GET", "/api/v1/users?pageSize=99999999999", "", nil, 400, "page_size"},
+		{"page size twice", "GET", "/api/v1/users?pageSize=1&pageSize=2", "", nil, 400, "page_size"},
+		{"page size in both spellings", "GET", "/api/v1/users?pageSize=1&page_size=2", "", nil, 400, "page_size"},
+		{"dotted name into a number", "GET", "/api/v1/users?pageSize.x=1", "", nil, 400, "pageSize"},
+		{"a parameter 5 000 times", "GET", "/api/v1/users?" + strings.Repeat("pageSize=1&", 5000), "", nil, 400, "page_size"},
 		{"form body", "POST", "/api/v1/users", "email=a", []string{"Content-Type", "application/x-www-form-urlencoded"}, 415, ""},
 		{"text body", "POST", "/api/v1/orders", `{}`, []string{"Content-Type", "text/plain"}, 415, ""},
 		{"trailing data", "POST", "/api/v1/users", `{"email":"t@example.com","name":"T","password":"correct-horse"}{"x":1}`, nil, 400, ""},
@@ -44,7 +48,7 @@ func TestClientMistakesAreAnswered400AndTripNothing(t *testing.T) {
 			if r.code != tt.want {
 				t.Fatalf("%s: status %d, want %d; body %s", tt.name, r.code, tt.want, r.body)
 			}
-			for _, leak := range []string{"strconv", "proto:", "grpc:", "utf8", "invalid syntax"} {
+			for _, leak := range []string{"strconv", "proto:", "grpc:", "utf8", "invalid syntax", "too many values", "1, 1"} {
 				if strings.Contains(string(r.body), leak) {
 					t.Errorf("%s: body leaks %q: %s", tt.name, leak, r.body)
 				}

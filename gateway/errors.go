@@ -45,6 +45,12 @@ func (g *Gateway) writeError(ctx context.Context, _ *runtime.ServeMux, _ runtime
 		// strconv.ParseInt: parsing "x": invalid syntax`. Name the
 		// parameter; keep Go's internals out.
 		st = badParam(quotedName(st.Message()), "not a valid value for this parameter")
+	case st.Code() == codes.InvalidArgument && queryMistake(st.Message()) != "":
+		// grpc-gateway's query parser on a parameter given twice
+		// (pageSize=1&pageSize=2, or pageSize and page_size), or a dotted
+		// name into a field that is not a message: `too many values for
+		// field "page_size": 1, 2` quoted every value back.
+		st = badParam(quotedName(st.Message()), queryMistake(st.Message()))
 	case st.Code() == codes.InvalidArgument && strings.HasPrefix(st.Message(), "type mismatch, parameter: "):
 		name, _, _ := strings.Cut(strings.TrimPrefix(st.Message(), "type mismatch, parameter: "), ",")
 		st = badParam(name, "not a valid value for this path parameter")
@@ -141,6 +147,22 @@ func (g *Gateway) routingError(_ context.Context, _ *runtime.ServeMux, _ runtime
 
 func (g *Gateway) notFound(w http.ResponseWriter, r *http.Request) {
 	g.routingError(r.Context(), nil, nil, w, r, http.StatusNotFound)
+}
+
+// queryMistake is what a client did wrong in a grpc-gateway query parse
+// error that names a parameter (runtime.PopulateQueryParameters), or "".
+func queryMistake(msg string) string {
+	for _, m := range [...]struct{ prefix, desc string }{
+		{"too many values for field ", "given more than once: send it once"},
+		{"duplicate field ", "given more than once (its JSON and proto names are one parameter): send it once"},
+		{"invalid path: ", "not a parameter: it has no fields to set with a dotted name"},
+		{"field already set for oneof ", "only one of these parameters may be given"},
+	} {
+		if strings.HasPrefix(msg, m.prefix) {
+			return m.desc
+		}
+	}
+	return ""
 }
 
 // quotedName returns the first "quoted" word of msg (the field a
