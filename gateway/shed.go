@@ -2,12 +2,15 @@ package gateway
 
 import (
 	"bytes"
+	"encoding/json"
 	"io"
 	"net/http"
+	"strconv"
+	"time"
 
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/types/known/durationpb"
 )
 
@@ -33,10 +36,8 @@ func (g *Gateway) shed(next http.Handler) http.Handler {
 			r.Body = io.NopCloser(bytes.NewReader(b))
 		}
 		release, retry, ok := l.Admit(r.Context(), "gateway:"+r.Method)
-		if !ok { // writeError: 429, Retry-After from the RetryInfo
-			st, _ := status.New(codes.ResourceExhausted, "the gateway is overloaded: retry after Retry-After").
-				WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(retry)})
-			g.writeError(r.Context(), nil, nil, w, r, st.Err())
+		if !ok {
+			writeOverloaded(w, retry)
 			return
 		}
 		shed := false
@@ -60,4 +61,41 @@ func statusOf(w http.ResponseWriter) int {
 			return 0
 		}
 	}
+}
+
+// overloadedMessage is the message of the gateway's own refusal.
+const overloadedMessage = "the gateway is overloaded: retry after Retry-After"
+
+// overloaded is the body of the gateway's own refusal: google.rpc.Status
+// with one google.rpc.RetryInfo, as protojson writes it.
+type overloaded struct {
+	Code    int32        `json:"code"`
+	Message string       `json:"message"`
+	Details [1]retryInfo `json:"details"`
+}
+
+type retryInfo struct {
+	Type       string          `json:"@type"`
+	RetryDelay json.RawMessage `json:"retryDelay"`
+}
+
+// writeOverloaded answers the gateway's own refusal: 429, Retry-After, and
+// RESOURCE_EXHAUSTED with RetryInfo — what writeError makes of that
+// status, but encoded by encoding/json: protojson resolves the detail's
+// Any and decodes it to encode it again, which was half of a refusal's
+// cost (BenchmarkShedRefusal), and at 4x the knee three requests in four
+// are refusals.
+func writeOverloaded(w http.ResponseWriter, retry time.Duration) {
+	delay, err := protojson.Marshal(durationpb.New(retry)) // "0.312s", as in any Duration
+	if err != nil {
+		delay = []byte(`"1s"`)
+	}
+	body, _ := json.Marshal(overloaded{Code: int32(codes.ResourceExhausted), Message: overloadedMessage,
+		Details: [1]retryInfo{{Type: "type.googleapis.com/google.rpc.RetryInfo", RetryDelay: delay}}})
+	h := w.Header()
+	h.Set("Retry-After", strconv.Itoa(max(ceilSeconds(retry), 1)))
+	h.Set("Content-Type", "application/json")
+	h.Del("Content-Length")
+	w.WriteHeader(http.StatusTooManyRequests)
+	_, _ = w.Write(body)
 }
