@@ -35,7 +35,8 @@ func (r *recorder) Accept() (net.Conn, error) {
 // accepts has TCP_USER_TIMEOUT at the keepalive timeout (20 s), with the
 // connection limits on (the flags' default) as with them off. grpc-go
 // sets it only on a *net.TCPConn, which the limits' wrapper hid: 0 (the
-// kernel's ~15 minutes of retransmissions) before the server set it.
+// kernel's default; only the keepalive ping, up to 2 min 20 s after the
+// peer went, closed the connection) before the server set it.
 func TestServerSocketsGiveUpOnADeadPeer(t *testing.T) {
 	for _, lim := range []connlimit.Limits{{}, {Max: mesh.DefaultMaxConns, PerClient: mesh.DefaultMaxConnsPerClient}} {
 		lis, err := net.Listen("tcp", "127.0.0.1:0")
