@@ -342,7 +342,8 @@ func TestKustomize(t *testing.T) {
 }
 
 // TestDashboardMetricsExist runs a real trellis, exercises every part,
-// and checks that each metric the Grafana dashboard queries is exported.
+// and checks that each metric the Grafana dashboard or an alerting rule
+// (deploy/prometheus/alerts.yml) queries is exported.
 func TestDashboardMetricsExist(t *testing.T) {
 	t.Parallel()
 	b, err := os.ReadFile(filepath.Join(root, "deploy/grafana/dashboards/trellis.json"))
@@ -364,15 +365,24 @@ func TestDashboardMetricsExist(t *testing.T) {
 	// Label names appear in by (...) clauses and {...} matchers; drop
 	// those before looking for metric names.
 	labelsRe := regexp.MustCompile(`by \([^)]*\)|\{[^}]*\}`)
+	exprs := []string{}
 	for _, p := range dash.Panels {
 		for _, tg := range p.Targets {
-			for _, m := range metricRe.FindAllString(labelsRe.ReplaceAllString(tg.Expr, ""), -1) {
-				names[m] = true
-			}
+			exprs = append(exprs, tg.Expr)
 		}
 	}
-	if len(names) < 8 {
-		t.Fatalf("dashboard queries only %d metrics", len(names))
+	if len(exprs) < 8 {
+		t.Fatalf("dashboard has only %d queries", len(exprs))
+	}
+	for _, g := range loadAlerts(t).Groups {
+		for _, r := range g.Rules {
+			exprs = append(exprs, r.Expr)
+		}
+	}
+	for _, e := range exprs {
+		for _, m := range metricRe.FindAllString(labelsRe.ReplaceAllString(e, ""), -1) {
+			names[m] = true
+		}
 	}
 
 	cfg := apptest.Config(t, app.TargetAll)
@@ -412,7 +422,7 @@ func TestDashboardMetricsExist(t *testing.T) {
 		}
 		if time.Now().After(deadline) {
 			slices.Sort(missing)
-			t.Fatalf("the dashboard queries metrics trellis does not export: %v", missing)
+			t.Fatalf("the dashboard or the alerts query metrics trellis does not export: %v", missing)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
