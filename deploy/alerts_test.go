@@ -11,8 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/compose-spec/compose-go/v2/loader"
-	"github.com/compose-spec/compose-go/v2/types"
 	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/model/rulefmt"
 	"github.com/prometheus/prometheus/promql"
@@ -151,18 +149,7 @@ func TestAlertRules(t *testing.T) {
 	if !slices.Equal(prom.RuleFiles, []string{filepath.Base(alertsFile)}) {
 		t.Errorf("prometheus.yml rule_files %v, want [%s]", prom.RuleFiles, filepath.Base(alertsFile))
 	}
-	abs, _ := filepath.Abs(root)
-	p, err := loader.LoadWithContext(context.Background(), types.ConfigDetails{
-		WorkingDir:  abs,
-		ConfigFiles: []types.ConfigFile{{Filename: filepath.Join(abs, "compose.yaml")}},
-		Environment: types.Mapping{},
-	}, func(o *loader.Options) {
-		o.SetProjectName("trellis", true)
-		o.Profiles = []string{"observability"}
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	p, abs := loadCompose(t)
 	mounts := map[string]string{}
 	for _, v := range p.Services["prometheus"].Volumes {
 		mounts[strings.TrimPrefix(v.Source, abs+"/")] = v.Target

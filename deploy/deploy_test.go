@@ -58,8 +58,10 @@ func checkEnv(t *testing.T, where string, names []string, known map[string]bool)
 	}
 }
 
-func TestComposeFile(t *testing.T) {
-	t.Parallel()
+// loadCompose loads compose.yaml as `docker compose --profile
+// observability` would, and returns it with the repository's absolute path.
+func loadCompose(t *testing.T) (*types.Project, string) {
+	t.Helper()
 	abs, _ := filepath.Abs(root)
 	p, err := loader.LoadWithContext(context.Background(), types.ConfigDetails{
 		WorkingDir:  abs,
@@ -72,6 +74,12 @@ func TestComposeFile(t *testing.T) {
 	if err != nil {
 		t.Fatalf("compose.yaml does not load: %v", err)
 	}
+	return p, abs
+}
+
+func TestComposeFile(t *testing.T) {
+	t.Parallel()
+	p, abs := loadCompose(t)
 	for name, image := range map[string]string{"postgres": "postgres:15", "redis": "redis:7-alpine", "user": "trellis:latest", "order": "trellis:latest", "gateway": "trellis:latest"} {
 		s, ok := p.Services[name]
 		if !ok {
