@@ -64,7 +64,7 @@ func (g *Gateway) writeError(ctx context.Context, _ *runtime.ServeMux, _ runtime
 		// when to come back, in HTTP's words too.
 		for _, d := range st.Details() {
 			if ri, ok := d.(*errdetails.RetryInfo); ok {
-				w.Header().Set("Retry-After", strconv.Itoa(max(ceilSeconds(ri.GetRetryDelay().AsDuration()), 1)))
+				setRetryAfter(w.Header(), ri.GetRetryDelay().AsDuration())
 			}
 		}
 	case st.Code() == codes.DeadlineExceeded && g.clientDeadlineBinds(r):
@@ -111,10 +111,20 @@ func (g *Gateway) writeStatus(w http.ResponseWriter, httpStatus int, st *status.
 		body = []byte(`{"code":13,"message":"internal error"}`)
 		httpStatus = http.StatusInternalServerError
 	}
+	writeJSON(w, httpStatus, body)
+}
+
+// writeJSON writes an error answer's status and JSON body.
+func writeJSON(w http.ResponseWriter, httpStatus int, body []byte) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Del("Content-Length")
 	w.WriteHeader(httpStatus)
 	_, _ = w.Write(body)
+}
+
+// setRetryAfter says when to come back in whole seconds, at least 1.
+func setRetryAfter(h http.Header, d time.Duration) {
+	h.Set("Retry-After", strconv.Itoa(max(ceilSeconds(d), 1)))
 }
 
 // MaxErrorMessageBytes caps the message of an error answer. A message may

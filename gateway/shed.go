@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
-	"strconv"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -92,10 +91,6 @@ func writeOverloaded(w http.ResponseWriter, retry time.Duration) {
 	}
 	body, _ := json.Marshal(overloaded{Code: int32(codes.ResourceExhausted), Message: overloadedMessage,
 		Details: [1]retryInfo{{Type: "type.googleapis.com/google.rpc.RetryInfo", RetryDelay: delay}}})
-	h := w.Header()
-	h.Set("Retry-After", strconv.Itoa(max(ceilSeconds(retry), 1)))
-	h.Set("Content-Type", "application/json")
-	h.Del("Content-Length")
-	w.WriteHeader(http.StatusTooManyRequests)
-	_, _ = w.Write(body)
+	setRetryAfter(w.Header(), retry)
+	writeJSON(w, http.StatusTooManyRequests, body)
 }
