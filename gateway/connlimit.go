@@ -5,7 +5,6 @@ import (
 	"flag"
 	"fmt"
 	"net"
-	"net/netip"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -72,11 +71,7 @@ func (g *Gateway) LimitConnections(lis net.Listener) net.Listener {
 		"the gateway holds its most connections (%d); retry after 1 s", lim.Max))
 	return connlimit.New(lis, connlimit.Limits{Max: lim.Max, PerClient: lim.PerClient}, connlimit.Options{
 		Key: func(a net.Addr) string {
-			ta, ok := a.(*net.TCPAddr)
-			if !ok {
-				return ""
-			}
-			ip, ok := netip.AddrFromSlice(ta.IP)
+			ip, ok := connlimit.AddrOf(a)
 			if !ok || g.keyer.proxies != nil && g.keyer.trusts(ip.Unmap()) {
 				return ""
 			}

@@ -92,15 +92,20 @@ func ClientOf(a net.Addr) string {
 
 // Bucket is ClientOf with the IPv6 prefix length v6bits.
 func Bucket(a net.Addr, v6bits int) string {
-	ta, ok := a.(*net.TCPAddr)
-	if !ok {
-		return ""
-	}
-	ip, ok := netip.AddrFromSlice(ta.IP)
+	ip, ok := AddrOf(a)
 	if !ok {
 		return ""
 	}
 	return BucketAddr(ip, v6bits)
+}
+
+// AddrOf is a TCP address's IP address; false for any other address.
+func AddrOf(a net.Addr) (netip.Addr, bool) {
+	ta, ok := a.(*net.TCPAddr)
+	if !ok {
+		return netip.Addr{}, false
+	}
+	return netip.AddrFromSlice(ta.IP)
 }
 
 // BucketAddr is the client an address is: IPv4 as itself (an
