@@ -276,10 +276,7 @@ func (s *Server) Register(desc *grpc.ServiceDesc, impl any, v Validator) {
 func (s *Server) Serve(lis net.Listener) error {
 	s.metrics.server.InitializeMetrics(s.grpc)
 	s.setServing(true)
-	if s.cfg.Conns != (connlimit.Limits{}) {
-		lis = userTimeoutListener{lis}
-	}
-	lis = connlimit.New(lis, s.cfg.Conns, connlimit.Options{
+	lis = connlimit.New(userTimeoutListener{lis}, s.cfg.Conns, connlimit.Options{
 		Open:    s.metrics.conns.WithLabelValues(s.cfg.Name),
 		Refused: s.metrics.connsRefused.MustCurryWith(prometheus.Labels{"server": s.cfg.Name}),
 	})
@@ -304,7 +301,8 @@ const (
 // limits' wrapper hides that type from it: without this, a server with
 // limits would keep a dead peer's connection — and its slot under the
 // limits — until the next keepalive ping fails, not 20 s after its data
-// went unacknowledged.
+// went unacknowledged. (Without limits, grpc-go sets the same value
+// again.)
 type userTimeoutListener struct{ net.Listener }
 
 func (l userTimeoutListener) Accept() (net.Conn, error) {
