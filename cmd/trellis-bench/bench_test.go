@@ -162,3 +162,19 @@ func TestNetpollServerAnswersWhileBusyAndStops(t *testing.T) {
 		t.Fatal("an unknown kind was accepted")
 	}
 }
+
+// TestKneeSearch: the search ends within an eighth of the true knee
+// (at least 50/s), never above it, for knees across the range it covers.
+func TestKneeSearch(t *testing.T) {
+	for knee := 50; knee <= 7000; knee += 10 {
+		calls := 0
+		got := kneeSearch(6400, func(rate int) bool { calls++; return rate <= knee })
+		want := min(knee, 6400)
+		if got > want || (want >= 100 && want-got > max(got/8, 50)) {
+			t.Errorf("knee %d: found %d", knee, got)
+		}
+		if calls > 11 {
+			t.Errorf("knee %d: %d rates tried", knee, calls)
+		}
+	}
+}

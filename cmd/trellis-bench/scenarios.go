@@ -579,34 +579,19 @@ func (r *runner) maxRate(ctx context.Context, sys target) error {
 		ok := res.Requests > 0 && res.P99ms < 50 && float64(errs) < 0.01*float64(res.Requests)
 		r.add("3 CreateOrder end to end", fmt.Sprintf("%d/s", rate), false, res, sys.procs,
 			map[bool]string{true: "sustained", false: "not sustained (p99 ≥ 50 ms or ≥ 1% errors)"}[ok])
+		if !ok {
+			drain(ctx)
+		}
 		return ok
 	}
 	openLoop(ctx, 50, warmup, order)
-	rates := []int{100, 200, 400}
-	bisect := 0
-	if !r.quick {
-		rates, bisect = []int{100, 200, 400, 800, 1600, 3200, 6400}, 2
+	top := 6400
+	if r.quick {
+		top = 400
 	}
-	// Double the rate until latency breaks, then halve the gap between the
-	// last rate sustained and the first one not, bisect times (to 50/s).
-	best, failed := 0, 0
-	for _, rate := range rates {
-		if !sustained(rate) {
-			failed = rate
-			break
-		}
-		best = rate
-	}
-	for range bisect {
-		mid := (best + failed) / 2 / 50 * 50
-		if failed == 0 || mid <= best || mid >= failed {
-			break
-		}
-		if sustained(mid) {
-			best = mid
-		} else {
-			failed = mid
-		}
+	best := kneeSearch(top, sustained)
+	if best < 100 {
+		best = 0 // not even 100/s: scenario 3 tries nothing slower
 	}
 	r.rep.Ratios["max_sustainable_create_order_per_s"+r.suffix()] = float64(best)
 	return nil
