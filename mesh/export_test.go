@@ -76,3 +76,6 @@ func CPUsAfterLimitChange(procs, first, then float64) (start, early, late float6
 	}
 	return start, early, s.cpus
 }
+
+// SameCPUSignal reports whether two limiters read one CPU signal.
+func SameCPUSignal(a, b *Limiter) bool { return a.sched != nil && a.sched == b.sched }

@@ -1,6 +1,8 @@
 package mesh
 
 import (
+	"sync"
+
 	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -25,6 +27,40 @@ type Metrics struct {
 	connsRefused            *prometheus.CounterVec
 	limit, inflight, queued *prometheus.GaugeVec
 	queueSeconds            prometheus.Histogram
+
+	// signals: the process's CPU signal (saturation), one per setting —
+	// in practice one, shared by every shedding limiter of the process
+	// (sharedSaturation).
+	signalsMu sync.Mutex
+	signals   map[signalKey]*saturation
+}
+
+// signalKey is what a CPU signal is built from (ShedConfig's RunQueue,
+// CPUShare and CPUMillis).
+type signalKey struct {
+	target, share, entitled float64
+}
+
+// sharedSaturation is the process's CPU signal for these settings: one
+// sampler, one window and one decision for every limiter that asks —
+// the run queue and the CPU the signal reads are the process's, not a
+// server's. (A signal per limiter sampled the same scheduler three times
+// over in `trellis run`, closed its windows at different moments, so the
+// gateway could read "short of CPU" while the order service beside it did
+// not, and wrote the same process-wide gauges from three samplers.)
+func (m *Metrics) sharedSaturation(target, share, entitled float64) *saturation {
+	k := signalKey{target, share, entitled}
+	m.signalsMu.Lock()
+	defer m.signalsMu.Unlock()
+	s, ok := m.signals[k]
+	if !ok {
+		if m.signals == nil {
+			m.signals = map[signalKey]*saturation{}
+		}
+		s = newSaturation(target, share, entitled, m.cpus, schedWindow, schedHold)
+		m.signals[k] = s
+	}
+	return s
 }
 
 // latencyBuckets suit loopback and LAN calls: 0.5 ms to 10 s.

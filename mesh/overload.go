@@ -246,7 +246,7 @@ func NewLimiter(cfg ShedConfig, name string, m *Metrics) *Limiter {
 	switch {
 	case l.saturated != nil:
 	case cfg.RunQueue > 0:
-		l.sched = newSaturation(cfg.RunQueue, cfg.CPUShare, float64(cfg.CPUMillis)/1000, m.cpus, schedWindow, schedHold)
+		l.sched = m.sharedSaturation(cfg.RunQueue, cfg.CPUShare, float64(cfg.CPUMillis)/1000)
 		l.saturated = l.sched.Saturated
 	default:
 		l.saturated = func() bool { return true }

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
@@ -465,5 +466,26 @@ func TestLatencyTargetBoundsWorkInFlight(t *testing.T) {
 	// minimum, as if nothing completed.
 	if p := peak(5*time.Millisecond, true, true); p > 12 {
 		t.Errorf("5 ms calls refused behind the server, short of CPU: %d in flight; want about 8 (at most 12): refusals counted as completions", p)
+	}
+}
+
+// TestOneCPUSignalPerProcess: the limiters of one process (one Metrics)
+// with the same CPU settings read one signal — `trellis run`'s gateway,
+// user and order limiters agree on "short of CPU" and sample the
+// scheduler once — and a limiter with other settings reads its own.
+func TestOneCPUSignalPerProcess(t *testing.T) {
+	cfg := mesh.ShedConfig{Enabled: true, MinLimit: 4, MaxLimit: 8, Pushback: time.Second, RunQueue: 1, CPUShare: 0.5}
+	m := mesh.NewMetrics(prometheus.NewRegistry())
+	gw, order := mesh.NewLimiter(cfg, "gateway", m), mesh.NewLimiter(cfg, "order", m)
+	if !mesh.SameCPUSignal(gw, order) {
+		t.Error("two limiters of one process with the same settings read two CPU signals")
+	}
+	other := cfg
+	other.CPUShare = 0.3
+	if mesh.SameCPUSignal(gw, mesh.NewLimiter(other, "user", m)) {
+		t.Error("a limiter with another --shed-cpu-share reads the same CPU signal")
+	}
+	if mesh.SameCPUSignal(gw, mesh.NewLimiter(cfg, "gateway", mesh.NewMetrics(prometheus.NewRegistry()))) {
+		t.Error("limiters of two Metrics (two processes' registries) share a CPU signal")
 	}
 }

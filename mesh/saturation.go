@@ -12,11 +12,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// saturation is the shedding limiter's local-overload signal: whether
-// this process is short of CPU, read from the Go scheduler's run queue —
-// how many goroutines are ready to run but wait for a CPU
-// (runtime/metrics /sched/goroutines/runnable:goroutines), per CPU it may
-// use (GOMAXPROCS), its median over a window.
+// saturation is the shedding limiters' local-overload signal, one per
+// process (Metrics.sharedSaturation): whether this process is short of
+// CPU, read from the Go scheduler's run queue — how many goroutines are
+// ready to run but wait for a CPU (runtime/metrics
+// /sched/goroutines/runnable:goroutines), per CPU it may use
+// (GOMAXPROCS), its median over a window.
 //
 // Latency alone cannot tell local overload from a slow upstream: a call
 // that waits a second for a hung replica looks to a latency-driven limiter
