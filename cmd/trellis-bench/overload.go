@@ -1,9 +1,11 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"sort"
 	"sync"
 	"time"
@@ -119,20 +121,56 @@ func (r *runner) overloadOn(ctx context.Context, run func(i int, extra []string)
 		base = kneeSearch(6400, sustained)
 	}
 	r.rep.Ratios["overload_base_per_s"+sfx] = float64(base)
+	// overloadRounds rounds, the systems' order swapped every other round
+	// (the one run second meets what is left of the first one's load:
+	// its timed-out requests still being worked on); each point reports
+	// its median round by goodput, and the ratios are of medians. One
+	// round (1.2 s a point in the quick profile) swung with the machine:
+	// on a noisy minute the protected system served 197/s at 4× where
+	// the minutes around it served 487–533/s.
+	runs := map[string]map[int][]overloadRun{}
+	for round := range overloadRounds {
+		for _, mult := range []int{1, 2, 4} {
+			for k := range systems {
+				i := k
+				if round%2 == 1 {
+					i = len(systems) - 1 - k
+				}
+				s := &systems[i]
+				stopWatch := watchRunQueue(ctx, s.sys.admins)
+				ok, refused, other := openLoopSplit(ctx, base*mult, r.bounds(), s.order)
+				run := overloadRun{ok: ok, refused: refused, other: other, sched: stopWatch(), usage: map[string]usage{}}
+				for name, p := range s.sys.procs {
+					run.usage[name] = p.Usage()
+				}
+				if runs[s.name] == nil {
+					runs[s.name] = map[int][]overloadRun{}
+				}
+				runs[s.name][mult] = append(runs[s.name][mult], run)
+			}
+		}
+	}
 	goodput := map[string]map[int]float64{}
 	p99 := map[string]map[int]float64{}
 	for _, mult := range []int{1, 2, 4} {
 		for i, s := range systems {
-			stopWatch := watchRunQueue(ctx, s.sys.admins)
-			ok, refused, other := openLoopSplit(ctx, base*mult, r.bounds(), s.order)
-			sched := stopWatch()
+			rs := runs[s.name][mult]
+			var goods, p99s, refP50s []float64
+			for _, run := range rs {
+				goods, p99s, refP50s = append(goods, run.ok.Throughput), append(p99s, run.ok.P99ms), append(refP50s, run.refused.P50ms)
+			}
 			if goodput[s.name] == nil {
 				goodput[s.name], p99[s.name] = map[int]float64{}, map[int]float64{}
 			}
-			goodput[s.name][mult], p99[s.name][mult] = ok.Throughput, ok.P99ms
-			note := fmt.Sprintf("%s; %d/s offered (%d× %d/s): goodput %.0f/s (%.0f%% of %d/s), created p99 %.1f ms; refused (429) %d, p50 %.2f ms p99 %.2f ms; other errors %v%s",
-				where, base*mult, mult, base, ok.Throughput, 100*ok.Throughput/float64(base), base, ok.P99ms, refused.Requests, refused.P50ms, refused.P99ms, other, sched)
-			r.add("8 overload", fmt.Sprintf("%s, %d×", s.name, mult), mult == 1 && i == 0, ok, s.sys.procs, note)
+			goodput[s.name][mult], p99[s.name][mult] = median(goods), median(p99s)
+			// The row is the round of median goodput.
+			byGoodput := slices.Clone(rs)
+			slices.SortFunc(byGoodput, func(a, b overloadRun) int { return cmp.Compare(a.ok.Throughput, b.ok.Throughput) })
+			m := byGoodput[len(byGoodput)/2]
+			note := fmt.Sprintf("%s; %d/s offered (%d× %d/s): goodput %.0f/s (%.0f%% of %d/s), created p99 %.1f ms; refused (429) %d, p50 %.2f ms p99 %.2f ms; other errors %v%s; the round of median goodput of %d: goodput %v/s, created p99 %v ms, refusals p50 %v ms",
+				where, base*mult, mult, base, m.ok.Throughput, 100*m.ok.Throughput/float64(base), base, m.ok.P99ms, m.refused.Requests, m.refused.P50ms, m.refused.P99ms, m.other, m.sched,
+				len(rs), roundDigits(goods, 0), roundDigits(p99s, 1), roundDigits(refP50s, 2))
+			r.addUsage("8 overload", fmt.Sprintf("%s, %d×", s.name, mult), mult == 1 && i == 0, m.ok, m.usage, note)
 		}
 	}
 	prot, plain := systems[1].name, systems[0].name
@@ -142,6 +180,17 @@ func (r *runner) overloadOn(ctx context.Context, run func(i int, extra []string)
 		r.rep.Ratios["overload_p99_gain_4x"+sfx] = p99[plain][4] / p99[prot][4]
 	}
 	return nil
+}
+
+// overloadRounds: scenario 8's rounds per point.
+const overloadRounds = 3
+
+// overloadRun is one run of scenario 8: one system at one rate.
+type overloadRun struct {
+	ok, refused *result
+	other       map[string]int64
+	sched       string // watchRunQueue's description
+	usage       map[string]usage
 }
 
 // drain is the pause after a rate not sustained, so that the next rate

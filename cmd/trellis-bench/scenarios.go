@@ -433,10 +433,14 @@ func getUserCalls(ctx context.Context, dials map[string]func() (*grpc.ClientConn
 	}, closeAll, nil
 }
 
-func round3(xs []float64) []float64 {
+// round3 rounds each value to three decimals, for notes.
+func round3(xs []float64) []float64 { return roundDigits(xs, 3) }
+
+// roundDigits rounds each value to digits decimals, for notes.
+func roundDigits(xs []float64, digits int) []float64 {
 	out := make([]float64, len(xs))
 	for i, x := range xs {
-		out[i], _ = strconv.ParseFloat(strconv.FormatFloat(x, 'f', 3, 64), 64)
+		out[i], _ = strconv.ParseFloat(strconv.FormatFloat(x, 'f', digits, 64), 64)
 	}
 	return out
 }
