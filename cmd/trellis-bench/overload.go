@@ -159,14 +159,14 @@ func (r *runner) overloadOn(ctx context.Context, run func(i int, extra []string)
 			for _, run := range rs {
 				goods, p99s, refP50s = append(goods, run.ok.Throughput), append(p99s, run.ok.P99ms), append(refP50s, run.refused.P50ms)
 			}
-			if goodput[s.name] == nil {
-				goodput[s.name], p99[s.name] = map[int]float64{}, map[int]float64{}
-			}
-			goodput[s.name][mult], p99[s.name][mult] = median(goods), median(p99s)
 			// The row is the round of median goodput.
 			byGoodput := slices.Clone(rs)
 			slices.SortFunc(byGoodput, func(a, b overloadRun) int { return cmp.Compare(a.ok.Throughput, b.ok.Throughput) })
 			m := byGoodput[len(byGoodput)/2]
+			if goodput[s.name] == nil {
+				goodput[s.name], p99[s.name] = map[int]float64{}, map[int]float64{}
+			}
+			goodput[s.name][mult], p99[s.name][mult] = m.ok.Throughput, median(p99s)
 			note := fmt.Sprintf("%s; %d/s offered (%d× %d/s): goodput %.0f/s (%.0f%% of %d/s), created p99 %.1f ms; refused (429) %d, p50 %.2f ms p99 %.2f ms; other errors %v%s; the round of median goodput of %d: goodput %v/s, created p99 %v ms, refusals p50 %v ms",
 				where, base*mult, mult, base, m.ok.Throughput, 100*m.ok.Throughput/float64(base), base, m.ok.P99ms, m.refused.Requests, m.refused.P50ms, m.refused.P99ms, m.other, m.sched,
 				len(rs), roundDigits(goods, 0), roundDigits(p99s, 1), roundDigits(refP50s, 2))
