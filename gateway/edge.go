@@ -64,6 +64,9 @@ func bodyTooLarge(r *http.Request) bool {
 //   - a request with a body says it is JSON (415 otherwise): a browser
 //     form cannot send application/json across origins without a CORS
 //     preflight, so this is also the CSRF defence;
+//   - and sends it as it is: a Content-Encoding other than identity (a
+//     gzip body, say) is 415 with Accept-Encoding: identity (RFC 9110
+//     15.5.16), not a JSON error about its first compressed byte;
 //   - HEAD is served as GET without the body.
 func (g *Gateway) apiEdge(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -99,12 +102,30 @@ func (g *Gateway) apiEdge(next http.Handler) http.Handler {
 				g.writeStatus(w, http.StatusUnsupportedMediaType, status.New(codes.InvalidArgument, "request bodies must be JSON: send Content-Type: application/json"))
 				return
 			}
+			if !identityEncoded(r.Header.Values("Content-Encoding")) {
+				w.Header().Set("Accept-Encoding", "identity")
+				g.writeStatus(w, http.StatusUnsupportedMediaType, status.New(codes.InvalidArgument, "request bodies are not decompressed: send the JSON as it is, without Content-Encoding"))
+				return
+			}
 		case http.MethodHead:
 			r = r.Clone(r.Context())
 			r.Method = http.MethodGet // net/http sends no body for HEAD
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// identityEncoded reports whether Content-Encoding header values (a list:
+// "gzip, br", or several lines) name no coding but identity.
+func identityEncoded(values []string) bool {
+	for _, v := range values {
+		for c := range strings.SplitSeq(v, ",") {
+			if c = strings.TrimSpace(c); c != "" && !strings.EqualFold(c, "identity") {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // badParam is the INVALID_ARGUMENT of one bad request parameter, in the

@@ -38,6 +38,8 @@ func TestClientMistakesAreAnswered400AndTripNothing(t *testing.T) {
 		{"a parameter 5 000 times", "GET", "/api/v1/users?" + strings.Repeat("pageSize=1&", 5000), "", nil, 400, "page_size"},
 		{"form body", "POST", "/api/v1/users", "email=a", []string{"Content-Type", "application/x-www-form-urlencoded"}, 415, ""},
 		{"text body", "POST", "/api/v1/orders", `{}`, []string{"Content-Type", "text/plain"}, 415, ""},
+		{"gzip body", "POST", "/api/v1/users", "\x1f\x8b\x08\x00\x00\x00\x00\x00", []string{"Content-Type", "application/json", "Content-Encoding", "gzip"}, 415, ""},
+		{"gzip among codings", "POST", "/api/v1/orders", `{}`, []string{"Content-Type", "application/json", "Content-Encoding", "identity, GZIP"}, 415, ""},
 		{"trailing data", "POST", "/api/v1/users", `{"email":"t@example.com","name":"T","password":"correct-horse"}{"x":1}`, nil, 400, ""},
 		{"trailing garbage", "POST", "/api/v1/users", `{"email":"t@example.com","name":"T","password":"correct-horse"} garbage`, nil, 400, ""},
 		{"NUL in name", "POST", "/api/v1/users", `{"email":"n@example.com","name":"a\u0000b","password":"correct-horse"}`, nil, 400, "name"},
@@ -59,6 +61,13 @@ func TestClientMistakesAreAnswered400AndTripNothing(t *testing.T) {
 				}
 			}
 		}
+	}
+	if r := c.do("POST", "/api/v1/users", "x", "Content-Encoding", "br"); r.header.Get("Accept-Encoding") != "identity" {
+		t.Errorf("an encoded body's 415 says Accept-Encoding %q, want identity", r.header.Get("Accept-Encoding"))
+	}
+	for i, enc := range []string{"", "identity", " Identity "} { // identity is no coding
+		r := c.do("POST", "/api/v1/users", `{"email":"enc`+strconv.Itoa(i)+`@example.com","name":"E","password":"correct-horse"}`, "Content-Encoding", enc)
+		wantStatus(t, r, http.StatusCreated)
 	}
 	wantStatus(t, c.do("GET", "/api/v1/users/"+uid, ""), http.StatusOK)
 	wantStatus(t, c.do("GET", "/api/v1/orders?userId="+uid, ""), http.StatusOK)

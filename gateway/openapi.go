@@ -129,7 +129,7 @@ var errorResponses = map[string]string{
 	"409": "Already exists (an email taken, a request id used for another order).",
 	"412": "The etag sent (If-Match or etag) is no longer the object's: read it again.",
 	"413": "The body is larger than 1 MiB.",
-	"415": "The body is not application/json.",
+	"415": "The body is not application/json, or is sent with a Content-Encoding (bodies are not decompressed: Accept-Encoding: identity).",
 	"408": "The deadline the request set (Grpc-Timeout, gRPC's encoding: 250m, 2S) ran out before an answer, or is shorter than half of what the operation usually takes; the code is DEADLINE_EXCEEDED. Send a longer one, or none.",
 	"429": "A rate limit: Retry-After says when to come back.",
 	"503": "A service this needs is unavailable or overloaded: retry later.",
