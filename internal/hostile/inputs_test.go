@@ -90,7 +90,7 @@ var (
 	ifMatch = []string{"*", `"v1"`, `W/"v1"`, "v0", `"v-1"`, `"v99999999999999999999"`, `""`, "garbage", strings.Repeat("v", 8000), "\u202e"}
 	// Headers the gateway reads, as name and value: a client's own
 	// deadline (gRPC's encoding, which grpc-gateway applies), the request
-	// id, the trace context, the token.
+	// id, the trace context, the token, the body's content coding.
 	headers = [][2]string{
 		{"Grpc-Timeout", "1n"}, {"Grpc-Timeout", "1u"}, {"Grpc-Timeout", "1m"}, {"Grpc-Timeout", "0n"},
 		{"Grpc-Timeout", "99999999H"}, {"Grpc-Timeout", "18446744073709551616n"}, {"Grpc-Timeout", "-5S"},
@@ -99,6 +99,8 @@ var (
 		{"Traceparent", "00-" + strings.Repeat("0", 32) + "-" + strings.Repeat("0", 16) + "-01"}, {"Traceparent", "ff-junk"},
 		{"Tracestate", strings.Repeat("a=b,", 2000)},
 		{"Authorization", "Bearer"}, {"Authorization", "Bearer " + strings.Repeat("x", 5000)}, {"Authorization", "Basic Zm9vOmJhcg=="},
+		{"Content-Encoding", "gzip"}, {"Content-Encoding", "identity, br"}, {"Content-Encoding", ","}, {"Content-Encoding", "\u202e"},
+		{"Content-Encoding", strings.Repeat("identity,", 4000)}, {"Content-Encoding", strings.Repeat("identity,", 4000) + "gzip"},
 	}
 	leaks = []string{"proto:", "grpc:", "strconv", "sql", "SQL", "panic", "goroutine", "runtime error", "utf8", "invalid syntax", "127.0.0.1", "dial tcp", "invalid character", "looking for beginning"}
 )
