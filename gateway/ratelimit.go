@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"cmp"
 	"context"
 	"flag"
 	"fmt"
@@ -67,7 +68,13 @@ type RateLimits struct {
 	// Store, when set, holds the counters instead of this process's
 	// memory, so gateway replicas share them (a Redis store).
 	Store throttled.GCRAStoreCtx
+	// StoreTimeout bounds one check against Store; past it the request
+	// passes unlimited. 0 means DefaultStoreTimeout.
+	StoreTimeout time.Duration
 }
+
+// DefaultStoreTimeout bounds a check against a shared store by default.
+const DefaultStoreTimeout = 250 * time.Millisecond
 
 // Default per-client quotas.
 var (
@@ -113,6 +120,7 @@ type rateLimiter struct {
 	limited   *prometheus.CounterVec
 	storeErrs prometheus.Counter
 	logEvery  *rate.Limiter
+	timeout   time.Duration // a store check's
 }
 
 func newRateLimiter(c RateLimits, reg prometheus.Registerer) (*rateLimiter, error) {
@@ -139,6 +147,7 @@ func newRateLimiter(c RateLimits, reg prometheus.Registerer) (*rateLimiter, erro
 			Help: "Rate-limit checks the shared store could not answer; the request was let through.",
 		}),
 		logEvery: rate.NewLimiter(0.2, 1),
+		timeout:  cmp.Or(c.StoreTimeout, DefaultStoreTimeout),
 	}
 	for class, q := range map[string]Quota{ClassRead: c.Read, ClassWrite: c.Write, ClassAuth: c.Auth} {
 		rl.limited.WithLabelValues(class)
@@ -191,7 +200,7 @@ func (g *Gateway) rateLimit(next http.Handler) http.Handler {
 			next.ServeHTTP(w, r)
 			return
 		}
-		ctx, cancel := context.WithTimeout(r.Context(), storeTimeout)
+		ctx, cancel := context.WithTimeout(r.Context(), rl.timeout)
 		limited, res, err := l.gcra.RateLimitCtx(ctx, l.class+":"+rl.clientKey(r), 1)
 		cancel()
 		if err != nil {
@@ -216,9 +225,6 @@ func (g *Gateway) rateLimit(next http.Handler) http.Handler {
 			"rate limit: %s requests are limited to %s per client; retry after %d s", l.class, l.quota, retry))
 	})
 }
-
-// storeTimeout bounds one check against a shared store.
-const storeTimeout = 250 * time.Millisecond
 
 func ceilSeconds(d time.Duration) int {
 	if d <= 0 {

@@ -107,6 +107,10 @@ func TestRateLimitsSharedAcrossGatewaysThroughRedis(t *testing.T) {
 	limits := func(c *app.Config) {
 		c.Gateway.Limits = gateway.RateLimits{Read: perMinute(4)}
 		c.RedisURL, c.Events.Prefix = redisURL(), prefix
+		// Under -race on a loaded machine a Redis call can take longer
+		// than the default 250 ms, and a check that times out lets the
+		// request through (CI once saw 401 where 429 was due).
+		c.RedisTimeout = 5 * time.Second
 	}
 	s := startSystem(t, limits)
 	second := apptest.Config(t, app.TargetGateway)
@@ -123,6 +127,7 @@ func TestRateLimitsSharedAcrossGatewaysThroughRedis(t *testing.T) {
 	down.UserUpstream, down.OrderUpstream = second.UserUpstream, second.OrderUpstream
 	down.Gateway.Limits = gateway.RateLimits{Read: perMinute(1)}
 	down.RedisURL = "redis://127.0.0.1:1/0" // nothing listens
+	down.RedisTimeout = 50 * time.Millisecond
 	gw3 := client{t: t, base: "http://" + apptest.Start(t, down).Addr(app.TargetGateway)}
 	for range 3 {
 		wantStatus(t, readAnyUser(gw3), http.StatusUnauthorized)

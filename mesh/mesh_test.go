@@ -533,7 +533,7 @@ func TestUnreachableSharedStateHoldsNoCall(t *testing.T) {
 		}
 		return nil, status.Error(codes.Internal, "boom")
 	}}, mesh.ServerConfig{})
-	shared, err := redisbreaker.New("redis://"+hole+"/0", "test-hole:")
+	shared, err := redisbreaker.New("redis://"+hole+"/0", "test-hole:", 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -623,7 +623,7 @@ func TestSharedBreakerOpensEveryReplica(t *testing.T) {
 		return nil, status.Error(codes.Internal, "boom")
 	}}, mesh.ServerConfig{})
 	replica := func() userv1.UserServiceClient {
-		shared, err := redisbreaker.New(redisURL, prefix)
+		shared, err := redisbreaker.New(redisURL, prefix, 0)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -32,6 +32,10 @@ const (
 	TargetAll     = "all"
 )
 
+// DefaultRedisTimeout is --redis-timeout's default: Redis answers in well
+// under a millisecond, and a check must not hold a request for long.
+const DefaultRedisTimeout = 250 * time.Millisecond
+
 // Config is everything `trellis run` can be told. Each component owns its
 // settings — a Config with RegisterFlags and Validate in its own package,
 // with its defaults there — and this one composes them with what belongs
@@ -49,8 +53,12 @@ type Config struct {
 	NATSListen  string
 	NATSSync    string // the embedded server's sync: "always" or an interval
 	RedisURL    string
-	LogLevel    string
-	LogFormat   string
+	// RedisTimeout bounds each Redis call (dial, read, write): past it a
+	// rate limit lets the request through and a breaker keeps its own
+	// state.
+	RedisTimeout time.Duration
+	LogLevel     string
+	LogFormat    string
 	// PProf serves Go's profiler on the admin address.
 	PProf bool
 	// UserUpstream and OrderUpstream are where a module finds a
@@ -91,6 +99,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.DatabaseURL, "database-url", "", "PostgreSQL URL (postgres://user@host:5432/db); empty means SQLite in --data-dir")
 	fs.StringVar(&c.NATSURL, "nats-url", "", "NATS server with JetStream for domain events (nats://127.0.0.1:4222); empty: an embedded server, stored in --data-dir/nats")
 	fs.StringVar(&c.RedisURL, "redis-url", "", "Redis URL (redis://host:6379/0, rediss:// for TLS) for breaker state shared by the order service's replicas and rate-limit counters shared by the gateway's; empty: each replica keeps its own")
+	fs.DurationVar(&c.RedisTimeout, "redis-timeout", DefaultRedisTimeout, "how long one call to --redis-url may take (dial, read, write; 10ms to 10s): past it a rate-limit check lets the request through and a breaker keeps its own state")
 	fs.StringVar(&c.NATSListen, "nats-listen", "", "TCP address for the embedded NATS server (e.g. 127.0.0.1:4222); empty: in-process only")
 	fs.StringVar(&c.NATSSync, "nats-sync", "always", "when the embedded NATS server syncs its store to disk: always (before acknowledging a write: nothing acknowledged is lost on power loss) or an interval such as 2m (JetStream's default: faster, may lose the last interval's acknowledged events); docs/consistency.md")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
@@ -238,6 +247,9 @@ func (c *Config) Validate() error {
 	}
 	if !c.Identity.Insecure && c.Identity.PerProcess() && len(t) > 1 {
 		errs = append(errs, fmt.Errorf("--identity-source %s gives a process one identity: run one target per process", c.Identity.Source))
+	}
+	if c.RedisTimeout < 10*time.Millisecond || c.RedisTimeout > 10*time.Second {
+		errs = append(errs, fmt.Errorf("--redis-timeout %s: want 10ms to 10s", c.RedisTimeout))
 	}
 	if !slices.Contains([]string{"json", "text"}, c.LogFormat) {
 		errs = append(errs, fmt.Errorf("--log-format %q: want json or text", c.LogFormat))

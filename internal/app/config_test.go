@@ -60,6 +60,8 @@ func TestValidate(t *testing.T) {
 		{"outlier ejection (upstream)", func(c *app.Config) { c.Upstream.Outlier.FailurePercent = 101 }, "--outlier-failure-percent"},
 		{"embedded NATS sync", func(c *app.Config) { c.NATSSync = "sometimes" }, "--nats-sync"},
 		{"embedded NATS sync interval", func(c *app.Config) { c.NATSSync = "-1s" }, "--nats-sync"},
+		{"Redis timeout zero", func(c *app.Config) { c.RedisTimeout = 0 }, "--redis-timeout"},
+		{"Redis timeout long", func(c *app.Config) { c.RedisTimeout = time.Minute }, "--redis-timeout"},
 		{"origin (gateway)", func(c *app.Config) { c.Gateway.CORSOrigins = []string{"https://app.example.com/path"} }, "--cors-origins"},
 		{"identity source (identity)", func(c *app.Config) { c.Identity.Source = "magic" }, "--identity-source"},
 		{"one identity per process", func(c *app.Config) {

@@ -3,7 +3,6 @@ package app
 import (
 	"context"
 	"fmt"
-	"time"
 
 	"github.com/redis/go-redis/v9"
 	goredisstore "github.com/throttled/throttled/v2/store/goredisstore.v9"
@@ -42,6 +41,7 @@ func (a *App) addGateway(context.Context) error {
 		if gcfg.Limits.Store, err = goredisstore.NewCtx(client, "trellis:"+a.cfg.Events.Prefix+"ratelimit:"); err != nil {
 			return err
 		}
+		gcfg.Limits.StoreTimeout = a.cfg.RedisTimeout
 	}
 	gw, err := gateway.New(gcfg, userConn, orderConn, a.log.With("component", TargetGateway), a.reg)
 	if err != nil {
@@ -60,9 +60,11 @@ func (a *App) redis() (*redis.Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("--redis-url: %s", redact.String(err.Error()))
 	}
-	// A check must not hold a request for long: Redis answers in well
-	// under a millisecond or the limits let the request through.
-	opt.DialTimeout, opt.ReadTimeout, opt.WriteTimeout, opt.MaxRetries = 250*time.Millisecond, 250*time.Millisecond, 250*time.Millisecond, -1
+	// A check must not hold a request for long: Redis answers within
+	// --redis-timeout or the limits let the request through.
+	t := a.cfg.RedisTimeout
+	opt.DialTimeout, opt.ReadTimeout, opt.WriteTimeout, opt.MaxRetries = t, t, t, -1
+	opt.ContextTimeoutEnabled = true // a check's own deadline bounds it too
 	a.redisClient = redis.NewClient(opt)
 	a.closers = append(a.closers, a.redisClient.Close)
 	return a.redisClient, nil

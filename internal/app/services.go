@@ -42,6 +42,7 @@ func (a *App) addUser(ctx context.Context) error {
 		if ucfg.Auth.SignInStore, err = goredisstore.NewCtx(client, "trellis:"+a.cfg.Events.Prefix+"signin:"); err != nil {
 			return err
 		}
+		ucfg.Auth.SignInStoreTimeout = a.cfg.RedisTimeout
 	}
 	svc := user.NewService(store, ucfg)
 	a.tokenKeys = svc.TokenKeys()
@@ -70,7 +71,7 @@ func (a *App) addOrder(ctx context.Context) error {
 	}
 	var shared mesh.SharedBreakerState
 	if a.cfg.RedisURL != "" {
-		rs, err := redisbreaker.New(a.cfg.RedisURL, a.cfg.Events.Prefix)
+		rs, err := redisbreaker.New(a.cfg.RedisURL, a.cfg.Events.Prefix, a.cfg.RedisTimeout)
 		if err != nil {
 			return fmt.Errorf("--redis-url: %w", err)
 		}

@@ -5,6 +5,7 @@
 package redisbreaker
 
 import (
+	"cmp"
 	"context"
 	"time"
 
@@ -24,8 +25,8 @@ type State struct {
 
 // New connects to Redis at url (redis://host:6379/0).
 // prefix namespaces the keys (several installations, or tests, on one
-// Redis).
-func New(url, prefix string) (*State, error) {
+// Redis). timeout bounds a dial, read or write (0: 250 ms).
+func New(url, prefix string, timeout time.Duration) (*State, error) {
 	opts, err := redis.ParseURL(url)
 	if err != nil {
 		return nil, err
@@ -36,7 +37,8 @@ func New(url, prefix string) (*State, error) {
 	// read from an unreachable Redis waited its ReadTimeout, 500 ms
 	// (chaos-cluster, Redis partitioned: orders held past the gateway's
 	// 1 s). No retries: the state is read again at the next refresh.
-	opts.DialTimeout, opts.ReadTimeout, opts.WriteTimeout = 250*time.Millisecond, 250*time.Millisecond, 250*time.Millisecond
+	timeout = cmp.Or(timeout, 250*time.Millisecond)
+	opts.DialTimeout, opts.ReadTimeout, opts.WriteTimeout = timeout, timeout, timeout
 	opts.ContextTimeoutEnabled, opts.MaxRetries = true, -1
 	return &State{client: redis.NewClient(opts), prefix: prefix + "trellis:breaker:"}, nil
 }

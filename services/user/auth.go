@@ -46,6 +46,9 @@ type AuthConfig struct {
 	// SignInStore keeps the counts; nil: in this process (replicas
 	// share them through Redis when --redis-url is set).
 	SignInStore throttled.GCRAStoreCtx
+	// SignInStoreTimeout bounds one check against SignInStore; past it
+	// the attempt is let through. 0 means 250 ms.
+	SignInStoreTimeout time.Duration
 }
 
 // Defaults of AuthConfig.

@@ -1,6 +1,7 @@
 package user
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"math"
@@ -31,11 +32,12 @@ const maxLimitedAccounts = 65536
 // Only failures count; a check consumes nothing. A store that cannot
 // answer lets the attempt through, as the gateway's limits do.
 type signInLimiter struct {
-	gcra  *throttled.GCRARateLimiterCtx
-	quota quota.Quota
+	gcra    *throttled.GCRARateLimiterCtx
+	quota   quota.Quota
+	timeout time.Duration // a store check's
 }
 
-func newSignInLimiter(q quota.Quota, store throttled.GCRAStoreCtx) (*signInLimiter, error) {
+func newSignInLimiter(q quota.Quota, store throttled.GCRAStoreCtx, timeout time.Duration) (*signInLimiter, error) {
 	if q.N == 0 {
 		return nil, nil
 	}
@@ -49,7 +51,7 @@ func newSignInLimiter(q quota.Quota, store throttled.GCRAStoreCtx) (*signInLimit
 	if err != nil {
 		return nil, err
 	}
-	return &signInLimiter{gcra: g, quota: q}, nil
+	return &signInLimiter{gcra: g, quota: q, timeout: cmp.Or(timeout, 250*time.Millisecond)}, nil
 }
 
 // check refuses an attempt on an account whose failures used its quota.
@@ -57,7 +59,7 @@ func (l *signInLimiter) check(ctx context.Context, key string) error {
 	if l == nil {
 		return nil
 	}
-	ctx, cancel := context.WithTimeout(ctx, 250*time.Millisecond)
+	ctx, cancel := context.WithTimeout(ctx, l.timeout)
 	defer cancel()
 	// Quantity 0 asks without taking: RetryAfter is when one more would
 	// be allowed, negative when it is now.
@@ -76,7 +78,7 @@ func (l *signInLimiter) failed(ctx context.Context, key string) {
 	if l == nil {
 		return
 	}
-	ctx, cancel := context.WithTimeout(ctx, 250*time.Millisecond)
+	ctx, cancel := context.WithTimeout(ctx, l.timeout)
 	defer cancel()
 	_, _, _ = l.gcra.RateLimitCtx(ctx, "signin:"+key, 1)
 }
