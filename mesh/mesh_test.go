@@ -645,9 +645,25 @@ func TestSharedBreakerOpensEveryReplica(t *testing.T) {
 	if err := get(a); !strings.Contains(fmt.Sprint(err), "circuit breaker open") {
 		t.Fatalf("replica a after 3 failures: %v", err)
 	}
+	// a writes its open state from a goroutine of its own: wait until
+	// Redis holds it (a loaded CI machine can take longer than b's
+	// refresh interval), then for b's next refresh.
+	probe, err := redisbreaker.New(redisURL, prefix, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer probe.Close()
+	for start := time.Now(); ; time.Sleep(5 * time.Millisecond) {
+		if until, err := probe.OpenUntil(context.Background(), "order:user"); err == nil && !until.IsZero() {
+			break
+		}
+		if time.Since(start) > 5*time.Second {
+			t.Fatal("replica a's open state never reached Redis")
+		}
+	}
 	time.Sleep(50 * time.Millisecond) // b's next refresh sees a's open state
 	before := calls.Load()
-	err := get(b)
+	err = get(b)
 	if !strings.Contains(fmt.Sprint(err), "opened by another replica") {
 		t.Fatalf("replica b while a's breaker is open: %v", err)
 	}
