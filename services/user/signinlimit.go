@@ -78,7 +78,9 @@ func (l *signInLimiter) failed(ctx context.Context, key string) {
 	if l == nil {
 		return
 	}
-	ctx, cancel := context.WithTimeout(ctx, l.timeout)
+	// A caller that hangs up once its attempt failed must not keep the
+	// failure from being counted.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), l.timeout)
 	defer cancel()
 	_, _, _ = l.gcra.RateLimitCtx(ctx, "signin:"+key, 1)
 }
