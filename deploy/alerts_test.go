@@ -62,6 +62,11 @@ var alertCases = map[string]struct{ firing, quiet string }{
 	"TrellisRateLimiting": {
 		`trellis_gateway_rate_limited_total{instance="a",class="write"} 0+600x20`,
 		`trellis_gateway_rate_limited_total{instance="a",class="write"} 0+30x20`},
+	"TrellisLimitStoreUnavailable": {
+		`trellis_gateway_rate_limit_store_errors_total{instance="a"} 0x20
+		 trellis_user_signin_limit_store_errors_total{instance="a"} 0+30x20`,
+		`trellis_gateway_rate_limit_store_errors_total{instance="a"} 7x20
+		 trellis_user_signin_limit_store_errors_total{instance="b"} 3x20`},
 	"TrellisOutboxFailing": {
 		`trellis_outbox_errors_total{instance="a",service="order"} 0+6x20`,
 		`trellis_outbox_errors_total{instance="a",service="order"} 5x20`},

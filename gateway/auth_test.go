@@ -4,6 +4,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -172,4 +173,35 @@ func mustB64(t *testing.T, s string) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// TestSignInLimitWithRedisDownLetsAttemptsThroughAndSaysSo: with its
+// shared store unreachable the per-account limit lets sign-ins through —
+// wrong passwords answered 401, the right one 200, never a 5xx — and
+// the user service counts every check it could not make.
+func TestSignInLimitWithRedisDownLetsAttemptsThroughAndSaysSo(t *testing.T) {
+	t.Parallel()
+	s := startSystemWith(t, func(u *app.Config) {
+		u.User.Auth.SignInQuota = quota.Quota{N: 1, Per: time.Hour}
+		u.RedisURL, u.RedisTimeout = "redis://127.0.0.1:1/0", 50*time.Millisecond // nothing listens
+	}, nil)
+	email := "d" + uuid.NewString()[:8] + "@example.com"
+	s.createUser(t, email)
+	for range 3 {
+		wantStatus(t, s.anon.do("POST", "/api/v1/auth:signIn", mustJSON(map[string]string{"email": email, "password": "wrong-horse"})), http.StatusUnauthorized)
+	}
+	wantStatus(t, s.anon.do("POST", "/api/v1/auth:signIn", mustJSON(map[string]string{"email": email, "password": "correct-horse"})), http.StatusOK)
+	admin := client{t: t, base: "http://" + s.user.Addr("admin")}
+	// This test's 4 checks and 3 counts, none answered (and the admin's
+	// sign-ins that set the system up).
+	metrics := string(admin.do("GET", "/metrics", "").body)
+	var n float64
+	for _, l := range strings.Split(metrics, "\n") {
+		if v, ok := strings.CutPrefix(l, "trellis_user_signin_limit_store_errors_total "); ok {
+			n, _ = strconv.ParseFloat(v, 64)
+		}
+	}
+	if n < 7 {
+		t.Errorf("trellis_user_signin_limit_store_errors_total %v, want at least 7", n)
+	}
 }

@@ -49,6 +49,10 @@ type AuthConfig struct {
 	// SignInStoreTimeout bounds one check against SignInStore; past it
 	// the attempt is let through. 0 means 250 ms.
 	SignInStoreTimeout time.Duration
+	// SignInStoreFailed, when set, is told each time SignInStore could
+	// not answer (the attempt was let through, or its failure went
+	// uncounted), so that a limit which stopped working is seen.
+	SignInStoreFailed func(error)
 }
 
 // Defaults of AuthConfig.

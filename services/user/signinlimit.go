@@ -3,6 +3,7 @@ package user
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"math"
 	"time"
@@ -32,12 +33,13 @@ const maxLimitedAccounts = 65536
 // Only failures count; a check consumes nothing. A store that cannot
 // answer lets the attempt through, as the gateway's limits do.
 type signInLimiter struct {
-	gcra    *throttled.GCRARateLimiterCtx
-	quota   quota.Quota
-	timeout time.Duration // a store check's
+	gcra     *throttled.GCRARateLimiterCtx
+	quota    quota.Quota
+	timeout  time.Duration // a store check's
+	storeErr func(error)   // told when the store did not answer
 }
 
-func newSignInLimiter(q quota.Quota, store throttled.GCRAStoreCtx, timeout time.Duration) (*signInLimiter, error) {
+func newSignInLimiter(q quota.Quota, store throttled.GCRAStoreCtx, timeout time.Duration, storeErr func(error)) (*signInLimiter, error) {
 	if q.N == 0 {
 		return nil, nil
 	}
@@ -51,7 +53,10 @@ func newSignInLimiter(q quota.Quota, store throttled.GCRAStoreCtx, timeout time.
 	if err != nil {
 		return nil, err
 	}
-	return &signInLimiter{gcra: g, quota: q, timeout: cmp.Or(timeout, 250*time.Millisecond)}, nil
+	if storeErr == nil {
+		storeErr = func(error) {}
+	}
+	return &signInLimiter{gcra: g, quota: q, timeout: cmp.Or(timeout, 250*time.Millisecond), storeErr: storeErr}, nil
 }
 
 // check refuses an attempt on an account whose failures used its quota.
@@ -64,7 +69,13 @@ func (l *signInLimiter) check(ctx context.Context, key string) error {
 	// Quantity 0 asks without taking: RetryAfter is when one more would
 	// be allowed, negative when it is now.
 	_, res, err := l.gcra.RateLimitCtx(ctx, "signin:"+key, 0)
-	if err != nil || res.RetryAfter < 0 {
+	if err != nil {
+		if !errors.Is(ctx.Err(), context.Canceled) { // not the caller hanging up: the store did not answer
+			l.storeErr(err)
+		}
+		return nil
+	}
+	if res.RetryAfter < 0 {
 		return nil
 	}
 	retry := max(time.Duration(math.Ceil(res.RetryAfter.Seconds()))*time.Second, time.Second)
@@ -82,5 +93,7 @@ func (l *signInLimiter) failed(ctx context.Context, key string) {
 	// failure from being counted.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), l.timeout)
 	defer cancel()
-	_, _, _ = l.gcra.RateLimitCtx(ctx, "signin:"+key, 1)
+	if _, _, err := l.gcra.RateLimitCtx(ctx, "signin:"+key, 1); err != nil {
+		l.storeErr(err)
+	}
 }

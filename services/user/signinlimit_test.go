@@ -36,7 +36,7 @@ func TestFailedSignInIsCountedWhenTheCallerHangsUp(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := newSignInLimiter(quota.Quota{N: 3, Per: time.Hour}, shared, 5*time.Second)
+	l, err := newSignInLimiter(quota.Quota{N: 3, Per: time.Hour}, shared, 5*time.Second, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
