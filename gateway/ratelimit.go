@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/trellis-mesh/trellis/internal/quota"
+	"github.com/trellis-mesh/trellis/internal/redact"
 	"github.com/trellis-mesh/trellis/mesh"
 )
 
@@ -206,7 +207,7 @@ func (g *Gateway) rateLimit(next http.Handler) http.Handler {
 		if err != nil {
 			rl.storeErrs.Inc()
 			if rl.logEvery.Allow() {
-				g.log.Warn("rate-limit store unavailable; requests pass unlimited", "error", err.Error())
+				g.log.Warn("rate-limit store unavailable; requests pass unlimited", "error", redact.String(err.Error()))
 			}
 			next.ServeHTTP(w, r)
 			return

@@ -11,6 +11,7 @@ import (
 	orderv1 "github.com/trellis-mesh/trellis/gen/trellis/order/v1"
 	userv1 "github.com/trellis-mesh/trellis/gen/trellis/user/v1"
 	"github.com/trellis-mesh/trellis/internal/eventcontract"
+	"github.com/trellis-mesh/trellis/internal/redact"
 	"github.com/trellis-mesh/trellis/mesh"
 	"github.com/trellis-mesh/trellis/mesh/redisbreaker"
 	"github.com/trellis-mesh/trellis/services/order"
@@ -76,7 +77,7 @@ func (a *App) signInStoreFailed() (func(error), error) {
 	return func(err error) {
 		errs.Inc()
 		if every.Allow() {
-			log.Warn("sign-in limit store unavailable; failed sign-ins pass uncounted", "error", err.Error())
+			log.Warn("sign-in limit store unavailable; failed sign-ins pass uncounted", "error", redact.String(err.Error()))
 		}
 	}, nil
 }
