@@ -160,7 +160,7 @@ func New(cfg Config, userConn, orderConn grpc.ClientConnInterface, log *slog.Log
 		metrics: newHTTPMetrics(reg),
 		openapi: spec,
 	}
-	if g.limits, err = newRateLimiter(cfg.Limits, reg); err != nil {
+	if g.limits, err = newRateLimiter(cfg.Limits, reg, g.log); err != nil {
 		return nil, err
 	}
 	if g.keyer, err = newClientKeyer(cfg.Limits); err != nil {

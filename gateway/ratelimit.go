@@ -5,6 +5,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"log/slog"
 	"math"
 	"net/http"
 	"strconv"
@@ -15,12 +16,10 @@ import (
 	"github.com/realclientip/realclientip-go"
 	"github.com/throttled/throttled/v2"
 	"github.com/throttled/throttled/v2/store/memstore"
-	"golang.org/x/time/rate"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/trellis-mesh/trellis/internal/quota"
-	"github.com/trellis-mesh/trellis/internal/redact"
 	"github.com/trellis-mesh/trellis/mesh"
 )
 
@@ -70,12 +69,9 @@ type RateLimits struct {
 	// memory, so gateway replicas share them (a Redis store).
 	Store throttled.GCRAStoreCtx
 	// StoreTimeout bounds one check against Store; past it the request
-	// passes unlimited. 0 means DefaultStoreTimeout.
+	// passes unlimited. 0 means quota.DefaultStoreTimeout.
 	StoreTimeout time.Duration
 }
-
-// DefaultStoreTimeout bounds a check against a shared store by default.
-const DefaultStoreTimeout = 250 * time.Millisecond
 
 // Default per-client quotas.
 var (
@@ -116,15 +112,14 @@ type limiter struct {
 
 // rateLimiter applies the classes' limiters to API requests.
 type rateLimiter struct {
-	byClass   map[string]*limiter
-	clients   *clientKeyer
-	limited   *prometheus.CounterVec
-	storeErrs prometheus.Counter
-	logEvery  *rate.Limiter
-	timeout   time.Duration // a store check's
+	byClass     map[string]*limiter
+	clients     *clientKeyer
+	limited     *prometheus.CounterVec
+	storeFailed func(error)   // a check the store did not answer
+	timeout     time.Duration // a store check's
 }
 
-func newRateLimiter(c RateLimits, reg prometheus.Registerer) (*rateLimiter, error) {
+func newRateLimiter(c RateLimits, reg prometheus.Registerer, log *slog.Logger) (*rateLimiter, error) {
 	clients, err := newClientKeyer(c)
 	if err != nil {
 		return nil, err
@@ -143,12 +138,7 @@ func newRateLimiter(c RateLimits, reg prometheus.Registerer) (*rateLimiter, erro
 			Name: "trellis_gateway_rate_limited_total",
 			Help: "API requests answered 429 by the per-client rate limits, by class (read, write, auth).",
 		}, []string{"class"}),
-		storeErrs: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "trellis_gateway_rate_limit_store_errors_total",
-			Help: "Rate-limit checks the shared store could not answer; the request was let through.",
-		}),
-		logEvery: rate.NewLimiter(0.2, 1),
-		timeout:  cmp.Or(c.StoreTimeout, DefaultStoreTimeout),
+		timeout: cmp.Or(c.StoreTimeout, quota.DefaultStoreTimeout),
 	}
 	for class, q := range map[string]Quota{ClassRead: c.Read, ClassWrite: c.Write, ClassAuth: c.Auth} {
 		rl.limited.WithLabelValues(class)
@@ -165,7 +155,12 @@ func newRateLimiter(c RateLimits, reg prometheus.Registerer) (*rateLimiter, erro
 	if err := reg.Register(rl.limited); err != nil {
 		return nil, err
 	}
-	return rl, reg.Register(rl.storeErrs)
+	if rl.storeFailed, err = quota.StoreFailures(reg, log, "trellis_gateway_rate_limit_store_errors_total",
+		"Rate-limit checks the shared store could not answer; the request was let through.",
+		"rate-limit store unavailable; requests pass unlimited"); err != nil {
+		return nil, err
+	}
+	return rl, nil
 }
 
 // classOf names the quota a request counts against.
@@ -205,10 +200,7 @@ func (g *Gateway) rateLimit(next http.Handler) http.Handler {
 		limited, res, err := l.gcra.RateLimitCtx(ctx, l.class+":"+rl.clientKey(r), 1)
 		cancel()
 		if err != nil {
-			rl.storeErrs.Inc()
-			if rl.logEvery.Allow() {
-				g.log.Warn("rate-limit store unavailable; requests pass unlimited", "error", redact.String(err.Error()))
-			}
+			rl.storeFailed(err)
 			next.ServeHTTP(w, r)
 			return
 		}

@@ -16,6 +16,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/trellis-mesh/trellis/gateway"
+	"github.com/trellis-mesh/trellis/internal/quota"
 	"github.com/trellis-mesh/trellis/mesh"
 	"github.com/trellis-mesh/trellis/mesh/eventbus"
 	"github.com/trellis-mesh/trellis/mesh/identity"
@@ -31,10 +32,6 @@ const (
 	TargetGateway = "gateway"
 	TargetAll     = "all"
 )
-
-// DefaultRedisTimeout is --redis-timeout's default: Redis answers in well
-// under a millisecond, and a check must not hold a request for long.
-const DefaultRedisTimeout = 250 * time.Millisecond
 
 // Config is everything `trellis run` can be told. Each component owns its
 // settings — a Config with RegisterFlags and Validate in its own package,
@@ -99,7 +96,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.DatabaseURL, "database-url", "", "PostgreSQL URL (postgres://user@host:5432/db); empty means SQLite in --data-dir")
 	fs.StringVar(&c.NATSURL, "nats-url", "", "NATS server with JetStream for domain events (nats://127.0.0.1:4222); empty: an embedded server, stored in --data-dir/nats")
 	fs.StringVar(&c.RedisURL, "redis-url", "", "Redis URL (redis://host:6379/0, rediss:// for TLS) for breaker state shared by the order service's replicas and rate-limit counters shared by the gateway's; empty: each replica keeps its own")
-	fs.DurationVar(&c.RedisTimeout, "redis-timeout", DefaultRedisTimeout, "how long one call to --redis-url may take (dial, read, write; 10ms to 10s): past it a rate-limit check lets the request through and a breaker keeps its own state")
+	fs.DurationVar(&c.RedisTimeout, "redis-timeout", quota.DefaultStoreTimeout, "how long one call to --redis-url may take (dial, read, write; 10ms to 10s): past it a rate-limit check lets the request through and a breaker keeps its own state")
 	fs.StringVar(&c.NATSListen, "nats-listen", "", "TCP address for the embedded NATS server (e.g. 127.0.0.1:4222); empty: in-process only")
 	fs.StringVar(&c.NATSSync, "nats-sync", "always", "when the embedded NATS server syncs its store to disk: always (before acknowledging a write: nothing acknowledged is lost on power loss) or an interval such as 2m (JetStream's default: faster, may lose the last interval's acknowledged events); docs/consistency.md")
 	fs.StringVar(&c.LogLevel, "log-level", "info", "log level: debug, info, warn or error")

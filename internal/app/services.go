@@ -4,14 +4,12 @@ import (
 	"context"
 	"fmt"
 
-	"github.com/prometheus/client_golang/prometheus"
 	goredisstore "github.com/throttled/throttled/v2/store/goredisstore.v9"
-	"golang.org/x/time/rate"
 
 	orderv1 "github.com/trellis-mesh/trellis/gen/trellis/order/v1"
 	userv1 "github.com/trellis-mesh/trellis/gen/trellis/user/v1"
 	"github.com/trellis-mesh/trellis/internal/eventcontract"
-	"github.com/trellis-mesh/trellis/internal/redact"
+	"github.com/trellis-mesh/trellis/internal/quota"
 	"github.com/trellis-mesh/trellis/mesh"
 	"github.com/trellis-mesh/trellis/mesh/redisbreaker"
 	"github.com/trellis-mesh/trellis/services/order"
@@ -47,7 +45,12 @@ func (a *App) addUser(ctx context.Context) error {
 		}
 		ucfg.Auth.SignInStoreTimeout = a.cfg.RedisTimeout
 	}
-	if ucfg.Auth.SignInStoreFailed, err = a.signInStoreFailed(); err != nil {
+	// Registered whether or not Redis is set: the alert and the
+	// dashboard find the series on every user service.
+	if ucfg.Auth.SignInStoreFailed, err = quota.StoreFailures(a.reg, a.log.With("component", TargetUser),
+		"trellis_user_signin_limit_store_errors_total",
+		"Failed-sign-in checks and counts the shared store (--redis-url) could not answer; the attempt was let through or its failure not counted.",
+		"sign-in limit store unavailable; failed sign-ins pass uncounted"); err != nil {
 		return err
 	}
 	svc := user.NewService(store, ucfg)
@@ -60,26 +63,6 @@ func (a *App) addUser(ctx context.Context) error {
 	srv.Register(&userv1.UserService_ServiceDesc, user.NewGRPC(svc), user.Validate)
 	srv.Register(&userv1.AuthService_ServiceDesc, user.NewAuthGRPC(svc), user.Validate)
 	return a.addGRPC(TargetUser, a.cfg.UserAddr, srv, store.Ping)
-}
-
-// signInStoreFailed counts, and logs at most every 5 s, the failed-sign-in
-// checks and counts Redis could not answer: while it does not, the
-// per-account limit lets attempts through.
-func (a *App) signInStoreFailed() (func(error), error) {
-	errs := prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "trellis_user_signin_limit_store_errors_total",
-		Help: "Failed-sign-in checks and counts the shared store (--redis-url) could not answer; the attempt was let through or its failure not counted.",
-	})
-	if err := a.reg.Register(errs); err != nil {
-		return nil, err
-	}
-	every, log := rate.NewLimiter(0.2, 1), a.log.With("component", TargetUser)
-	return func(err error) {
-		errs.Inc()
-		if every.Allow() {
-			log.Warn("sign-in limit store unavailable; failed sign-ins pass uncounted", "error", redact.String(err.Error()))
-		}
-	}, nil
 }
 
 // addOrder builds the order service: its store and outbox relay, its

@@ -1,6 +1,7 @@
-// Package quota is the "N per period" rate a flag sets ("100/s", "10/m",
-// "0" for none), shared by the gateway's per-client limits and the user
-// service's per-account sign-in limit.
+// Package quota is what the gateway's per-client limits and the user
+// service's per-account sign-in limit share: the "N per period" rate a
+// flag sets ("100/s", "10/m", "0" for none), and how a check against a
+// shared store is bounded and its failures reported.
 package quota
 
 import (

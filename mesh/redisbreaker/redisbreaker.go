@@ -11,6 +11,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/trellis-mesh/trellis/internal/quota"
 	"github.com/trellis-mesh/trellis/mesh"
 )
 
@@ -25,7 +26,8 @@ type State struct {
 
 // New connects to Redis at url (redis://host:6379/0).
 // prefix namespaces the keys (several installations, or tests, on one
-// Redis). timeout bounds a dial, read or write (0: 250 ms).
+// Redis). timeout bounds a dial, read or write (0:
+// quota.DefaultStoreTimeout, as --redis-timeout's default).
 func New(url, prefix string, timeout time.Duration) (*State, error) {
 	opts, err := redis.ParseURL(url)
 	if err != nil {
@@ -37,7 +39,7 @@ func New(url, prefix string, timeout time.Duration) (*State, error) {
 	// read from an unreachable Redis waited its ReadTimeout, 500 ms
 	// (chaos-cluster, Redis partitioned: orders held past the gateway's
 	// 1 s). No retries: the state is read again at the next refresh.
-	timeout = cmp.Or(timeout, 250*time.Millisecond)
+	timeout = cmp.Or(timeout, quota.DefaultStoreTimeout)
 	opts.DialTimeout, opts.ReadTimeout, opts.WriteTimeout = timeout, timeout, timeout
 	opts.ContextTimeoutEnabled, opts.MaxRetries = true, -1
 	return &State{client: redis.NewClient(opts), prefix: prefix + "trellis:breaker:"}, nil

@@ -47,7 +47,7 @@ type AuthConfig struct {
 	// share them through Redis when --redis-url is set).
 	SignInStore throttled.GCRAStoreCtx
 	// SignInStoreTimeout bounds one check against SignInStore; past it
-	// the attempt is let through. 0 means 250 ms.
+	// the attempt is let through. 0 means quota.DefaultStoreTimeout.
 	SignInStoreTimeout time.Duration
 	// SignInStoreFailed, when set, is told each time SignInStore could
 	// not answer (the attempt was let through, or its failure went
@@ -98,6 +98,12 @@ func (c AuthConfig) withDefaults() AuthConfig {
 	}
 	if c.KeyRotation <= 0 {
 		c.KeyRotation = DefaultKeyRotation
+	}
+	if c.SignInStoreTimeout <= 0 {
+		c.SignInStoreTimeout = quota.DefaultStoreTimeout
+	}
+	if c.SignInStoreFailed == nil {
+		c.SignInStoreFailed = func(error) {}
 	}
 	return c
 }

@@ -74,7 +74,7 @@ func NewService(store Store, cfg Config) *Service {
 		cfg.Committed = func() {}
 	}
 	auth := cfg.Auth.withDefaults()
-	limiter, err := newSignInLimiter(auth.SignInQuota, auth.SignInStore, auth.SignInStoreTimeout, auth.SignInStoreFailed)
+	limiter, err := newSignInLimiter(auth)
 	if err != nil {
 		panic(fmt.Sprintf("user: sign-in limit %v: %v", auth.SignInQuota, err)) // validated quotas always build
 	}

@@ -1,7 +1,6 @@
 package user
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -39,7 +38,9 @@ type signInLimiter struct {
 	storeErr func(error)   // told when the store did not answer
 }
 
-func newSignInLimiter(q quota.Quota, store throttled.GCRAStoreCtx, timeout time.Duration, storeErr func(error)) (*signInLimiter, error) {
+// newSignInLimiter builds the limit auth (withDefaults applied) sets.
+func newSignInLimiter(auth AuthConfig) (*signInLimiter, error) {
+	q, store := auth.SignInQuota, auth.SignInStore
 	if q.N == 0 {
 		return nil, nil
 	}
@@ -53,10 +54,7 @@ func newSignInLimiter(q quota.Quota, store throttled.GCRAStoreCtx, timeout time.
 	if err != nil {
 		return nil, err
 	}
-	if storeErr == nil {
-		storeErr = func(error) {}
-	}
-	return &signInLimiter{gcra: g, quota: q, timeout: cmp.Or(timeout, 250*time.Millisecond), storeErr: storeErr}, nil
+	return &signInLimiter{gcra: g, quota: q, timeout: auth.SignInStoreTimeout, storeErr: auth.SignInStoreFailed}, nil
 }
 
 // check refuses an attempt on an account whose failures used its quota.

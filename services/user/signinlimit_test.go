@@ -36,7 +36,7 @@ func TestFailedSignInIsCountedWhenTheCallerHangsUp(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := newSignInLimiter(quota.Quota{N: 3, Per: time.Hour}, shared, 5*time.Second, nil)
+	l, err := newSignInLimiter(AuthConfig{SignInQuota: quota.Quota{N: 3, Per: time.Hour}, SignInStore: shared, SignInStoreTimeout: 5 * time.Second}.withDefaults())
 	if err != nil {
 		t.Fatal(err)
 	}
