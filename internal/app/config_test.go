@@ -62,6 +62,11 @@ func TestValidate(t *testing.T) {
 		{"embedded NATS sync interval", func(c *app.Config) { c.NATSSync = "-1s" }, "--nats-sync"},
 		{"Redis timeout zero", func(c *app.Config) { c.RedisTimeout = 0 }, "--redis-timeout"},
 		{"Redis timeout long", func(c *app.Config) { c.RedisTimeout = time.Minute }, "--redis-timeout"},
+		{"Redis timeout under its floor", func(c *app.Config) { c.RedisTimeout = 9 * time.Millisecond }, "--redis-timeout"},
+		{"Redis timeout negative", func(c *app.Config) { c.RedisTimeout = -time.Second }, "--redis-timeout"},
+		{"Redis timeout over its ceiling", func(c *app.Config) { c.RedisTimeout = 10*time.Second + 1 }, "--redis-timeout"},
+		{"Redis timeout at its floor", func(c *app.Config) { c.RedisTimeout = 10 * time.Millisecond }, ""},
+		{"Redis timeout at its ceiling", func(c *app.Config) { c.RedisTimeout = 10 * time.Second }, ""},
 		{"origin (gateway)", func(c *app.Config) { c.Gateway.CORSOrigins = []string{"https://app.example.com/path"} }, "--cors-origins"},
 		{"identity source (identity)", func(c *app.Config) { c.Identity.Source = "magic" }, "--identity-source"},
 		{"one identity per process", func(c *app.Config) {
@@ -254,6 +259,17 @@ func TestConnectionLimitFlags(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestRedisTimeoutFlagRefusesMalformedValues: --redis-timeout and its
+// environment variable accept only Go durations (the bounds are
+// TestValidate's); the default is 250 ms.
+func TestRedisTimeoutFlagRefusesMalformedValues(t *testing.T) {
+	t.Parallel()
+	if c := app.Defaults(); c.RedisTimeout != 250*time.Millisecond {
+		t.Fatalf("default Redis timeout %v, want 250ms", c.RedisTimeout)
+	}
+	refusesMalformedDurations(t, "redis-timeout", "TRELLIS_REDIS_TIMEOUT")
 }
 
 // refusesMalformedDurations: the duration flag name and its environment
